@@ -1,0 +1,28 @@
+# skipbench: throughput vs code-synthesis quality of expert skipping in MoE models.
+# Stages: checkpoint -> fp8_convert -> build_kernels -> infer -> execute -> score -> figures.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/checkpoint.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/kernels.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/execute.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        scores=f"{RUN}/score/scores.parquet",
+        figures=FIGURES,
+    default_target: True

@@ -1,0 +1,58 @@
+# Paths, wildcards and helpers shared by the stage rules. Rules only wire files together;
+# the logic lives in the skipbench library (workflow/skipbench/).
+from pathlib import Path
+
+RUN = f"results/{config['run']}"
+LIB = "workflow/skipbench"
+MODEL = config["model"]
+BENCHMARKS = config["benchmarks"]
+VARIANTS = config["variants"]
+EXTERNAL = "external"  # variant name of samples produced elsewhere (benchmarks.<b>.samples)
+
+
+wildcard_constraints:
+    benchmark="|".join(BENCHMARKS),
+    variant="[A-Za-z0-9._-]+",
+
+
+def variants_of(benchmark):
+    """Variants evaluated on a benchmark: the configured ones, plus external samples."""
+    names = list(VARIANTS)
+    if "samples" in BENCHMARKS[benchmark]:
+        names.append(EXTERNAL)
+    return names
+
+
+def variant_files(benchmark, variant):
+    """The files the score stage reads for one (benchmark, variant)."""
+    files = {"execution": f"{RUN}/execute/{benchmark}/{variant}.parquet"}
+    if variant != EXTERNAL:  # external samples have no generation record
+        infer = f"{RUN}/infer/{benchmark}/{variant}"
+        files |= {"generations": f"{infer}/generations.parquet", "summary": f"{infer}/summary.parquet"}
+    return files
+
+
+SCORED = [
+    {"benchmark": b, "variant": v, **variant_files(b, v)} for b in BENCHMARKS for v in variants_of(b)
+]
+
+
+def lib(*modules):
+    """Library sources a rule's results depend on: editing them reruns the rule."""
+    return [f"{LIB}/{m}.py" for m in modules]
+
+
+def engine_model_dir(wildcards=None):
+    """The checkpoint the engine loads: converted when a dtype conversion is configured."""
+    if MODEL.get("convert", "none") == "none":
+        return f"{RUN}/model/checkpoint"
+    return f"{RUN}/model/converted"
+
+
+def samples_for(wildcards):
+    if wildcards.variant == EXTERNAL:
+        return BENCHMARKS[wildcards.benchmark]["samples"]
+    return f"{RUN}/infer/{wildcards.benchmark}/{wildcards.variant}/samples.jsonl"
+
+
+FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]

@@ -1,0 +1,23 @@
+# Stage 2: FP8 (128x128 block scales) <-> BF16, shard by shard.
+
+
+rule fp8_convert:
+    input:
+        lib("fp8"),
+        checkpoint=f"{RUN}/model/checkpoint",
+    output:
+        converted=directory(f"{RUN}/model/converted"),
+        report=report(
+            f"{RUN}/model/convert_report.parquet",
+            caption="../report/convert.rst",
+            category="1. Model",
+        ),
+    params:
+        direction=MODEL.get("convert", "none"),
+    log:
+        f"{RUN}/logs/fp8_convert.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/fp8_convert.py"

@@ -1,0 +1,17 @@
+# Stage 5: run every completion against the benchmark's tests in a sandbox.
+
+
+rule execute:
+    input:
+        lib("execute", "sandbox", "sandbox_driver", "benchmarks"),
+        samples=samples_for,
+    output:
+        results=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
+    params:
+        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        execution=config["execution"],
+    log:
+        f"{RUN}/logs/execute/{{benchmark}}/{{variant}}.log",
+    threads: workflow.cores
+    script:
+        "../scripts/execute.py"

@@ -1,0 +1,27 @@
+# Stage 4: greedy generation per (benchmark, skip variant) with the skip plugin loaded.
+
+
+rule infer:
+    input:
+        lib("infer", "strategies", "vllm_plugin", "oracle"),
+        model=engine_model_dir,
+        kernels=f"{RUN}/kernels/manifest.parquet",
+    output:
+        samples=f"{RUN}/infer/{{benchmark}}/{{variant}}/samples.jsonl",
+        generations=f"{RUN}/infer/{{benchmark}}/{{variant}}/generations.parquet",
+        summary=f"{RUN}/infer/{{benchmark}}/{{variant}}/summary.parquet",
+    params:
+        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        variant=lambda wc: VARIANTS[wc.variant],
+        engine=config["engine"],
+        generation=config["generation"],
+        cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}/{wc.variant}",
+    log:
+        f"{RUN}/logs/infer/{{benchmark}}/{{variant}}.log",
+    # An engine uses every core (CPU) or its GPUs: run one at a time.
+    threads: workflow.cores
+    resources:
+        gpu=config["engine"]["gpus"],
+        mem_mb=8000,
+    script:
+        "../scripts/infer.py"

@@ -1,0 +1,21 @@
+# Stage 3: build and self-test the MoE kernels for the device at hand.
+
+
+rule build_kernels:
+    input:
+        lib("kernel_build"),
+        "kernels/reference.py",
+        model=engine_model_dir,
+    output:
+        manifest=report(
+            f"{RUN}/kernels/manifest.parquet",
+            caption="../report/kernels.rst",
+            category="2. Kernels",
+        ),
+    params:
+        kernels=config["kernels"],
+    log:
+        f"{RUN}/logs/build_kernels.log",
+    threads: workflow.cores
+    script:
+        "../scripts/build_kernels.py"

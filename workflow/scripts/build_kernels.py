@@ -1,0 +1,9 @@
+"""Stage 3 entry point: build and self-test the kernels, write the manifest."""
+
+from pathlib import Path
+
+from skipbench.kernel_build import build_kernels
+from skipbench.logs import log_to
+
+log_to(snakemake.log[0])
+build_kernels(snakemake.params.kernels, Path(snakemake.input.model), Path(snakemake.output.manifest))

@@ -1,0 +1,22 @@
+"""Stage 1 entry point: write (synthetic) or download (huggingface) the checkpoint."""
+
+from pathlib import Path
+
+from skipbench.benchmarks import load_tasks
+from skipbench.checkpoint import run_checkpoint
+from skipbench.logs import log_to
+
+log_to(snakemake.log[0])
+model_cfg = snakemake.params.model
+# The memorisation demo trains on the tasks it is then evaluated on (said in the README).
+train_texts = []
+if model_cfg["source"] == "synthetic":
+    for bench_cfg in snakemake.params.benchmarks.values():
+        train_texts += [t.prompt + t.canonical_solution for t in load_tasks(bench_cfg)]
+run_checkpoint(
+    model_cfg=model_cfg,
+    train_texts=train_texts,
+    out_dir=Path(snakemake.output.checkpoint),
+    manifest_path=Path(snakemake.output.manifest),
+    training_report_path=Path(snakemake.output.training),
+)

@@ -1,0 +1,15 @@
+"""Stage 5 entry point: run the samples of one (benchmark, variant) in the sandbox."""
+
+from pathlib import Path
+
+from skipbench.execute import run_execute
+from skipbench.logs import log_to
+
+log_to(snakemake.log[0])
+run_execute(
+    bench_cfg=snakemake.params.benchmark,
+    samples_path=Path(snakemake.input.samples),
+    exec_cfg=snakemake.params.execution,
+    out_path=Path(snakemake.output.results),
+    threads=snakemake.threads,
+)

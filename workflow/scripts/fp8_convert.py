@@ -1,0 +1,13 @@
+"""Stage 2 entry point: convert the checkpoint between FP8 blocks and BF16."""
+
+from pathlib import Path
+
+from skipbench.fp8 import CONVERT_REPORT_SCHEMA, convert_checkpoint
+from skipbench.io import write_table
+from skipbench.logs import log_to
+
+log_to(snakemake.log[0])
+report = convert_checkpoint(
+    Path(snakemake.input.checkpoint), Path(snakemake.output.converted), snakemake.params.direction
+)
+write_table(snakemake.output.report, report, CONVERT_REPORT_SCHEMA)

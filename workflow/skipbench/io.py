@@ -1,0 +1,108 @@
+"""Atomic file writes and schema-checked Parquet.
+
+Every output is written to a temporary sibling and renamed into place, so a killed
+run never leaves a half-written file that looks complete (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to `path`; it replaces `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return `table` cast to `schema`; raise if columns are missing or extra."""
+    have, want = set(table.column_names), set(schema.names)
+    if have != want:
+        raise ValueError(
+            f"table columns do not match schema: missing {sorted(want - have)}, "
+            f"unexpected {sorted(have - want)}"
+        )
+    return table.select(schema.names).cast(schema)
+
+
+def write_table(path: str | os.PathLike, table: pa.Table | list[dict], schema: pa.Schema) -> pa.Table:
+    """Write rows (a Table or a list of dicts) as Parquet after checking `schema`."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pylist(list(table), schema=schema)
+    table = check_schema(table, schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return table
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    table = pq.read_table(path)
+    return check_schema(table, schema) if schema is not None else table
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hash of a JSON-serialisable object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
