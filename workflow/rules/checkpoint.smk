@@ -20,5 +20,7 @@ rule checkpoint:
     threads: workflow.cores
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/model.yaml"
     script:
         "../scripts/checkpoint.py"

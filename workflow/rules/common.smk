@@ -3,7 +3,7 @@
 from pathlib import Path
 
 RUN = f"results/{config['run']}"
-LIB = "workflow/skipbench"
+LIB = f"{workflow.basedir}/workflow/skipbench"  # absolute: works with --directory
 MODEL = config["model"]
 BENCHMARKS = config["benchmarks"]
 VARIANTS = config["variants"]
@@ -17,7 +17,7 @@ wildcard_constraints:
 
 def variants_of(benchmark):
     """Variants evaluated on a benchmark: the configured ones, plus external samples."""
-    names = list(VARIANTS)
+    names = BENCHMARKS[benchmark].get("variants", list(VARIANTS))
     if "samples" in BENCHMARKS[benchmark]:
         names.append(EXTERNAL)
     return names
@@ -56,3 +56,23 @@ def samples_for(wildcards):
 
 
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]
+
+
+for _name, _bench in BENCHMARKS.items():
+    _unknown = set(_bench.get("variants", [])) - set(VARIANTS)
+    if _unknown:
+        raise ValueError(f"benchmarks.{_name}.variants names unknown variants: {sorted(_unknown)}")
+
+
+def _check_variants():
+    """Fail before any compute on a variant whose strategy parameters are wrong."""
+    from skipbench.strategies import SkipRule
+
+    for name, variant in VARIANTS.items():
+        try:
+            SkipRule.from_config(variant)
+        except ValueError as e:
+            raise ValueError(f"variants.{name}: {e}") from None
+
+
+_check_variants()

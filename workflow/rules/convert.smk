@@ -19,5 +19,7 @@ rule fp8_convert:
     threads: workflow.cores
     resources:
         mem_mb=8000,
+    conda:
+        "../../envs/model.yaml"
     script:
         "../scripts/fp8_convert.py"

@@ -3,7 +3,7 @@
 
 rule execute:
     input:
-        lib("execute", "sandbox", "sandbox_driver", "benchmarks"),
+        lib("execute", "sandbox", "sandbox_driver", "benchmarks", "harness", "groundtruth", "compare", "proctable"),
         samples=samples_for,
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
@@ -13,5 +13,7 @@ rule execute:
     log:
         f"{RUN}/logs/execute/{{benchmark}}/{{variant}}.log",
     threads: workflow.cores
+    conda:
+        "../../envs/execute.yaml"
     script:
         "../scripts/execute.py"

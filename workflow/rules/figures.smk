@@ -14,8 +14,9 @@ rule figures:
     params:
         benchmarks=list(BENCHMARKS),
         run=config["run"],
-        outdir=f"{RUN}/figures",
     log:
         f"{RUN}/logs/figures.log",
+    conda:
+        "../../envs/report.yaml"
     script:
         "../scripts/figures.py"

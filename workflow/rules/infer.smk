@@ -3,7 +3,7 @@
 
 rule infer:
     input:
-        lib("infer", "strategies", "vllm_plugin", "oracle"),
+        lib("infer", "engines", "strategies", "vllm_plugin", "oracle"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:
@@ -23,5 +23,7 @@ rule infer:
     resources:
         gpu=config["engine"]["gpus"],
         mem_mb=8000,
+    conda:
+        "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
     script:
         "../scripts/infer.py"

@@ -4,7 +4,7 @@
 rule build_kernels:
     input:
         lib("kernel_build"),
-        "kernels/reference.py",
+        f"{workflow.basedir}/kernels/reference.py",
         model=engine_model_dir,
     output:
         manifest=report(
@@ -17,5 +17,7 @@ rule build_kernels:
     log:
         f"{RUN}/logs/build_kernels.log",
     threads: workflow.cores
+    conda:
+        "../../envs/model.yaml"
     script:
         "../scripts/build_kernels.py"

@@ -15,5 +15,7 @@ rule score:
         entries=SCORED,
     log:
         f"{RUN}/logs/score.log",
+    conda:
+        "../../envs/execute.yaml"
     script:
         "../scripts/score.py"

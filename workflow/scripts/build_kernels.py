@@ -5,5 +5,8 @@ from pathlib import Path
 from skipbench.kernel_build import build_kernels
 from skipbench.logs import log_to
 
-log_to(snakemake.log[0])
-build_kernels(snakemake.params.kernels, Path(snakemake.input.model), Path(snakemake.output.manifest))
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    build_kernels(snakemake.params.kernels, Path(snakemake.input.model), Path(snakemake.output.manifest))

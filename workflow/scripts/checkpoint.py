@@ -6,17 +6,20 @@ from skipbench.benchmarks import load_tasks
 from skipbench.checkpoint import run_checkpoint
 from skipbench.logs import log_to
 
-log_to(snakemake.log[0])
-model_cfg = snakemake.params.model
-# The memorisation demo trains on the tasks it is then evaluated on (said in the README).
-train_texts = []
-if model_cfg["source"] == "synthetic":
-    for bench_cfg in snakemake.params.benchmarks.values():
-        train_texts += [t.prompt + t.canonical_solution for t in load_tasks(bench_cfg)]
-run_checkpoint(
-    model_cfg=model_cfg,
-    train_texts=train_texts,
-    out_dir=Path(snakemake.output.checkpoint),
-    manifest_path=Path(snakemake.output.manifest),
-    training_report_path=Path(snakemake.output.training),
-)
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    model_cfg = snakemake.params.model
+    # The memorisation demo trains on the tasks it is then evaluated on (said in the README).
+    train_texts = []
+    if model_cfg["source"] == "synthetic":
+        for bench_cfg in snakemake.params.benchmarks.values():
+            train_texts += [t.prompt + t.canonical_solution for t in load_tasks(bench_cfg)]
+    run_checkpoint(
+        model_cfg=model_cfg,
+        train_texts=train_texts,
+        out_dir=Path(snakemake.output.checkpoint),
+        manifest_path=Path(snakemake.output.manifest),
+        training_report_path=Path(snakemake.output.training),
+    )

@@ -5,11 +5,14 @@ from pathlib import Path
 from skipbench.execute import run_execute
 from skipbench.logs import log_to
 
-log_to(snakemake.log[0])
-run_execute(
-    bench_cfg=snakemake.params.benchmark,
-    samples_path=Path(snakemake.input.samples),
-    exec_cfg=snakemake.params.execution,
-    out_path=Path(snakemake.output.results),
-    threads=snakemake.threads,
-)
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    run_execute(
+        bench_cfg=snakemake.params.benchmark,
+        samples_path=Path(snakemake.input.samples),
+        exec_cfg=snakemake.params.execution,
+        out_path=Path(snakemake.output.results),
+        threads=snakemake.threads,
+    )

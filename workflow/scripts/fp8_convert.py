@@ -6,8 +6,11 @@ from skipbench.fp8 import CONVERT_REPORT_SCHEMA, convert_checkpoint
 from skipbench.io import write_table
 from skipbench.logs import log_to
 
-log_to(snakemake.log[0])
-report = convert_checkpoint(
-    Path(snakemake.input.checkpoint), Path(snakemake.output.converted), snakemake.params.direction
-)
-write_table(snakemake.output.report, report, CONVERT_REPORT_SCHEMA)
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    report = convert_checkpoint(
+        Path(snakemake.input.checkpoint), Path(snakemake.output.converted), snakemake.params.direction
+    )
+    write_table(snakemake.output.report, report, CONVERT_REPORT_SCHEMA)

@@ -6,16 +6,19 @@ from skipbench.benchmarks import load_tasks
 from skipbench.infer import run_infer
 from skipbench.logs import log_to
 
-log_to(snakemake.log[0])
-run_infer(
-    model_dir=Path(snakemake.input.model),
-    tasks=load_tasks(snakemake.params.benchmark),
-    variant=snakemake.wildcards.variant,
-    variant_cfg=snakemake.params.variant,
-    engine_cfg=snakemake.params.engine,
-    generation_cfg=snakemake.params.generation,
-    samples_path=Path(snakemake.output.samples),
-    generations_path=Path(snakemake.output.generations),
-    summary_path=Path(snakemake.output.summary),
-    cache_dir=Path(snakemake.params.cache),
-)
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    run_infer(
+        model_dir=Path(snakemake.input.model),
+        tasks=load_tasks(snakemake.params.benchmark),
+        variant=snakemake.wildcards.variant,
+        variant_cfg=snakemake.params.variant,
+        engine_cfg=snakemake.params.engine,
+        generation_cfg=snakemake.params.generation,
+        samples_path=Path(snakemake.output.samples),
+        generations_path=Path(snakemake.output.generations),
+        summary_path=Path(snakemake.output.summary),
+        cache_dir=Path(snakemake.params.cache),
+    )

@@ -51,7 +51,7 @@ def _save(fig, path: Path) -> None:
 
 
 def _panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str) -> None:
-    y = f"pass_at_1_{split}"
+    y = f"pass1_{split}"
     data = df.dropna(subset=[x, y])
     lo, hi = data[f"{y}_lo"], data[f"{y}_hi"]
     ax.errorbar(data[x], data[y], yerr=[data[y] - lo, hi - data[y]], fmt="o", color="tab:blue",
@@ -71,7 +71,7 @@ def _panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: st
 
 def draw_tradeoff(scores: pd.DataFrame, benchmark: str, out_dir: Path, run: str) -> list[Path]:
     df = scores[scores["benchmark"] == benchmark].sort_values("variant").reset_index(drop=True)
-    splits = [s for s in ("base", "plus") if df[f"pass_at_1_{s}"].notna().any()]
+    splits = [s for s in ("base", "plus") if df[f"pass1_{s}"].notna().any()]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(splits), len(COST_AXES), figsize=(10, 4 * len(splits)), squeeze=False)
         for r, split in enumerate(splits):

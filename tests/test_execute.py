@@ -1,0 +1,138 @@
+"""The execute stage: canonical solutions pass, wrong ones fail, rows resume, MBPP+ rules,
+and parity with stock EvalPlus 0.3.1 on HumanEval+."""
+
+import hashlib
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from skipbench.benchmarks import load_benchmark
+from skipbench.execute import EXECUTE_SCHEMA, run_execute
+from test_benchmarks import SHARED, mbpp_file, needs_shared
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
+EXEC = {"sandbox": "bwrap", "timeout_s": 20, "memory_mb": 1024}
+
+
+def write_samples(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_canonical_scores_100_and_wrong_scores_0(tmp_path):
+    cfg = {"dataset": "humaneval", "tasks": 10}
+    tasks = load_benchmark(cfg).tasks
+    samples = write_samples(tmp_path / "s.jsonl", [
+        r for t in tasks for r in ({"task_id": t.task_id, "completion": t.canonical_solution},
+                                   {"task_id": t.task_id, "solution": f"def {t.entry_point}(*a):\n    return object\n"})
+    ])  # fmt: skip
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, samples, EXEC, out, threads=2)
+    table = pq.read_table(out)
+    assert table.schema == EXECUTE_SCHEMA
+    rows = table.to_pylist()
+    assert len(rows) == 20 and {r["sandbox"] for r in rows} == {"bwrap"}
+    canonical = [r for r in rows if r["sample_id"] == 0]
+    wrong = [r for r in rows if r["sample_id"] == 1]
+    assert all(r["status"] == "pass" and r["tests_passed"] == r["tests_total"] > 0 for r in canonical)
+    assert all(r["status"] == "unserialisable" for r in wrong)  # a class object is not a value
+    assert all(0 < r["startup_s"] < 5 for r in rows)
+    assert not out.with_name(out.name + ".partial.jsonl").exists()
+
+
+def test_resume_keeps_finished_rows(tmp_path):
+    cfg = {"dataset": "humaneval", "tasks": 2}
+    tasks = load_benchmark(cfg).tasks
+    samples = write_samples(tmp_path / "s.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks])
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, samples, EXEC, out, threads=1)
+    first = pq.read_table(out).to_pylist()
+    # A killed run left one finished row (marked so we can tell it was not recomputed).
+    kept = dict(first[0], status="timeout", error_type="FromPartial")
+    out.with_name(out.name + ".partial.jsonl").write_text(json.dumps(kept) + "\n")
+    out.unlink()
+    run_execute(cfg, samples, EXEC, out, threads=1)
+    again = {r["task_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert again[kept["task_id"]]["error_type"] == "FromPartial"
+    assert again[first[1]["task_id"]]["status"] == "pass"
+
+
+def test_mbpp_plus_rules(tmp_path):
+    path = mbpp_file(tmp_path)
+    cfg = {"dataset": "mbpp_plus", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    samples = write_samples(tmp_path / "s.jsonl", [
+        # set-equality task: any order passes (EvalPlus MBPP_OUTPUT_SET_EQ_TASKS)
+        {"task_id": "Mbpp/2", "solution": "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"},
+        {"task_id": "Mbpp/2", "solution": "def similar_elements(a, b):\n    return (0,)\n"},
+        {"task_id": "Mbpp/7", "solution": "def find_char_long(s):\n    return [w for w in s.split() if len(w) >= 4][::-1]\n"},
+    ])  # fmt: skip
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, samples, EXEC, out, threads=2)
+    st = {(r["task_id"], r["sample_id"], r["split"]): r["status"] for r in pq.read_table(out).to_pylist()}
+    assert st[("Mbpp/2", 0, "base")] == st[("Mbpp/2", 0, "plus")] == "pass"
+    assert st[("Mbpp/2", 1, "base")] == "fail"
+    assert st[("Mbpp/7", 0, "base")] == "pass"  # reversed order, same set
+
+
+def mutate(code: str) -> str | None:
+    """An honest wrong solution: the canonical one with one operator changed."""
+    for a, b in ((" < ", " <= "), (" > ", " >= "), (" + 1", " + 2"), (" == ", " != "), (" - ", " + ")):
+        if a in code:
+            return code.replace(a, b, 1)
+    return None
+
+
+def stock_evalplus(problems: dict, samples: list[dict]) -> dict:
+    """Verdicts of stock EvalPlus 0.3.1 (in-process ground truth, its own untrusted_check)."""
+    from evalplus.evaluate import check_correctness
+    from evalplus.gen.util import trusted_exec
+
+    verdicts = {}
+    for i, s in enumerate(samples):
+        p = problems[s["task_id"]]
+        truth = {}
+        for split in ("base", "plus"):
+            truth[split], truth[f"{split}_time"] = trusted_exec(
+                p["prompt"] + p["canonical_solution"], p[f"{split}_input"], p["entry_point"], record_time=True)
+        r = check_correctness("humaneval", i, p, s["solution"], truth, fast_check=True)
+        verdicts[i] = (r["base"][0], r["plus"][0])
+    return verdicts
+
+
+@needs_shared
+@pytest.mark.slow
+def test_parity_with_stock_evalplus(tmp_path):
+    """Canonical solutions and operator mutants of the first 12 HumanEval+ tasks get the
+    same pass/not-pass verdicts as stock EvalPlus."""
+    cfg = {"dataset": "humaneval_plus", "path": str(SHARED), "tasks": 12}
+    bench = load_benchmark(cfg)
+    samples = []
+    for t in bench.tasks:
+        samples.append({"task_id": t.task_id, "solution": t.prompt + t.canonical_solution})
+        wrong = mutate(t.canonical_solution)
+        if wrong:
+            samples.append({"task_id": t.task_id, "solution": t.prompt + wrong})
+    path = write_samples(tmp_path / "s.jsonl", samples)
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, path, {**EXEC, "timeout_s": 60}, out, threads=2)
+    ours = {}
+    for r in pq.read_table(out).to_pylist():
+        ours.setdefault((r["task_id"], r["sample_id"]), {})[r["split"]] = r["status"] == "pass"
+    problems = {t.task_id: {"task_id": t.task_id, "prompt": t.prompt, "canonical_solution": t.canonical_solution,
+                            "entry_point": t.entry_point, "base_input": t.base_input, "plus_input": t.plus_input,
+                            "atol": t.atol} for t in bench.tasks}  # fmt: skip
+    stock = stock_evalplus(problems, samples)
+    per_task: dict[str, int] = {}
+    mismatches = []
+    for i, s in enumerate(samples):
+        sid = per_task.get(s["task_id"], 0)
+        per_task[s["task_id"]] = sid + 1
+        mine = ours[(s["task_id"], sid)]
+        theirs = (stock[i][0] == "pass", stock[i][1] == "pass")
+        if (mine["base"], mine["plus"]) != theirs:
+            mismatches.append((s["task_id"], sid, mine, stock[i]))
+    assert not mismatches
+    assert all(ours[(t.task_id, 0)] == {"base": True, "plus": True} for t in bench.tasks)
+    assert any(not v["plus"] for v in ours.values())  # the mutants do fail somewhere

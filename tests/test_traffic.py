@@ -1,0 +1,150 @@
+"""Distinct-expert counting against a brute-force replay with Python sets."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skipbench.io import read_table
+from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, traffic_table, write_traffic
+
+
+def quantile(xs, q):
+    """Linear interpolation between order statistics, written out."""
+    xs = sorted(xs)
+    h = (len(xs) - 1) * q
+    lo = math.floor(h)
+    return xs[lo] + (h - lo) * (xs[min(lo + 1, len(xs) - 1)] - xs[lo])
+
+
+def brute_force(rows: list[dict], c: int) -> dict:
+    """{layer: (tokens/step, slots/step, distinct mean, p50, p90, experts/token)}, layer -1 = layer mean."""
+    order = {}
+    for r in rows:
+        order.setdefault((r["task_id"], r["sample_id"]), len(order))
+    steps = defaultdict(list)  # (batch, position, layer) -> rows of the tokens in that step
+    for r in rows:
+        steps[(order[(r["task_id"], r["sample_id"])] // c, r["position"], r["layer"])].append(r)
+
+    def kept(r):
+        return [e for k, e in enumerate(r["expert_ids"]) if r["keep"] >> k & 1]
+
+    per_step = {key: (len(rs), sum(len(kept(r)) for r in rs), len({e for r in rs for e in kept(r)}))
+                for key, rs in steps.items()}  # fmt: skip
+    by_layer = defaultdict(list)
+    by_step = defaultdict(list)
+    for (b, pos, layer), v in per_step.items():
+        by_layer[layer].append(v)
+        by_step[(b, pos)].append(v)
+    layer_mean = {ALL_LAYERS: [tuple(sum(x) / len(vs) for x in zip(*vs)) for vs in by_step.values()]}
+    out = {}
+    for layer, vs in (by_layer | layer_mean).items():
+        tokens, slots, distinct = zip(*vs)
+        out[layer] = (sum(tokens) / len(vs), sum(slots) / len(vs), sum(distinct) / len(vs),
+                      quantile(distinct, 0.5), quantile(distinct, 0.9), sum(slots) / sum(tokens))  # fmt: skip
+    return out
+
+
+@st.composite
+def traces(draw):
+    k = draw(st.integers(1, 4))
+    n_exp = draw(st.integers(k, 10))
+    layers = sorted(draw(st.sets(st.integers(0, 5), min_size=1, max_size=3)))
+    rows = []
+    for s in range(draw(st.integers(1, 5))):
+        task, sample = f"T/{s % 3}", s // 3  # two samples of one task must stay distinct samples
+        for pos in range(draw(st.integers(1, 6))):
+            for layer in layers:
+                ids = draw(st.permutations(range(n_exp)))[:k]
+                rows.append(dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids,
+                                 keep=draw(st.integers(0, 2**k - 1))))  # fmt: skip
+    return draw(st.permutations(rows))  # row order must not matter beyond first appearance
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=traces(), concurrency=st.lists(st.integers(1, 6), min_size=1, max_size=3, unique=True))
+def test_matches_brute_force(rows, concurrency):
+    table = pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
+    got = traffic_table(table, "v", concurrency, bytes_per_expert=1000)
+    k = len(rows[0]["expert_ids"])
+    for c in concurrency:
+        want = brute_force(rows, c)
+        sub = got[got["concurrency"] == c].set_index("layer")
+        assert set(sub.index) == set(want)
+        for layer, (tokens, slots, mean, p50, p90, ept) in want.items():
+            row = sub.loc[layer]
+            assert row["tokens_per_step"] == pytest.approx(tokens)
+            assert row["slots_per_step"] == pytest.approx(slots)
+            assert row["distinct_mean"] == pytest.approx(mean)
+            assert row["distinct_p50"] == pytest.approx(p50)
+            assert row["distinct_p90"] == pytest.approx(p90)
+            assert row["experts_per_token"] == pytest.approx(ept)
+            assert row["skip_rate"] == pytest.approx(1 - ept / k)
+            assert row["bytes_per_step"] == pytest.approx(mean * 1000)
+
+
+def _row(task, pos, layer, ids, keep, sample=0):
+    return dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids, keep=keep)
+
+
+def test_hand_computed_union_and_ragged_batch():
+    # sample A: 2 tokens, sample B: 1 token; top-2 of 4 experts, one MoE layer (3)
+    rows = [
+        _row("A", 0, 3, [0, 1], 0b11),
+        _row("A", 1, 3, [2, 3], 0b01),  # slot 1 (expert 3) skipped
+        _row("B", 0, 3, [1, 2], 0b11),
+    ]
+    got = traffic_table(pd.DataFrame(rows), "v", [1, 2], bytes_per_expert=10).set_index(["concurrency", "layer"])
+    # c=1: steps {0,1} | {0,1}, {2} | {1,2} -> distinct 2, 1, 2
+    assert got.loc[(1, 3), "steps"] == 3
+    assert got.loc[(1, 3), "distinct_mean"] == pytest.approx(5 / 3)
+    # c=2: step 0 = A0 + B0 -> {0,1,2}; step 1 = A1 alone (B finished) -> {2}
+    assert got.loc[(2, 3), "steps"] == 2
+    assert got.loc[(2, 3), "distinct_mean"] == pytest.approx(2.0)
+    assert got.loc[(2, 3), "tokens_per_step"] == pytest.approx(1.5)
+    assert got.loc[(2, 3), "experts_per_token"] == pytest.approx(5 / 3)
+    assert got.loc[(2, 3), "bytes_per_step"] == pytest.approx(20.0)
+
+
+def test_all_skipped_step_counts_zero_distinct():
+    rows = [_row("A", 0, 1, [0, 1], 0), _row("A", 1, 1, [0, 1], 0b10)]
+    got = traffic_table(pd.DataFrame(rows), "v", [1], bytes_per_expert=1)
+    row = got[got["layer"] == 1].iloc[0]
+    assert row["steps"] == 2 and row["distinct_mean"] == 0.5 and row["skip_rate"] == 0.75
+
+
+def test_samples_batch_in_order_of_first_appearance():
+    # C appears first, so at c=2 the batches are (C, A) and (B): A and B never share a step
+    rows = [_row("C", 0, 1, [5], 1), _row("A", 0, 1, [6], 1), _row("B", 0, 1, [7], 1)]
+    got = traffic_table(pd.DataFrame(rows), "v", [2], bytes_per_expert=1)
+    assert got[got["layer"] == 1]["distinct_mean"].iloc[0] == pytest.approx(1.5)  # {5,6}, {7}
+
+
+def test_rejects_ragged_slots_and_empty():
+    with pytest.raises(ValueError, match="same length K"):
+        traffic_table(pd.DataFrame([_row("A", 0, 1, [0, 1], 3), _row("A", 1, 1, [0], 1)]), "v", [1], 1)
+    with pytest.raises(ValueError, match="empty"):
+        traffic_table(TRACE_SCHEMA.empty_table(), "v", [1], 1)
+    with pytest.raises(ValueError, match="concurrency"):
+        traffic_table(pd.DataFrame([_row("A", 0, 1, [0], 1)]), "v", [0], 1)
+
+
+def test_write_traffic_schema(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = [_row("A", p, layer, [p % 4, 4 + layer], 0b11) for p in range(3) for layer in (1, 2)]
+    paths = {}
+    for variant, keep in (("dense", 0b11), ("top1", 0b01)):
+        paths[variant] = tmp_path / f"{variant}.parquet"
+        pq.write_table(pa.Table.from_pylist([r | {"keep": keep} for r in rows], schema=TRACE_SCHEMA), paths[variant])
+    table = write_traffic(paths, [1, 4], 100, tmp_path / "traffic.parquet")
+    back = read_table(tmp_path / "traffic.parquet", TRAFFIC_SCHEMA).to_pandas()
+    assert table.num_rows == len(back) == 2 * 2 * 3  # variants x concurrencies x (2 layers + mean)
+    top1 = back[(back["variant"] == "top1") & (back["layer"] == ALL_LAYERS)]
+    assert (top1["experts_per_token"] == 1.0).all() and (top1["skip_rate"] == 0.5).all()

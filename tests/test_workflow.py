@@ -1,0 +1,125 @@
+"""The whole DAG on a micro config: every stage runs for real, every table has its schema.
+
+One workflow run (a few minutes on 2 cores) shared by the tests of this module.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from skipbench.benchmarks import load_tasks
+from skipbench.checkpoint import TRAINING_SCHEMA
+from skipbench.execute import EXECUTE_SCHEMA
+from skipbench.fp8 import CONVERT_REPORT_SCHEMA
+from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
+from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
+from skipbench.layout import MANIFEST_SCHEMA
+from skipbench.score import SCORES_SCHEMA
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TASKS = 3
+
+
+def micro_config(workdir: Path) -> dict:
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["run"] = "micro"
+    cfg["model"]["synthetic"]["architecture"]["num_hidden_layers"] = 3
+    cfg["model"]["synthetic"]["vocab_size"] = 512
+    cfg["model"]["synthetic"]["shards"] = 2
+    cfg["engine"]["max_model_len"] = 512
+    cfg["generation"]["max_new_tokens"] = 96
+    he = {"dataset": "humaneval", "tasks": TASKS}
+    tasks = load_tasks(he)
+    canonical, wrong = workdir / "canonical.jsonl", workdir / "wrong.jsonl"
+    canonical.write_text("".join(json.dumps({"task_id": t.task_id, "solution": t.prompt + t.canonical_solution}) + "\n" for t in tasks))
+    wrong.write_text("".join(json.dumps({"task_id": t.task_id, "completion": "    return None\n"}) + "\n" for t in tasks))
+    cfg["benchmarks"] = {
+        "he": {**he, "samples": str(canonical)},  # dense + top1, and canonical solutions as "external"
+        "he_wrong": {**he, "samples": str(wrong), "variants": []},  # only the always-wrong samples
+    }
+    cfg["variants"] = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
+    return cfg
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.rglob("logs/**/*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stderr[-4000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(micro_config(workdir)))
+    snakemake(workdir)
+    return workdir / "results" / "micro"
+
+
+def table(path: Path, schema):
+    t = pq.read_table(path)
+    assert t.schema.names == schema.names, path
+    assert t.schema.equals(schema, check_metadata=False), path
+    return t.to_pandas()
+
+
+def test_every_table_has_its_schema(run):
+    assert len(table(run / "model/checkpoint_manifest.parquet", MANIFEST_SCHEMA)) >= 4
+    table(run / "model/training.parquet", TRAINING_SCHEMA)
+    report = table(run / "model/convert_report.parquet", CONVERT_REPORT_SCHEMA)
+    assert len(report) > 0
+    manifest = table(run / "kernels/manifest.parquet", KERNEL_MANIFEST_SCHEMA)
+    assert manifest["passed"].all() and set(manifest["backend"]) == {"reference"}
+    for variant in ("dense", "top1"):
+        infer = run / "infer/he" / variant
+        gens = table(infer / "generations.parquet", GENERATIONS_SCHEMA)
+        assert len(gens) == TASKS
+        summary = table(infer / "summary.parquet", INFER_SUMMARY_SCHEMA)
+        assert summary["tokens_per_s"].iloc[0] > 0
+        assert len((infer / "samples.jsonl").read_text().splitlines()) == TASKS
+    for bench, variant in [("he", "dense"), ("he", "top1"), ("he", "external"), ("he_wrong", "external")]:
+        table(run / f"execute/{bench}/{variant}.parquet", EXECUTE_SCHEMA)
+    for ext in ("png", "svg"):
+        assert (run / f"figures/tradeoff_he.{ext}").stat().st_size > 1000
+
+
+def test_scores_canonical_pass_wrong_fail_and_skipping_costs_experts(run):
+    scores = table(run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
+    assert scores.loc[("he", "external"), "pass1_base"] == 1.0
+    assert scores.loc[("he_wrong", "external"), "pass1_base"] == 0.0
+    dense, top1 = scores.loc[("he", "dense")], scores.loc[("he", "top1")]
+    assert dense["experts_per_token"] == pytest.approx(4.0)
+    assert top1["experts_per_token"] == pytest.approx(1.0)
+    assert dense["identical_to_dense"] == 1.0
+    assert top1["pass1_base"] <= dense["pass1_base"]
+
+
+def test_finished_workflow_reruns_nothing_and_figures_rerun_alone(run):
+    workdir = run.parents[1]
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    gens = run / "infer/he/dense/generations.parquet"
+    before = gens.stat().st_mtime_ns
+    figure = run / "figures/tradeoff_he.svg"
+    figure_before = figure.stat().st_mtime_ns
+    snakemake(workdir, "-R", "figures")
+    assert gens.stat().st_mtime_ns == before  # inference did not rerun
+    assert figure.stat().st_mtime_ns > figure_before
+
+
+def test_report_renders(run):
+    workdir = run.parents[1]
+    snakemake(workdir, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "tradeoff_he" in html

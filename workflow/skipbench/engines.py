@@ -1,0 +1,172 @@
+"""Generation engines behind one small interface: vLLM (engine of record) and transformers.
+
+Both apply the same SkipRule (vLLM through the skipbench plugin, transformers through
+oracle.SkipGate), decode greedily, and report kept routed slots summed over MoE layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from skipbench.strategies import SkipRule
+
+@dataclass(frozen=True)
+class Generation:
+    completion: str  # text after the prompt, stop string excluded
+    token_ids: list[int]  # generated ids (EOS included when it ended the sample)
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or stop string) or "length" (max_new_tokens)
+
+
+@dataclass(frozen=True)
+class ExpertCount:
+    kept: int  # routed slots kept, summed over tokens and MoE layers
+    token_layers: int  # tokens seen, summed over MoE layers
+    moe_layers: int
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{platform.machine()}x{os.cpu_count()}"
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    """Set environment variables for the engine's start (its processes inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# engine config keys that are vllm.LLM arguments; `extra` is passed through as is,
+# `name` and `gpus` (a Snakemake resource) are not LLM arguments.
+LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size")
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+        import vllm
+        from vllm import LLM
+
+        from skipbench.vllm_plugin import ENV_RULE, SKIP_PATH, WORKER_EXTENSION
+
+        self.version = vllm.__version__
+        self.skip_path = "none" if rule.is_dense else SKIP_PATH
+        self.rule = rule
+        args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
+        env = {ENV_RULE: rule.to_json(), "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
+        if not torch.cuda.is_available():
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; tiny default
+        with _env(**env):
+            self.llm = LLM(model=str(model_dir), seed=seed, worker_extension_cls=WORKER_EXTENSION, **args)
+        stats = self.llm.collective_rpc("skipbench_stats")[0]
+        if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
+            raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        self.llm.collective_rpc("skipbench_reset")
+
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=stop, seed=seed)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            Generation(o.outputs[0].text, list(o.outputs[0].token_ids), len(o.prompt_token_ids), o.outputs[0].finish_reason)
+            for o in outs
+        ]
+
+    def take_counts(self) -> ExpertCount:
+        """Counts since the last call (rank 0's routers: every TP rank routes the same)."""
+        layers = self.llm.collective_rpc("skipbench_stats")[0]["layers"]
+        if not layers:  # e.g. a monolithic MoE kernel that routes inside itself, bypassing select_experts
+            raise RuntimeError("the skip hook never ran: this vLLM MoE backend does not call select_experts")
+        self.llm.collective_rpc("skipbench_reset")
+        return ExpertCount(sum(l["kept"] for l in layers), sum(l["tokens"] for l in layers), len(layers))
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
+
+
+class TransformersEngine:
+    """Fallback engine and oracle: eager experts, sentinel skip path (dropped experts not run).
+
+    Uses engine.dtype (`auto` = float32); vLLM-only settings are ignored. Counts include
+    left padding and finished rows of a batch: the engine computes them.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+        import transformers
+        from transformers import AutoTokenizer
+
+        from skipbench.oracle import SKIP_PATH, load_oracle
+
+        self.version = transformers.__version__
+        self.skip_path = "none" if rule.is_dense else SKIP_PATH
+        name = engine_cfg.get("dtype", "auto")
+        dtype = torch.float32 if name == "auto" else getattr(torch, name)
+        self.model, self.gates = load_oracle(model_dir, rule, dtype)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
+        torch.manual_seed(seed)
+        batch = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        out = self.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=stop or None,
+            tokenizer=self.tok, pad_token_id=self.tok.pad_token_id,
+        )  # [B, P + N], prompts left-padded to P
+        gens = []
+        for row, mask in zip(out[:, batch["input_ids"].shape[1] :].tolist(), batch["attention_mask"]):
+            eos = self.tok.eos_token_id
+            ids = row[: row.index(eos) + 1] if eos in row else row
+            text = self.tok.decode(ids, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+            stopped = eos in row or cut >= 0
+            if cut >= 0:
+                text = text[:cut]
+            gens.append(Generation(text, ids, int(mask.sum()), "stop" if stopped else "length"))
+        return gens
+
+    def take_counts(self) -> ExpertCount:
+        counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates))
+        for _, g in self.gates:
+            g.reset()
+        return counts
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+ENGINES = {"vllm": VllmEngine, "transformers": TransformersEngine}
+
+
+def open_engine(model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+    if engine_cfg["name"] not in ENGINES:
+        raise ValueError(f"unknown engine {engine_cfg['name']!r}; known: {sorted(ENGINES)}")
+    return ENGINES[engine_cfg["name"]](Path(model_dir), rule, engine_cfg, seed, Path(cache_dir))

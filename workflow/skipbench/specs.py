@@ -1,0 +1,214 @@
+"""The roofline's two inputs: what a device does (HardwareProfile) and what a model weighs (ModelShape).
+
+Hardware: bandwidth and dense matmul rates, each with its source.
+Profiles live in config/hardware/<name>.yaml (add a file to add a device). A profile with a
+`measure:` block instead of numbers is measured at run time on the device the stage runs
+on (copy bandwidth, BF16 matmul rate): that is how a CPU run gets a profile that its own
+engine measurements can validate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
+BLOCK = 128  # DeepSeek FP8: one fp32 scale per 128x128 weight block
+KV_BYTES = 2  # bf16 latent KV cache
+
+# deepseek-ai/DeepSeek-V3 config.json (routing and shape fields): the shape kernels/bench.py times.
+DEEPSEEK_V3_CONFIG = dict(
+    hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048, num_hidden_layers=61,
+    first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
+    num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+    qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280,
+    quantization_config=dict(quant_method="fp8", fmt="e4m3", weight_block_size=[128, 128]),
+)  # fmt: skip
+
+HARDWARE_DIR = Path(__file__).resolve().parents[2] / "config" / "hardware"
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    device: str  # what the numbers describe: a datasheet name, or engines.device_name() when measured
+    bandwidth: float  # bytes/s of device memory, one device
+    bf16_flops: float  # dense (no sparsity) BF16 FLOP/s, one device
+    fp8_flops: float  # dense FP8 FLOP/s; = bf16_flops where the device has no FP8 matmul
+    sources: dict = field(default_factory=dict)  # field -> where the number comes from
+
+    def flops(self, dtype: str) -> float:
+        return self.fp8_flops if dtype == "fp8" else self.bf16_flops
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_seconds(fn, device, repeats: int) -> float:
+    fn()  # warm-up: first touch of pages, kernel selection
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_profile(
+    name: str = "measured", copy_mib: int = 256, matmul_n: int = 2048, repeats: int = 5
+) -> HardwareProfile:
+    """Measure copy bandwidth (read + write bytes / s) and BF16 matmul FLOP/s here.
+
+    FP8 matmul is not measured (no portable FP8 GEMM on CPU); the profile uses the BF16
+    rate for it and says so in `sources`.
+    """
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    src = torch.empty(copy_mib << 20, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    copy_s = _best_seconds(lambda: dst.copy_(src), device, repeats)
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    mm_s = _best_seconds(lambda: a @ b, device, repeats)
+    from skipbench.engines import device_name  # the name engine runs record: validation joins on it
+
+    desc = device_name()
+    when = time.strftime("%Y-%m-%dT%H:%M:%S")
+    profile = HardwareProfile(
+        name=name,
+        device=desc,
+        bandwidth=2 * src.numel() / copy_s,
+        bf16_flops=2 * matmul_n**3 / mm_s,
+        fp8_flops=2 * matmul_n**3 / mm_s,
+        sources=dict(
+            bandwidth=f"measured {when} on {desc}: torch copy of {copy_mib} MiB, best of {repeats}, read+write bytes",
+            bf16_flops=f"measured {when} on {desc}: torch bf16 matmul {matmul_n}^3, best of {repeats}",
+            fp8_flops="not measured: set to the measured bf16 rate",
+        ),
+    )
+    log.info("measured profile %s: %.1f GB/s, %.2f TFLOP/s bf16", desc, profile.bandwidth / 1e9,
+             profile.bf16_flops / 1e12)  # fmt: skip
+    return profile
+
+
+def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> HardwareProfile:
+    """Profile from config/hardware/<name>.yaml (or a path to a yaml file)."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(hardware_dir) / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(hardware_dir).glob("*.yaml"))
+        raise FileNotFoundError(f"no hardware profile {name_or_path!r} ({path}); known: {known}")
+    cfg = yaml.safe_load(path.read_text())
+    name = cfg.get("name", path.stem)
+    if "measure" in cfg:
+        return measure_profile(name, **cfg["measure"])
+    values, sources = {}, {}
+    for key in ("bandwidth", "bf16_flops", "fp8_flops"):
+        entry = cfg.get(key)
+        if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
+            raise ValueError(f"{path}: `{key}` needs `value` and `source` (every number says where it comes from)")
+        values[key], sources[key] = float(entry["value"]), str(entry["source"])
+    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, **values)
+
+
+def matrix_bytes(rows: int, cols: int, dtype: str) -> int:
+    """Bytes of a [rows, cols] weight; FP8 adds one fp32 scale per 128x128 block."""
+    n = rows * cols * DTYPE_BYTES[dtype]
+    if dtype == "fp8":
+        n += math.ceil(rows / BLOCK) * math.ceil(cols / BLOCK) * 4
+    return n
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the roofline needs of a DeepSeek-V3-style config.json."""
+
+    hidden: int
+    inter: int  # dense MLP intermediate (first_k_dense_replace layers)
+    moe_inter: int
+    n_layers: int
+    first_dense: int
+    n_experts: int
+    top_k: int
+    n_shared: int
+    heads: int
+    q_lora: int  # 0: no query compression (DeepSeek-V2-Lite)
+    kv_lora: int
+    rope: int
+    nope: int
+    v_head: int
+    vocab: int
+    weight_dtype: str  # as shipped: fp8 when the config carries an fp8 quantization_config
+
+    @classmethod
+    def from_config(cls, config: dict | str | Path) -> "ModelShape":
+        if not isinstance(config, dict):
+            path = Path(config)
+            config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+        quant = config.get("quantization_config") or {}
+        return cls(
+            hidden=config["hidden_size"], inter=config["intermediate_size"],
+            moe_inter=config["moe_intermediate_size"], n_layers=config["num_hidden_layers"],
+            first_dense=config.get("first_k_dense_replace", 0), n_experts=config["n_routed_experts"],
+            top_k=config["num_experts_per_tok"], n_shared=config.get("n_shared_experts") or 0,
+            heads=config["num_attention_heads"], q_lora=config.get("q_lora_rank") or 0,
+            kv_lora=config["kv_lora_rank"], rope=config["qk_rope_head_dim"], nope=config["qk_nope_head_dim"],
+            v_head=config["v_head_dim"], vocab=config["vocab_size"],
+            weight_dtype="fp8" if quant.get("quant_method") == "fp8" else "bf16",
+        )  # fmt: skip
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.first_dense
+
+    def _mlp(self, inter: int) -> list[tuple[int, int]]:
+        return [(inter, self.hidden), (inter, self.hidden), (self.hidden, inter)]  # gate, up, down
+
+    def _attention(self) -> list[tuple[int, int]]:
+        qk = self.heads * (self.nope + self.rope)
+        q = [(self.q_lora, self.hidden), (qk, self.q_lora)] if self.q_lora else [(qk, self.hidden)]
+        return q + [
+            (self.kv_lora + self.rope, self.hidden),  # kv_a_proj_with_mqa
+            (self.heads * (self.nope + self.v_head), self.kv_lora),  # kv_b_proj
+            (self.hidden, self.heads * self.v_head),  # o_proj
+        ]
+
+    def expert_bytes(self, dtype: str) -> int:
+        """One routed expert: DeepSeek-V3 FP8 = 3 x 2048 x 7168 + 3 x 16 x 56 x 4 = 44,050,944."""
+        return sum(matrix_bytes(r, c, dtype) for r, c in self._mlp(self.moe_inter))
+
+    @property
+    def expert_flops(self) -> int:
+        """FLOPs of one (token, expert) pair: three H x I matmuls."""
+        return 6 * self.hidden * self.moe_inter
+
+    def layer_fixed(self, moe: bool, dtype: str) -> tuple[int, int]:
+        """(weight bytes read once per step, FLOPs per token) of a layer apart from routed experts."""
+        mats = self._attention() + (self._mlp(self.n_shared * self.moe_inter) if moe else self._mlp(self.inter))
+        nbytes = sum(matrix_bytes(r, c, dtype) for r, c in mats)
+        params = sum(r * c for r, c in mats)
+        if moe:  # router gate, kept in bf16 in FP8 checkpoints
+            nbytes += self.n_experts * self.hidden * 2
+            params += self.n_experts * self.hidden
+        return nbytes, 2 * params
+
+    def kv_per_token(self, context: int) -> tuple[int, int]:
+        """(KV bytes, attention FLOPs) per token per layer over `context` cached tokens (absorbed MLA)."""
+        width = self.kv_lora + self.rope
+        return context * width * KV_BYTES, 2 * self.heads * context * (width + self.kv_lora)

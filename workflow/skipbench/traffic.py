@@ -1,0 +1,186 @@
+"""Expert traffic from routing traces: experts per token, skip rates, distinct experts per step.
+
+Decode is memory-bound: what a step costs is the bytes of the DISTINCT experts the whole
+batch touches in a layer, not the experts per token (DESIGN.md section 5). A trace holds
+one row per (sample, generated token, MoE layer) with the router's K chosen experts and a
+bitmask of the slots actually computed; this module replays the trace as if the samples
+had been served together at concurrency c and counts, per decode step and layer, the
+union of kept experts.
+
+Batching model (stated, since it decides the numbers): samples are taken in order of first
+appearance in the trace and grouped into consecutive batches of c; decode step s of a batch
+holds token s of every sample of that batch that is still generating (shorter samples drop
+out, no refill). Shapes: N trace rows, K router slots, E experts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+# One row per (sample, generated token, MoE layer). Written by the inference stage
+# (strategies/vllm plugin), read here. About 2K + 14 bytes per token per layer before
+# Parquet compression: ~30 B on DeepSeek-V3 (K = 8), i.e. ~1.7 kB per token for 58 layers.
+TRACE_SCHEMA = pa.schema(
+    [
+        ("task_id", pa.string()),  # benchmark task, e.g. "HumanEval/0"
+        ("sample_id", pa.int32()),  # sample index within the task (pass@k draws)
+        ("position", pa.int32()),  # index of the generated token, 0 = first generated
+        ("layer", pa.int16()),  # MoE layer index in the model (not counting from first MoE)
+        ("expert_ids", pa.list_(pa.int16())),  # [K] the router's chosen experts, slot order
+        ("keep", pa.uint32()),  # bit k set = slot k computed, clear = skipped
+    ]
+)
+
+ALL_LAYERS = -1  # `layer` value of the rows averaged over every MoE layer
+
+# One row per (variant, concurrency, layer). Rows with layer = ALL_LAYERS average the
+# per-layer quantities over the MoE layers (per step, then over steps).
+TRAFFIC_SCHEMA = pa.schema(
+    [
+        ("variant", pa.string()),  # skip variant name from config
+        ("concurrency", pa.int32()),  # c: samples decoded together
+        ("layer", pa.int16()),  # MoE layer index, or ALL_LAYERS (-1)
+        ("slots", pa.int16()),  # K: router slots per token (top-k of the dense model)
+        ("steps", pa.int64()),  # decode steps counted: (batch, position) pairs
+        ("tokens_per_step", pa.float64()),  # mean sequences active in a step (<= c)
+        ("experts_per_token", pa.float64()),  # mean kept slots per token (dense: K)
+        ("skip_rate", pa.float64()),  # 1 - experts_per_token / K
+        ("slots_per_step", pa.float64()),  # mean kept (token, slot) pairs per step: drives FLOPs
+        ("distinct_mean", pa.float64()),  # distinct experts loaded per step: mean over steps
+        ("distinct_p50", pa.float64()),  # ... median (linear interpolation)
+        ("distinct_p90", pa.float64()),  # ... 90th percentile
+        ("bytes_per_expert", pa.int64()),  # weight bytes of one routed expert (dtype + scales)
+        ("bytes_per_step", pa.float64()),  # distinct_mean * bytes_per_expert: expert weights read per step
+    ]
+)
+
+
+def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
+    """Columns of a trace as numpy: sample [N] (order of first appearance), position [N],
+    layer [N], ids [N, K] int64, kept [N, K] bool."""
+    if isinstance(trace, pd.DataFrame):
+        trace = pa.Table.from_pandas(trace, preserve_index=False)
+    trace = trace.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+    n = trace.num_rows
+    lengths = trace["expert_ids"].combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+    k = int(lengths[0]) if n else 0
+    if n and (lengths != k).any():
+        raise ValueError(f"expert_ids must all have the same length K, got {sorted(set(lengths.tolist()))}")
+    if k > 32:
+        raise ValueError(f"keep is a uint32 bitmask: at most 32 slots, got K={k}")
+    ids = trace["expert_ids"].combine_chunks().flatten().to_numpy().astype(np.int64).reshape(n, k)
+    keep = trace["keep"].to_numpy().astype(np.uint64)
+    kept = ((keep[:, None] >> np.arange(k, dtype=np.uint64)) & 1).astype(bool)  # N, K
+    # samples keyed by (task_id, sample_id), numbered in order of first appearance
+    key = pd.MultiIndex.from_arrays([trace["task_id"].to_numpy(zero_copy_only=False), trace["sample_id"].to_numpy()])
+    sample, _ = pd.factorize(key)
+    return dict(
+        sample=sample.astype(np.int64),
+        position=trace["position"].to_numpy().astype(np.int64),
+        layer=trace["layer"].to_numpy().astype(np.int64),
+        ids=ids,
+        kept=kept,
+    )
+
+
+def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFrame:
+    """One row per (batch, position, layer) step: tokens, kept slots, distinct kept experts."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    ids, kept = arrays["ids"], arrays["kept"]  # N, K
+    batch = arrays["sample"] // concurrency  # N
+    layers, layer_idx = np.unique(arrays["layer"], return_inverse=True)  # L
+    n_pos = int(arrays["position"].max()) + 1 if len(batch) else 1
+    n_exp = int(ids.max()) + 1 if ids.size else 1
+    if ids.size and ids.min() < 0:
+        raise ValueError("expert ids must be >= 0 (skipped slots are marked in `keep`, not by id)")
+    # a single int64 key per step, and per (step, expert): union sizes by unique + bincount
+    step_key = (batch * n_pos + arrays["position"]) * len(layers) + layer_idx  # N
+    steps, step_of_row = np.unique(step_key, return_inverse=True)  # S
+    pairs = np.unique((step_of_row[:, None] * n_exp + ids)[kept])  # distinct (step, expert)
+    distinct = np.bincount(pairs // n_exp, minlength=len(steps))  # S
+    tokens = np.bincount(step_of_row, minlength=len(steps))  # S
+    slots = np.bincount(step_of_row, weights=kept.sum(axis=1), minlength=len(steps))  # S
+    return pd.DataFrame(
+        dict(
+            step=steps // len(layers),  # (batch, position) id, shared by the layers of a step
+            layer=layers[steps % len(layers)],
+            tokens=tokens,
+            slots=slots,
+            distinct=distinct,
+        )
+    )
+
+
+def _summarise(steps: pd.DataFrame, by: str) -> pd.DataFrame:
+    g = steps.groupby(by, sort=True)
+    out = pd.DataFrame(
+        dict(
+            steps=g.size(),
+            tokens_per_step=g["tokens"].mean(),
+            slots_per_step=g["slots"].mean(),
+            distinct_mean=g["distinct"].mean(),
+            distinct_p50=g["distinct"].quantile(0.5),
+            distinct_p90=g["distinct"].quantile(0.9),
+        )
+    )
+    out["experts_per_token"] = g["slots"].sum() / g["tokens"].sum()
+    return out.reset_index()
+
+
+def traffic_table(
+    trace: pa.Table | pd.DataFrame,
+    variant: str,
+    concurrency: list[int],
+    bytes_per_expert: int,
+) -> pd.DataFrame:
+    """TRAFFIC_SCHEMA rows for one variant's trace at each concurrency level."""
+    arrays = trace_arrays(trace)
+    if len(arrays["sample"]) == 0:
+        raise ValueError(f"routing trace of variant {variant!r} is empty")
+    k = arrays["ids"].shape[1]
+    frames = []
+    for c in concurrency:
+        steps = step_traffic(arrays, c)
+        per_layer = _summarise(steps, "layer")
+        # model-wide: average the layers within each step first, then summarise the steps
+        whole = _summarise(
+            steps.groupby("step")[["tokens", "slots", "distinct"]].mean().reset_index().assign(layer=ALL_LAYERS),
+            "layer",
+        )
+        frame = pd.concat([whole, per_layer], ignore_index=True)
+        frame["concurrency"] = c
+        frames.append(frame)
+        log.info("traffic %s c=%d: %.2f distinct experts/step/layer", variant, c, whole["distinct_mean"].iloc[0])
+    out = pd.concat(frames, ignore_index=True)
+    out["variant"] = variant
+    out["slots"] = k
+    out["skip_rate"] = 1.0 - out["experts_per_token"] / k
+    out["bytes_per_expert"] = int(bytes_per_expert)
+    out["bytes_per_step"] = out["distinct_mean"] * bytes_per_expert
+    return out[TRAFFIC_SCHEMA.names]
+
+
+def write_traffic(
+    trace_paths: dict[str, str],
+    concurrency: list[int],
+    bytes_per_expert: int,
+    out_path: str,
+) -> pa.Table:
+    """Read each variant's trace Parquet ({variant: path}) and write one TRAFFIC_SCHEMA table."""
+    import pyarrow.parquet as pq
+
+    from skipbench.io import write_table
+
+    frames = [
+        traffic_table(pq.read_table(path), variant, concurrency, bytes_per_expert)
+        for variant, path in trace_paths.items()
+    ]
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRAFFIC_SCHEMA, preserve_index=False)
+    return write_table(out_path, table, TRAFFIC_SCHEMA)
