@@ -18,6 +18,7 @@ include: "workflow/rules/kernels.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/execute.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/throughput.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -25,4 +26,5 @@ rule all:
     input:
         scores=f"{RUN}/score/scores.parquet",
         figures=FIGURES,
+        throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
     default_target: True

@@ -16,11 +16,25 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 AMAX_EPS = 1e-4  # activation amax floor: an all-zero row must not divide by zero
 
 
-def dequant_blocks(w: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """[N, K] fp8 and [ceil(N/b), ceil(K/b)] scales -> [N, K] float32 (ragged edges allowed)."""
+def dequant_blocks(
+    w: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """[N, K] fp8 and [ceil(N/b), ceil(K/b)] scales -> [N, K] in dtype (ragged edges allowed)."""
     n, k = w.shape[-2:]
     scale = scale_inv.repeat_interleave(block, -2)[..., :n, :].repeat_interleave(block, -1)[..., :k]
-    return w.to(torch.float32) * scale.to(torch.float32)
+    return w.to(dtype) * scale.to(dtype)
+
+
+def quant_blocks(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., N, K] float -> (e4m3 [..., N, K], fp32 scale_inv [..., N/b, K/b]): DeepSeek's
+    128x128 weight format for stacks of experts at once (N, K multiples of the block)."""
+    *lead, n, k = w.shape
+    assert n % block == 0 and k % block == 0, "weight dims must be multiples of the block"
+    wb = w.float().reshape(*lead, n // block, block, k // block, block)
+    amax = wb.abs().amax(dim=(-3, -1))  # ..., N/b, K/b
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))  # all-zero block: any scale
+    q = (wb / scale[..., :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q.reshape(w.shape), scale
 
 
 def quant_act_1x128(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,9 +55,10 @@ def dequant_act(q: torch.Tensor, scale: torch.Tensor, block: int = BLOCK) -> tor
     return (q.float().view(t, h // block, block) * scale[..., None]).view(t, h)
 
 
-def expert_weights(w: torch.Tensor, scale_inv: torch.Tensor | None) -> torch.Tensor:
-    """One expert's weight as float32, dequantising when it carries block scales."""
-    return w.float() if scale_inv is None else dequant_blocks(w, scale_inv)
+def expert_weights(w: torch.Tensor, scale_inv: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One expert's weight in dtype (at least float32 while dequantising), scales applied if any."""
+    wide = torch.promote_types(dtype, torch.float32)  # fp8 * fp32 scale must not round in bf16
+    return (w.to(wide) if scale_inv is None else dequant_blocks(w, scale_inv, dtype=wide)).to(dtype)
 
 
 def moe_reference(
@@ -75,8 +90,8 @@ def moe_reference(
         if e < 0:
             continue
         token, slot = (flat_ids == e).nonzero(as_tuple=True)  # n routed (token, slot) pairs
-        gate_up = expert_weights(w13[e], None if w13_scale is None else w13_scale[e]).to(compute_dtype)
-        down = expert_weights(w2[e], None if w2_scale is None else w2_scale[e]).to(compute_dtype)
+        gate_up = expert_weights(w13[e], None if w13_scale is None else w13_scale[e], compute_dtype)
+        down = expert_weights(w2[e], None if w2_scale is None else w2_scale[e], compute_dtype)
         gate, up = (x[token] @ gate_up.T).chunk(2, dim=-1)  # n, I each
         h = F.silu(gate) * up
         if quantize_activations:  # the down GEMM also reads FP8 activations
@@ -90,3 +105,28 @@ def moe_reference(
 def distinct_experts(ids: torch.Tensor, keep: torch.Tensor) -> int:
     """Experts whose weights a step must read: distinct ids among kept slots of the batch."""
     return int(torch.where(keep, ids, -1).unique().ge(0).sum())
+
+
+def deepseek_route(
+    x: torch.Tensor,  # T, H
+    router: torch.Tensor,  # E, H
+    bias: torch.Tensor,  # E   e_score_correction_bias: used to select, not to weight
+    top_k: int = 8,
+    n_group: int = 8,
+    topk_group: int = 4,
+    scale: float = 2.5,  # routed_scaling_factor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's noaux_tc routing -> (ids [T, K], weights [T, K]) (DESIGN.md section 3).
+
+    Group score = sum of a group's top-2 biased scores; the best topk_group groups stay
+    eligible; the top_k biased scores among them win; weights = s / sum(s) * scale.
+    """
+    t, e = x.shape[0], router.shape[0]
+    s = torch.sigmoid(x.float() @ router.float().T)  # T, E
+    biased = s + bias.float()
+    group = biased.view(t, n_group, e // n_group).topk(2, dim=-1).values.sum(-1)  # T, G
+    keep_group = torch.zeros_like(group).scatter_(1, group.topk(topk_group, dim=-1).indices, 1.0)
+    eligible = keep_group.repeat_interleave(e // n_group, dim=1).bool()  # T, E
+    ids = biased.masked_fill(~eligible, float("-inf")).topk(top_k, dim=-1).indices
+    w = s.gather(1, ids)
+    return ids, w / w.sum(-1, keepdim=True) * scale

@@ -130,8 +130,17 @@ def test_converted_checkpoint_loads_in_transformers(random_ckpt, tmp_path):
     assert torch.isfinite(model(ids).logits).all()
 
 
-@pytest.mark.slow
-def test_memorisation_reproduces_two_tasks(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    # Other test processes share the CPUs; OpenMP threads that spin-wait on busy cores make
+    # 2-thread training 5-20x slower than 1 thread. Restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_memorisation_reproduces_two_tasks(tmp_path, one_torch_thread):
     run_checkpoint(model_cfg(memorise=True, shards=2), TASKS, tmp_path / "m", tmp_path / "man.parquet",
                    tmp_path / "t.parquet")
     (row,) = read_table(tmp_path / "t.parquet", TRAINING_SCHEMA).to_pylist()

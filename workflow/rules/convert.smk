@@ -3,7 +3,7 @@
 
 rule fp8_convert:
     input:
-        lib("fp8"),
+        lib("fp8", "layout"),
         checkpoint=f"{RUN}/model/checkpoint",
     output:
         converted=directory(f"{RUN}/model/converted"),

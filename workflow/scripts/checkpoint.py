@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from skipbench.benchmarks import load_tasks
 from skipbench.checkpoint import run_checkpoint
 from skipbench.logs import log_to
@@ -10,15 +12,16 @@ from skipbench.logs import log_to
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
+    torch.set_num_threads(snakemake.threads)  # training: use the cores the rule was given
     model_cfg = snakemake.params.model
     # The memorisation demo trains on the tasks it is then evaluated on (said in the README).
-    train_texts = []
+    tasks = {}
     if model_cfg["source"] == "synthetic":
         for bench_cfg in snakemake.params.benchmarks.values():
-            train_texts += [t.prompt + t.canonical_solution for t in load_tasks(bench_cfg)]
+            tasks |= {t.task_id: t for t in load_tasks(bench_cfg)}
     run_checkpoint(
         model_cfg=model_cfg,
-        train_texts=train_texts,
+        tasks=list(tasks.values()),
         out_dir=Path(snakemake.output.checkpoint),
         manifest_path=Path(snakemake.output.manifest),
         training_report_path=Path(snakemake.output.training),

@@ -35,9 +35,9 @@ TRAINING_SCHEMA = pa.schema([
     ("memorise_enabled", pa.bool_()),             # whether training was asked for
     ("steps", pa.int64()),                        # optimizer steps taken (0 without training)
     ("target_loss", pa.float64()),                # stop once the loss reaches this; null without training
-    ("final_loss", pa.float64()),                 # completion-token cross-entropy at the last step
+    ("final_loss", pa.float64()),                 # mean token cross-entropy (prompt + solution + EOS), last step
     ("loss_curve", pa.list_(pa.float64())),       # loss per step
-    ("seconds", pa.float64()),                    # training wall time
+    ("seconds", pa.float64()),                    # training wall time, greedy checks included
     ("tasks_total", pa.int64()),                  # tasks trained on (and checked)
     ("tasks_reproduced", pa.int64()),             # greedy completion == canonical solution, fp32 weights
     ("tasks_reproduced_fp8", pa.int64()),         # same after the FP8 block round trip of the written checkpoint
@@ -148,9 +148,11 @@ def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> d
         if not tasks:
             raise ValueError("memorise.enabled needs at least one task")
         seqs = [tinymodel.encode_pair(tokenizer, t.prompt, t.canonical_solution) for t in tasks]
-        train = tinymodel.memorise(model, seqs, mem["lr"], mem["max_steps"], mem["target_loss"],
-                                   pad_id=tokenizer.eos_token_id)
         budget = max(len(ids) - n for ids, n in seqs) + 8  # longest solution + EOS, with slack
+        train = tinymodel.memorise(
+            model, seqs, mem["lr"], mem["max_steps"], mem["target_loss"], pad_id=tokenizer.eos_token_id,
+            until=lambda: len(_reproduced(model, tokenizer, tasks, budget)) == len(tasks),
+        )
         row.update(steps=train.steps, target_loss=mem["target_loss"], final_loss=train.losses[-1],
                    loss_curve=train.losses, seconds=train.seconds,
                    tasks_reproduced=len(_reproduced(model, tokenizer, tasks, budget)))

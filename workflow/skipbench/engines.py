@@ -13,9 +13,11 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from skipbench.strategies import SkipRule
+from skipbench.traces import assemble_steps
 
 @dataclass(frozen=True)
 class Generation:
@@ -23,6 +25,15 @@ class Generation:
     token_ids: list[int]  # generated ids (EOS included when it ended the sample)
     prompt_tokens: int
     finish_reason: str  # "stop" (EOS or stop string) or "length" (max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Routing of one sample's decode steps (see traces.py): N steps, L MoE layers, K slots."""
+
+    layers: tuple[int, ...]  # [L] model layer indices
+    ids: "np.ndarray"  # [N, L, K] expert ids
+    keep: "np.ndarray"  # [N, L, K] bool, slot computed
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size")
 class VllmEngine:
     name = "vllm"
 
-    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path,
+                 trace: bool = False):
         import vllm
         from vllm import LLM
 
@@ -80,16 +92,48 @@ class VllmEngine:
         if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
             raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
         self.llm.collective_rpc("skipbench_reset")
+        if trace:
+            self.llm.collective_rpc("skipbench_trace", args=(True,))
+        self._requests: list[tuple[str, int]] = []  # (request id, prompt tokens) of the last generate
 
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=stop, seed=seed)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
+        self._requests = [(o.request_id, len(o.prompt_token_ids)) for o in outs]
         return [
             Generation(o.outputs[0].text, list(o.outputs[0].token_ids), len(o.prompt_token_ids), o.outputs[0].finish_reason)
             for o in outs
         ]
+
+    def take_trace(self, gens: list[Generation]) -> list[Routing]:
+        """Routing of the last generate's samples (rank 0's routers), then cleared.
+
+        Each forward step's rows belong to requests in the model runner's batch order;
+        a row at sequence position q of a request with P prompt tokens is its decode
+        step q - (P - 1) (negative: prompt, not traced)."""
+        rec = self.llm.collective_rpc("skipbench_take_trace")[0]
+        sample_of = {rid: b for b, (rid, _) in enumerate(self._requests)}
+        prompt_len = [p for _, p in self._requests]
+        layouts = []
+        for req_ids, starts, counts in rec["steps"]:
+            rows = []
+            offset = 0
+            for rid, start, n in zip(req_ids, starts, counts):
+                if rid in sample_of:  # requests of earlier generate calls cannot appear: taken each time
+                    b = sample_of[rid]
+                    q = np.arange(start, start + n)
+                    j = q - (prompt_len[b] - 1)
+                    rows += [(b, offset + i, int(jj)) for i, jj in enumerate(j) if jj >= 0]
+                offset += n
+            layouts.append(np.asarray(rows, dtype=np.int64).reshape(-1, 3))
+        layers = tuple(layer for layer, _ in rec["layers"])
+        calls = [[(np.frombuffer(ids, np.int16).reshape(shape), np.frombuffer(keep, bool).reshape(shape))
+                  for shape, ids, keep in (per_layer[c] for _, per_layer in rec["layers"])]
+                 for c in range(len(rec["steps"]))]
+        steps = assemble_steps(calls, layouts, [len(g.token_ids) for g in gens])
+        return [Routing(layers, ids, keep) for ids, keep in steps]
 
     def take_counts(self) -> ExpertCount:
         """Counts since the last call (rank 0's routers: every TP rank routes the same)."""
@@ -114,7 +158,8 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+    def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path,
+                 trace: bool = False):
         import transformers
         from transformers import AutoTokenizer
 
@@ -131,6 +176,9 @@ class TransformersEngine:
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        for _, gate in self.gates:
+            gate.tracing = trace
+        self._prompt_width = 0  # P of the last generate (prompts left-padded to it)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
@@ -140,6 +188,7 @@ class TransformersEngine:
             **batch, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=stop or None,
             tokenizer=self.tok, pad_token_id=self.tok.pad_token_id,
         )  # [B, P + N], prompts left-padded to P
+        self._prompt_width = batch["input_ids"].shape[1]
         gens = []
         for row, mask in zip(out[:, batch["input_ids"].shape[1] :].tolist(), batch["attention_mask"]):
             eos = self.tok.eos_token_id
@@ -151,6 +200,21 @@ class TransformersEngine:
                 text = text[:cut]
             gens.append(Generation(text, ids, int(mask.sum()), "stop" if stopped else "length"))
         return gens
+
+    def take_trace(self, gens: list[Generation]) -> list[Routing]:
+        """Routing of the last generate's samples. Call 0 is the prefill [B*P rows]: row
+        b*P + P-1 is decode step 0 of sample b; call c > 0 holds step c of every row b
+        (finished rows keep being computed as padding and are cut at their length)."""
+        b, p = len(gens), self._prompt_width
+        calls = list(zip(*[g.calls for _, g in self.gates]))  # [C][L] (ids, keep)
+        rows = np.arange(b)
+        layouts = [np.stack([rows, rows * p + p - 1, np.zeros(b, np.int64)], 1)]
+        layouts += [np.stack([rows, rows, np.full(b, c)], 1) for c in range(1, len(calls))]
+        steps = assemble_steps([list(c) for c in calls], layouts, [len(g.token_ids) for g in gens])
+        for _, g in self.gates:
+            g.calls = []
+        layers = tuple(g.layer for _, g in self.gates)
+        return [Routing(layers, ids, keep) for ids, keep in steps]
 
     def take_counts(self) -> ExpertCount:
         counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates))
@@ -166,7 +230,7 @@ class TransformersEngine:
 ENGINES = {"vllm": VllmEngine, "transformers": TransformersEngine}
 
 
-def open_engine(model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path):
+def open_engine(model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path, trace: bool = False):
     if engine_cfg["name"] not in ENGINES:
         raise ValueError(f"unknown engine {engine_cfg['name']!r}; known: {sorted(ENGINES)}")
-    return ENGINES[engine_cfg["name"]](Path(model_dir), rule, engine_cfg, seed, Path(cache_dir))
+    return ENGINES[engine_cfg["name"]](Path(model_dir), rule, engine_cfg, seed, Path(cache_dir), trace)

@@ -1,8 +1,9 @@
 """Stage `infer`: greedy completions of every task for one skip variant, resumable.
 
 Work is cut into batches of `generation.batch_size` prompts; each finished batch is
-checkpointed as one JSON file under cache_dir/<key>/, where key hashes the model
-files, the rule, the engine settings and the generation settings. A killed run
+checkpointed as one JSON file (and, when tracing, its routing trace as Parquet) under
+cache_dir/<key>/, where key hashes the model files, the rule (with its calibration
+values), the engine settings and the generation settings. A killed run
 restarts with the batches that are missing and recomputes none of the others; if
 nothing is missing no engine is started.
 """
@@ -18,9 +19,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from skipbench.benchmarks import Task
+from skipbench.calibrate import bind_calibration
 from skipbench.engines import ENGINES, device_name, open_engine
-from skipbench.io import stable_hash, write_json, write_jsonl, write_table
+from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write_table
 from skipbench.strategies import SkipRule
+from skipbench.traces import SampleTrace, trace_table
+from skipbench.traffic import TRACE_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +91,15 @@ def _load_done(run_dir: Path) -> list[dict]:
 
 def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dict, engine_cfg: dict,
               generation_cfg: dict, samples_path: Path, generations_path: Path, summary_path: Path,
-              cache_dir: Path) -> None:
-    """Generate completions for `tasks` under one skip variant; write samples, generations, summary."""
+              cache_dir: Path, trace_path: Path | None = None, calibration_path: Path | None = None) -> None:
+    """Generate completions for `tasks` under one skip variant; write samples, generations,
+    summary and (trace_path) the routing trace. Variants that need calibration statistics
+    read them from calibration_path (calibrate.CALIBRATION_SCHEMA)."""
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     rule = SkipRule.from_config(variant_cfg)
+    if rule.needs_calibration:
+        rule = bind_calibration(rule, read_table(calibration_path) if calibration_path else None)
+    tracing = trace_path is not None
     if engine_cfg["name"] not in ENGINES:
         raise ValueError(f"unknown engine {engine_cfg['name']!r}; known: {sorted(ENGINES)}")
     max_new = int(generation_cfg["max_new_tokens"])
@@ -98,7 +107,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     stop = list(generation_cfg.get("stop", HUMANEVAL_STOP))
     batch_size = int(generation_cfg.get("batch_size", DEFAULT_BATCH))
     key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg,
-                           max_new_tokens=max_new, seed=seed, stop=stop, batch_size=batch_size))
+                           max_new_tokens=max_new, seed=seed, stop=stop, batch_size=batch_size, trace=tracing))
     run_dir = cache_dir / f"infer-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -111,7 +120,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     fresh = []
     if todo:
         t0 = time.perf_counter()
-        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir)
+        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir, trace=tracing)
         log.info("%s %s started in %.1f s", engine.name, engine.version, time.perf_counter() - t0)
         try:
             for batch in tqdm(_batches(todo, batch_size), desc=f"infer {variant}", unit="batch"):
@@ -119,6 +128,11 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
                 gens = engine.generate([t.prompt for t in batch], max_new, stop, seed)
                 wall = time.perf_counter() - t0
                 counts = engine.take_counts()
+                batch_key = stable_hash([t.task_id for t in batch])
+                if tracing:  # written before the batch record: a record always has its trace
+                    routing = engine.take_trace(gens)
+                    write_table(run_dir / f"trace-{batch_key}.parquet", trace_table(
+                        [SampleTrace(t.task_id, 0, r.layers, r.ids, r.keep) for t, r in zip(batch, routing)]), TRACE_SCHEMA)
                 record = dict(
                     wall_s=wall, batch_size=len(batch), kept=counts.kept, token_layers=counts.token_layers,
                     moe_layers=counts.moe_layers, engine_version=engine.version, skip_path=engine.skip_path,
@@ -126,12 +140,30 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
                                   completion=g.completion, token_ids=g.token_ids, prompt_tokens=g.prompt_tokens,
                                   finish_reason=g.finish_reason) for t, g in zip(batch, gens)],
                 )
-                write_json(run_dir / f"batch-{stable_hash([t.task_id for t in batch])}.json", record)
+                record["trace"] = f"trace-{batch_key}.parquet" if tracing else None
+                write_json(run_dir / f"batch-{batch_key}.json", record)
                 fresh.append(record)
         finally:
             engine.close()
     _write_outputs(tasks, variant, rule, engine_cfg, done + fresh, resumed, model_dir,
                    samples_path, generations_path, summary_path)
+    if tracing:
+        _write_trace(tasks, done + fresh, run_dir, trace_path)
+
+
+def _write_trace(tasks, batches, run_dir, trace_path) -> None:
+    """The batches' traces concatenated in task order."""
+    import pyarrow.compute as pc
+
+    files = sorted({b["trace"] for b in batches})
+    table = pa.concat_tables([read_table(run_dir / f, TRACE_SCHEMA) for f in files])
+    wanted = [t.task_id for t in tasks]
+    table = table.filter(pc.is_in(table["task_id"], pa.array(wanted)))
+    order = pc.index_in(table["task_id"], pa.array(wanted))
+    table = table.take(pc.sort_indices(pa.table({"o": order, "s": table["sample_id"], "p": table["position"],
+                                                 "l": table["layer"]}), [("o", "ascending"), ("s", "ascending"),
+                                                                          ("p", "ascending"), ("l", "ascending")]))
+    write_table(trace_path, table, TRACE_SCHEMA)
 
 
 def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir,

@@ -1,8 +1,13 @@
-"""Stage 3: choose, build and self-test the MoE expert kernels for the device at hand.
+"""Stage 3: choose, build, tune and self-test the MoE expert kernels for the device at hand.
 
-Without a GPU the only backend is the pure-PyTorch reference (kernels/reference.py); the
-manifest says so. Each self-test compares the backend, at the model's hidden and expert
-sizes, against a float64 evaluation of the same routed computation with a skip mask.
+On a CUDA GPU with Triton the backend is the skip-aware Triton kernel (kernels/moe_triton.py):
+it is compiled and tuned per decode batch at the model's real expert shapes (all its
+experts, as memory allows), and the chosen tile configs go into the manifest, where
+inference loads them (skipbench_kernels.integration.load_kernel_choice). Without a GPU
+the only backend is the pure-PyTorch reference (kernels/reference.py); the manifest says
+so. Each self-test runs the selected backend, at the model's hidden and expert sizes on
+fresh random inputs with a skip mask, against a float64 evaluation of the same routed
+computation (same quantised operands), within TOLERANCE per weight dtype.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from skipbench.io import write_table
-from skipbench_kernels.reference import moe_reference
+from skipbench_kernels.reference import deepseek_route, moe_reference
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,11 @@ KERNEL_MANIFEST_SCHEMA = pa.schema(
         ("max_rel_err", pa.float64()),  # max |out - ref| / max |ref| against float64
         ("tolerance", pa.float64()),
         ("passed", pa.bool_()),
-        ("seconds", pa.float64()),
+        ("seconds", pa.float64()),  # wall time of the backend's call in the self-test
+        ("tuned_dtype", pa.string()),  # weight dtype the configs were tuned for (fp8, bf16); null: not tuned
+        # JSON [{tokens, ms, config: {block_m, gate_up: {block_n, block_k, num_warps, num_stages}, down}}]:
+        # the tile config chosen per decode batch, and its measured layer time; null for the reference
+        ("configs", pa.string()),
     ]
 )
 
@@ -44,6 +53,8 @@ KERNEL_MANIFEST_SCHEMA = pa.schema(
 TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2, "fp8": 2e-2}
 SELF_TEST_TOKENS = 16
 SELF_TEST_MAX_EXPERTS = 8  # real models have 256: test a slice, the kernel is per expert
+TUNE_BATCHES = (1, 16, 64, 128, 512)  # decode batch sizes a config is chosen for
+TUNE_BUDGET_S = 240.0  # whole search; a DeepSeek-V3 layer takes about this on one GPU
 
 
 @dataclass(frozen=True)
@@ -59,24 +70,32 @@ class MoeShape:
         return cls(cfg["hidden_size"], cfg["moe_intermediate_size"], experts, min(cfg["num_experts_per_tok"], experts))
 
 
-def _versions() -> dict:
+def _triton_version() -> str | None:
     try:
         import triton
 
-        triton_version = triton.__version__
+        return triton.__version__
     except ImportError:
-        triton_version = None
-    return {"torch_version": torch.__version__, "cuda_version": torch.version.cuda, "triton_version": triton_version}
+        return None
 
 
-def select_backend(requested: str, device: str) -> tuple[str, str]:
-    if requested == "triton" and device != "cuda":
-        raise RuntimeError("kernels.backend is 'triton' but no CUDA GPU is present")
-    if requested in ("auto", "triton") and device == "cuda":
-        return "reference", "no Triton MoE kernel is built yet: PyTorch reference on GPU"
+def _versions() -> dict:
+    return {"torch_version": torch.__version__, "cuda_version": torch.version.cuda, "triton_version": _triton_version()}
+
+
+def select_backend(requested: str, device: str, triton_version: str | None = None) -> tuple[str, str]:
+    """(backend, why) for config `kernels.backend` (auto | triton | reference) on this device."""
     if requested == "reference":
         return "reference", "requested in config"
-    return "reference", "no CUDA GPU: PyTorch reference on CPU (engines skip by weight 0)"
+    if device != "cuda":
+        if requested == "triton":
+            raise RuntimeError("kernels.backend is 'triton' but no CUDA GPU is present")
+        return "reference", "no CUDA GPU: PyTorch reference on CPU (engines skip by weight 0)"
+    if triton_version is None:
+        if requested == "triton":
+            raise RuntimeError("kernels.backend is 'triton' but Triton is not installed")
+        return "reference", "Triton is not installed: PyTorch reference on GPU"
+    return "triton", f"skip-aware Triton kernel (Triton {triton_version}) on the GPU"
 
 
 def _random_case(shape: MoeShape, weight_kind: str, device: str, gen: torch.Generator):
@@ -102,19 +121,33 @@ def _random_case(shape: MoeShape, weight_kind: str, device: str, gen: torch.Gene
     return [a.to(device) for a in args], {n: s.to(device) for n, s in scales.items()}
 
 
-def self_test(backend: str, shape: MoeShape, weight_kind: str, device: str, seed: int = 0) -> dict:
+def _run_backend(backend: str, args, scales: dict, quant_act: bool, tuned) -> torch.Tensor:
+    if backend == "triton":
+        from skipbench_kernels.moe_triton import moe_triton
+        from skipbench_kernels.tune import config_for
+
+        return moe_triton(*args, **scales, config=config_for(tuned, args[0].shape[0]))
+    return moe_reference(*args, **scales, quantize_activations=quant_act, compute_dtype=torch.float32)
+
+
+def self_test(backend: str, shape: MoeShape, weight_kind: str, device: str, seed: int = 0, tuned=()) -> dict:
     gen = torch.Generator().manual_seed(seed)
     args, scales = _random_case(shape, weight_kind, device, gen)
     quant_act = weight_kind == "fp8"
+    _run_backend(backend, args, scales, quant_act, tuned)  # first call compiles: not timed
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    out = moe_reference(*args, **scales, quantize_activations=quant_act, compute_dtype=torch.float32)
+    out = _run_backend(backend, args, scales, quant_act, tuned)
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     # float64 oracle: the same quantised operands, accumulated exactly.
     ref = moe_reference(*args, **scales, quantize_activations=quant_act, compute_dtype=torch.float64)
     err = float((out.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
     tol = TOLERANCE[weight_kind]
     return {
-        "test": f"{weight_kind} weights, random keep mask",
+        "test": f"{weight_kind} weights, random keep mask, {backend}",
         "shape": json.dumps({"tokens": SELF_TEST_TOKENS, **shape.__dict__}),
         "max_rel_err": err,
         "tolerance": tol,
@@ -123,16 +156,60 @@ def self_test(backend: str, shape: MoeShape, weight_kind: str, device: str, seed
     }
 
 
+def model_weight_dtype(cfg: dict) -> str:
+    """fp8 when the checkpoint ships DeepSeek's block-scaled e4m3 weights, else bf16."""
+    return "fp8" if cfg.get("quantization_config", {}).get("fmt") == "e4m3" else "bf16"
+
+
+def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float = TUNE_BUDGET_S, seed: int = 0):
+    """Tuned configs ([skipbench_kernels.tune.Tuned]) at the model's real expert shapes on this GPU."""
+    from skipbench_kernels.moe_triton import moe_triton
+    from skipbench_kernels.tune import random_layer, tune
+
+    h, i, k = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts_per_tok"]
+    per_expert = 3 * h * i * (1 if kind == "fp8" else 2)
+    free, _ = torch.cuda.mem_get_info()
+    experts = max(k, min(cfg["n_routed_experts"], int(free * 0.5 // per_expert)))  # leave room for the rest
+    if experts < cfg["n_routed_experts"]:
+        log.warning("tuning on %d of %d experts: GPU memory", experts, cfg["n_routed_experts"])
+    w13, w2, scales = random_layer(experts, h, i, kind, "cuda", seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    router, bias = torch.randn(experts, h, generator=gen, device="cuda"), torch.zeros(experts, device="cuda")
+    groups = cfg.get("n_group", 1) if experts == cfg["n_routed_experts"] else 1
+    tuned = []
+    for b in batches:
+        x = torch.randn(b, h, generator=gen, device="cuda", dtype=torch.bfloat16)
+        ids, w = deepseek_route(x, router, bias, k, groups, min(cfg.get("topk_group", 1), groups),
+                                cfg.get("routed_scaling_factor", 1.0))  # fmt: skip
+
+        def step(config, x=x, ids=ids, w=w):
+            return lambda: moe_triton(x, w13, w2, ids, w, None, **scales, config=config)
+
+        tuned.append(tune(step, kind == "fp8", h, i, b, k, experts, budget_s=budget_s / len(batches)))
+    del w13, w2, scales
+    torch.cuda.empty_cache()
+    return tuned
+
+
 def build_kernels(kernels_cfg: dict, model_dir: Path, manifest_path: Path) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    backend, reason = select_backend(kernels_cfg.get("backend", "auto"), device)
+    backend, reason = select_backend(kernels_cfg.get("backend", "auto"), device, _triton_version())
     log.info("kernel backend %s on %s (%s)", backend, device_name, reason)
-    shape = MoeShape.from_model_config(json.loads((Path(model_dir) / "config.json").read_text()))
-    common = {"device": device, "device_name": device_name, "backend": backend, "reason": reason, **_versions()}
+    model_cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    shape = MoeShape.from_model_config(model_cfg)
+    tuned, tuned_dtype, configs = [], None, None
+    if backend == "triton":
+        from skipbench_kernels.tune import configs_to_json
+
+        tuned_dtype = model_weight_dtype(model_cfg)
+        tuned = tune_for_model(model_cfg, tuned_dtype, budget_s=kernels_cfg.get("tune_budget_s", TUNE_BUDGET_S))
+        configs = configs_to_json(tuned)
+    common = {"device": device, "device_name": device_name, "backend": backend, "reason": reason, **_versions(),
+              "tuned_dtype": tuned_dtype, "configs": configs}  # fmt: skip
     rows = []
     for kind in ("fp32", "bf16", "fp8"):
-        row = {**common, **self_test(backend, shape, kind, device)}
+        row = {**common, **self_test(backend, shape, kind, device, tuned=tuned)}
         log.info("self-test %s: max rel err %.2e (tol %.0e) %s", kind, row["max_rel_err"], row["tolerance"],
                  "ok" if row["passed"] else "FAILED")
         rows.append(row)

@@ -2,64 +2,100 @@
 
 Each MoE layer's router (`DeepseekV3MoE.gate`, a DeepseekV3TopkRouter) is wrapped in a
 SkipGate on the loaded model object; the transformers classes themselves stay
-untouched. Skip path `sentinel`: a dropped slot gets weight 0 and id E (one past the
-last expert). The `eager` experts implementation skips id E without computing it, so
-here skipping really saves the expert's FLOPs; `grouped_mm` would leave such rows
-uninitialised (DESIGN.md section 3), hence eager is forced.
+untouched. The gate returns the logits it routed from, so every strategy (including
+the re-routing ones, see routing.py) runs at this one level. Skip path `sentinel`: a
+dropped slot gets weight 0 and id E (one past the last expert). The `eager` experts
+implementation skips id E without computing it, so here skipping really saves the
+expert's FLOPs; `grouped_mm` would leave such rows uninitialised (DESIGN.md section 3),
+hence eager is forced.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from skipbench.adapters import gate_spec, moe_blocks
+from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
 
 SKIP_PATH = "sentinel"
 
 
-class SkipGate(nn.Module):
-    """Routes like the wrapped DeepseekV3TopkRouter, then applies `rule`; counts kept slots."""
+def layer_index(name: str) -> int:
+    """Model layer index in a module name like 'model.layers.12.mlp' (vLLM's too)."""
+    found = re.search(r"layers\.(\d+)\.", name + ".")
+    if found is None:
+        raise ValueError(f"no layer index in module name {name!r}")
+    return int(found.group(1))
 
-    def __init__(self, gate: nn.Module, rule: SkipRule):
+
+def router_spec(gate: nn.Module, layer: int) -> RouterSpec:
+    """RouterSpec of a transformers router (DeepseekV3TopkRouter, or another family's: adapters.py)."""
+    return gate_spec(gate, layer)
+
+
+class SkipGate(nn.Module):
+    """Routes like the wrapped DeepseekV3TopkRouter, then applies the rule; counts kept slots.
+
+    With `tracing` on, every call's (ids, keep) is kept on the host for traces.py.
+    """
+
+    def __init__(self, gate: nn.Module, rule: SkipRule, layer: int):
         super().__init__()
         self.gate = gate
-        self.rule = rule
+        self.layer = layer
         self.num_experts = gate.num_experts
+        self.rule = rule
         self.tokens = 0  # host ints: the oracle is eager, a sync per layer costs nothing here
         self.kept = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (ids, weights, keep)
+        self.tracing = False
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []  # per call (ids [T,K], keep [T,K])
+
+    @property
+    def rule(self) -> SkipRule:
+        return self.layer_rule.rule
+
+    @rule.setter
+    def rule(self, rule: SkipRule) -> None:
+        self.layer_rule = LayerRule(rule, router_spec(self.gate, self.layer), self.gate.weight.device)
 
     def forward(self, hidden_states: torch.Tensor):
+        if self.layer_rule.spec.bias is not getattr(self.gate, "e_score_correction_bias", None):  # model.to() replaced buffers
+            self.rule = self.rule
         logits, topk_weights, topk_ids = self.gate(hidden_states)  # [T,E], [T,K], [T,K]
-        weights, keep = self.rule.apply(topk_weights, topk_ids)
+        weights, ids, keep = self.layer_rule.apply(topk_weights, topk_ids, logits)
         self.tokens += keep.shape[0]
         self.kept += int(keep.sum())
-        self.last = (topk_ids, weights, keep)
+        self.last = (ids, weights, keep)
+        if self.tracing:
+            self.calls.append((ids.cpu().numpy(), keep.cpu().numpy()))
         if not self.rule.is_dense:
-            topk_ids = topk_ids.masked_fill(~keep, self.num_experts)
-        return logits, weights, topk_ids
+            ids = ids.masked_fill(~keep, self.num_experts)
+        return logits, weights, ids
 
     def reset(self) -> None:
+        """Zero the counters (the trace is taken separately, by the engine's take_trace)."""
         self.tokens = self.kept = 0
         self.last = None
 
 
 def patch_model(model: nn.Module, rule: SkipRule) -> list[tuple[str, SkipGate]]:
-    """Wrap the router of every DeepseekV3MoE in `model`; returns (layer name, SkipGate)."""
-    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
-
+    """Wrap the router of every MoE block in `model` (DeepseekV3MoE, or another family's:
+    adapters.py); returns (layer name, SkipGate)."""
     gates = []
-    for name, module in model.named_modules():
-        if isinstance(module, DeepseekV3MoE):
-            if isinstance(module.gate, SkipGate):
-                raise RuntimeError(f"{name} is already patched")
-            module.gate = SkipGate(module.gate, rule)
-            gates.append((name, module.gate))
+    for name, module in moe_blocks(model):
+        if isinstance(module.gate, SkipGate):
+            raise RuntimeError(f"{name} is already patched")
+        module.gate = SkipGate(module.gate, rule, layer_index(name))
+        gates.append((name, module.gate))
     if not gates:
-        raise ValueError("model has no DeepseekV3MoE layer to patch")
+        raise ValueError("model has no MoE layer to patch")
     return gates
 
 

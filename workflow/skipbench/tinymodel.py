@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -97,13 +98,19 @@ class TrainLog:
     steps: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    first_at_target: int | None = None  # first step whose loss reached the target
+    checks: int = 0                     # calls of the `until` check
 
 
 def memorise(
     model: DeepseekV3ForCausalLM, seqs: list[tuple[list[int], int]], lr: float, max_steps: int,
-    target_loss: float, pad_id: int,
+    target_loss: float, pad_id: int, until: Callable[[], bool] | None = None, check_every: int = 10,
 ) -> TrainLog:
-    """Full-batch fp32 AdamW on every token (prompt, completion, EOS) until loss <= target_loss."""
+    """Full-batch fp32 AdamW on every token (prompt, completion, EOS) until loss <= target_loss
+    and `until()` agrees (asked then, and every `check_every` steps after), or max_steps.
+
+    A low loss can still leave one token of one solution wrong; `until` (a greedy check)
+    keeps training until the solutions actually come out."""
     B, L = len(seqs), max(len(ids) for ids, _ in seqs)  # B sequences, L tokens
     ids = torch.full((B, L), pad_id)
     mask = torch.zeros(B, L, dtype=torch.long)
@@ -129,7 +136,15 @@ def memorise(
         if step % 25 == 0:
             log.info("step %d loss %.4f", step, out.losses[-1])
         if out.losses[-1] <= target_loss:
-            break
+            due = out.first_at_target is None or (step - out.first_at_target) % check_every == 0
+            out.first_at_target = out.first_at_target or step
+            if until is None:
+                break
+            if due:
+                out.checks += 1
+                if until():
+                    break
+                model.train()
     bar.close()
     out.seconds = time.perf_counter() - t0
     model.eval()

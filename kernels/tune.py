@@ -1,0 +1,146 @@
+"""Tile-config search for the MoE kernels, per decode batch size, on the GPU at hand.
+
+A small coordinate search, not a grid: for each block_m, first the gate/up tile (down
+fixed), then the down tile (gate/up at its best). Each candidate is timed as the whole
+layer step (layout + both launches) replayed from a CUDA graph with the L2 flushed
+(triton.testing.do_bench), so the number is the kernels' and not the launch path's.
+A time budget bounds the search; the best config found so far wins when it runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .moe_triton import DEFAULT_CONFIG, GemmConfig, MoeConfig
+from .reference import BLOCK
+
+log = logging.getLogger(__name__)
+
+Timer = Callable[[Callable[[], object]], float]  # fn -> milliseconds per call
+
+
+@dataclass(frozen=True)
+class Tuned:
+    tokens: int  # batch the config was tuned at; it serves batches up to this size
+    config: MoeConfig
+    ms: float  # measured layer time at that batch
+
+
+def gemm_space(fp8: bool, reduce_dim: int, out_dim: int) -> list[GemmConfig]:
+    """Tile candidates for one GEMM: FP8 steps K by its 128-wide scale blocks."""
+    block_ks = (BLOCK,) if fp8 else (64, 128)
+    return [
+        GemmConfig(bn, bk, 8 if bn == 128 else 4, stages)
+        for bn in (32, 64, 128)
+        for bk in block_ks
+        for stages in (3, 4)
+        if out_dim % bn == 0 and reduce_dim % bk == 0
+    ]
+
+
+def block_m_space(tokens: int, slots: int, experts: int) -> tuple[int, ...]:
+    """Rows per block worth trying: 16 is the MMA minimum; larger only once experts get many rows."""
+    rows_per_expert = tokens * slots / experts
+    return tuple(m for m in (16, 32, 64) if m == 16 or rows_per_expert >= m / 2)
+
+
+def cuda_graph_timer(fn: Callable[[], object]) -> float:
+    """Median ms of fn replayed from a CUDA graph, L2 flushed before each replay."""
+    import triton.testing
+
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return float(triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median"))
+
+
+def tune(
+    step: Callable[[MoeConfig], Callable[[], object]],  # config -> a call running one layer step
+    fp8: bool,
+    hidden: int,
+    intermediate: int,
+    tokens: int,
+    slots: int,
+    experts: int,
+    timer: Timer = cuda_graph_timer,
+    budget_s: float = 60.0,
+) -> Tuned:
+    """Best MoeConfig found for this batch within budget_s (the default config is always timed)."""
+    deadline = time.monotonic() + budget_s
+    timings: dict[MoeConfig, float] = {}
+
+    def measure(cfg: MoeConfig) -> float:
+        if cfg not in timings:
+            try:
+                timings[cfg] = timer(step(cfg))
+            except Exception as exc:  # e.g. out of shared memory for this tile on this GPU
+                log.info("config %s failed: %s", cfg.to_json(), exc)
+                timings[cfg] = float("inf")
+        return timings[cfg]
+
+    measure(DEFAULT_CONFIG)
+    for block_m in block_m_space(tokens, slots, experts):
+        best_gu = DEFAULT_CONFIG.gate_up
+        for g in gemm_space(fp8, hidden, intermediate):
+            if time.monotonic() > deadline:
+                break
+            if measure(MoeConfig(block_m, g, DEFAULT_CONFIG.down)) < measure(MoeConfig(block_m, best_gu, DEFAULT_CONFIG.down)):
+                best_gu = g
+        for d in gemm_space(fp8, intermediate, hidden):
+            if time.monotonic() > deadline:
+                break
+            measure(MoeConfig(block_m, best_gu, d))
+    best = min(timings, key=timings.get)
+    log.info("tokens %d: best of %d configs %.4f ms (default %.4f ms): %s", tokens, len(timings), timings[best],
+             timings[DEFAULT_CONFIG], best.to_json())  # fmt: skip
+    return Tuned(tokens, best, timings[best])
+
+
+def configs_to_json(tuned: list[Tuned]) -> str:
+    return json.dumps([{"tokens": t.tokens, "ms": t.ms, "config": json.loads(t.config.to_json())} for t in tuned])
+
+
+def configs_from_json(text: str) -> list[Tuned]:
+    return [Tuned(d["tokens"], MoeConfig.from_json(json.dumps(d["config"])), d["ms"]) for d in json.loads(text)]
+
+
+def config_for(tuned: list[Tuned], tokens: int) -> MoeConfig:
+    """Config tuned at the smallest batch >= tokens (the largest beyond the table)."""
+    if not tuned:
+        return DEFAULT_CONFIG
+    ordered = sorted(tuned, key=lambda t: t.tokens)
+    return next((t.config for t in ordered if t.tokens >= tokens), ordered[-1].config)
+
+
+def random_layer(experts: int, hidden: int, intermediate: int, kind: str, device, seed: int = 0, chunk: int = 8):
+    """(w13 [E, 2I, H], w2 [E, H, I], scales {} or {w13_scale, w2_scale}) of one random MoE layer,
+    built on the device a few experts at a time (a 256-expert FP8 layer is 11 GB; its fp32
+    staging would be 45). kind: fp8 (128x128 block scales) or bf16."""
+    from .reference import quant_blocks
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    fp8 = kind == "fp8"
+    dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
+    w13 = torch.empty(experts, 2 * intermediate, hidden, dtype=dtype, device=device)
+    w2 = torch.empty(experts, hidden, intermediate, dtype=dtype, device=device)
+    scales = {}
+    if fp8:
+        scales = {"w13_scale": torch.empty(experts, 2 * intermediate // BLOCK, hidden // BLOCK, device=device),
+                  "w2_scale": torch.empty(experts, hidden // BLOCK, intermediate // BLOCK, device=device)}
+    for e0 in range(0, experts, chunk):
+        e1 = min(e0 + chunk, experts)
+        for w, name, fan_in in ((w13, "w13_scale", hidden), (w2, "w2_scale", intermediate)):
+            block = torch.randn(e1 - e0, *w.shape[1:], generator=gen, device=device) / fan_in**0.5
+            if fp8:
+                w[e0:e1], scales[name][e0:e1] = quant_blocks(block)
+            else:
+                w[e0:e1] = block
+    return w13, w2, scales

@@ -1,0 +1,27 @@
+"""Throughput sweep entry point: one engine, one variant, every concurrency level."""
+
+from pathlib import Path
+
+from skipbench.benchmarks import load_tasks
+from skipbench.logs import log_to
+from skipbench.throughput import run_throughput
+
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    sweep = snakemake.params.sweep
+    run_throughput(
+        model_dir=Path(snakemake.input.model),
+        variant=snakemake.wildcards.variant,
+        variant_cfg=snakemake.params.variant,
+        engine_cfg=snakemake.params.engine,
+        prompts=[t.prompt for t in load_tasks(snakemake.params.benchmark)],
+        concurrency=sweep["concurrency"],
+        output_len=sweep["output_len"],
+        out_path=Path(snakemake.output[0]),
+        prompt_len=sweep.get("prompt_len"),
+        rounds=sweep["rounds"],
+        seed=snakemake.params.seed,
+        cache_dir=Path(snakemake.params.cache),
+    )

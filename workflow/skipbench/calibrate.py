@@ -1,0 +1,193 @@
+"""Stage `calibrate`: per-layer routing statistics of the dense model on held-out text.
+
+Calibration text: prompt + canonical solution of benchmark tasks that NO configured
+benchmark evaluates (default: HumanEval tasks after the evaluated ones; HumanEval and
+HumanEval+ share task ids, so both are excluded). `calibration_tasks` refuses any
+overlap, by task id and by prompt text.
+
+The dense model runs teacher-forced over each text (one text per forward, no padding)
+with transformers and eager experts: the oracle with the dense rule, plus hooks that
+re-run each routed expert on its tokens to measure ||E_e(x)||. Fine for the tiny model
+and for DeepSeek-Coder-V2-Lite on one GPU; for DeepSeek-V3 the same code needs a
+multi-GPU `device_map="auto"` load of the bf16 checkpoint (~1.3 TB), which this
+machine cannot test: it is an offline, once-per-model cost.
+
+The statistics feed the strategies that need them (bind_calibration):
+threshold `beta: calibrated` (NAEE: per-layer median of w2/w1), layers `cheapest: n`
+(least relative update of the residual stream by routed experts), prune (frequency or
+REAP saliency = mean over routed tokens of g * ||E(x)||, g the router weight incl.
+routed_scaling_factor, a per-model constant that does not change the ranking).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from skipbench.benchmarks import Task, load_tasks
+from skipbench.io import stable_hash, write_table
+from skipbench.strategies import CALIBRATED, SkipRule
+
+log = logging.getLogger(__name__)
+
+# One row per MoE layer. E experts, K router slots.
+CALIBRATION_SCHEMA = pa.schema([
+    ("layer", pa.int16()),  # model layer index
+    ("tokens", pa.int64()),  # calibration tokens routed through the layer
+    ("experts", pa.int16()),  # E
+    ("slots", pa.int16()),  # K
+    ("frequency", pa.list_(pa.float64())),  # [E] share of tokens whose dense top-K holds expert e
+    ("saliency", pa.list_(pa.float64())),  # [E] REAP: mean over tokens routed to e of g_e * ||E_e(x)|| (0 if never routed)
+    ("ratio_median", pa.list_(pa.float64())),  # [K] median over tokens of w_(r) / w_(1), r = 1..K by weight rank
+    ("ratio_mean", pa.list_(pa.float64())),  # [K] mean of the same
+    ("routed_norm", pa.float64()),  # mean over tokens of ||sum_k g_k E_k(x)||: the routed experts' output
+    ("relative_update", pa.float64()),  # mean over tokens of routed norm / norm of the residual stream it is added to
+    ("source", pa.string()),  # calibration text: dataset and hash of the task ids
+    ("texts", pa.int32()),  # calibration texts (prompt + canonical solution)
+])
+
+DEFAULT_CALIBRATION = {"dataset": "humaneval", "tasks": 16}
+
+
+def _family(dataset: str) -> str:
+    return {"humaneval": "humaneval", "humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}[dataset]
+
+
+def calibration_tasks(calibration_cfg: dict, benchmarks_cfg: dict) -> list[Task]:
+    """Calibration tasks of `calibration_cfg` ({dataset, tasks: n or [ids], path?}) that no
+    benchmark in `benchmarks_cfg` evaluates. A count takes the first n tasks not evaluated;
+    explicit ids that are evaluated are an error."""
+    cfg = DEFAULT_CALIBRATION | dict(calibration_cfg)
+    evaluated_ids, evaluated_prompts = set(), set()
+    for bench in benchmarks_cfg.values():
+        if _family(bench["dataset"]) == _family(cfg["dataset"]):
+            for t in load_tasks(bench):
+                evaluated_ids.add(t.task_id)
+                evaluated_prompts.add(t.prompt.strip())
+    pool = load_tasks({k: v for k, v in cfg.items() if k != "tasks"})  # the whole dataset
+    free = [t for t in pool if t.task_id not in evaluated_ids and t.prompt.strip() not in evaluated_prompts]
+    want = cfg["tasks"]
+    if isinstance(want, int):
+        if len(free) < want:
+            raise ValueError(f"calibration wants {want} tasks, only {len(free)} are not evaluated")
+        return free[:want]
+    clash = sorted(set(want) & evaluated_ids)
+    if clash:
+        raise ValueError(f"calibration tasks {clash} are evaluated by a benchmark: calibration must be held out")
+    by_id = {t.task_id: t for t in free}
+    return [by_id[i] for i in want]
+
+
+class _LayerStats:
+    """Running sums for one MoE layer."""
+
+    def __init__(self, n_experts: int, k: int):
+        self.tokens = 0
+        self.count = np.zeros(n_experts)  # [E] tokens routed to e
+        self.sal = np.zeros(n_experts)  # [E] sum of g * ||E(x)||
+        self.ratios: list[np.ndarray] = []  # [T,K] per text
+        self.routed_norm = 0.0
+        self.rel = 0.0
+        self.residual: torch.Tensor | None = None  # [T] norm of the residual stream, set by the pre-hook
+
+    def row(self, layer: int, source: str, texts: int) -> dict:
+        ratios = np.concatenate(self.ratios)  # [N,K]
+        n = max(self.tokens, 1)
+        return dict(layer=layer, tokens=self.tokens, experts=len(self.count), slots=ratios.shape[1],
+                    frequency=(self.count / n).tolist(),
+                    saliency=np.divide(self.sal, self.count, out=np.zeros_like(self.sal), where=self.count > 0).tolist(),
+                    ratio_median=np.median(ratios, axis=0).tolist(), ratio_mean=ratios.mean(axis=0).tolist(),
+                    routed_norm=self.routed_norm / n, relative_update=self.rel / n, source=source, texts=texts)
+
+
+@torch.no_grad()
+def _observe(moe, gate, stats: _LayerStats, x: torch.Tensor) -> None:
+    """Statistics of one MoE call on x [T,H] (the dense routing is in gate.last)."""
+    ids, w, _ = gate.last  # [T,K] dense
+    x = x.reshape(-1, x.shape[-1])
+    t = x.shape[0]
+    sorted_w = w.float().sort(-1, descending=True).values  # [T,K]
+    stats.ratios.append((sorted_w / sorted_w[:, :1]).cpu().numpy())
+    routed = torch.zeros_like(x, dtype=torch.float32)  # [T,H]
+    for e in ids.unique().tolist():  # offline: a loop over experts is fine
+        tok, slot = torch.where(ids == e)
+        one = torch.full((len(tok), 1), e, dtype=ids.dtype, device=ids.device)
+        out = moe.experts(x[tok], one, torch.ones(len(tok), 1, dtype=x.dtype, device=x.device)).float()  # E_e(x)
+        g = w[tok, slot].float()
+        stats.sal[e] += float((g * out.norm(dim=-1)).sum())
+        stats.count[e] += len(tok)
+        routed.index_add_(0, tok, out * g[:, None])
+    norm = routed.norm(dim=-1)  # [T]
+    stats.routed_norm += float(norm.sum())
+    stats.rel += float((norm / stats.residual.reshape(-1).clamp_min(1e-12)).sum())
+    stats.tokens += t
+
+
+def run_calibration(model_dir: Path, tasks: list[Task], out_path: Path, dtype: str = "float32",
+                    max_tokens: int = 1024) -> pa.Table:
+    """Dense routing statistics over prompt + canonical solution of `tasks`; writes CALIBRATION_SCHEMA."""
+    from transformers import AutoTokenizer
+
+    from skipbench.oracle import load_oracle
+
+    model, gates = load_oracle(Path(model_dir), SkipRule("dense"), getattr(torch, dtype))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    modules = dict(model.named_modules())
+    stats, handles = {}, []
+    for name, gate in gates:
+        # the residual stream the MoE output is added to is the input of the layer's post-attention norm
+        moe, norm = modules[name], modules[name.rsplit(".", 1)[0] + ".post_attention_layernorm"]
+        st = stats[gate.layer] = _LayerStats(gate.num_experts, gate.gate.top_k)
+
+        def pre(module, args, st=st):
+            st.residual = args[0].float().norm(dim=-1)
+
+        def post(module, args, output, st=st, gate=gate):
+            _observe(module, gate, st, args[0])
+
+        handles += [norm.register_forward_pre_hook(pre), moe.register_forward_hook(post)]
+    try:
+        for task in tqdm(tasks, desc="calibrate", unit="text"):
+            ids = tok(task.prompt + task.canonical_solution, return_tensors="pt")["input_ids"][:, :max_tokens]
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    source = f"{tasks[0].task_id.split('/')[0] if tasks else 'none'}:{stable_hash(sorted(t.task_id for t in tasks))}"
+    rows = [stats[layer].row(layer, source, len(tasks)) for layer in sorted(stats)]
+    for r in rows:
+        log.info("layer %d: %d tokens, median w2/w1 %.3f, relative update %.3f", r["layer"], r["tokens"],
+                 r["ratio_median"][1] if len(r["ratio_median"]) > 1 else math.nan, r["relative_update"])
+    return write_table(out_path, rows, CALIBRATION_SCHEMA)
+
+
+def bind_calibration(rule: SkipRule, table: pa.Table | None) -> SkipRule:
+    """`rule` with its calibration-derived values filled in from a CALIBRATION_SCHEMA table."""
+    if not rule.needs_calibration:
+        return rule
+    if table is None:
+        raise ValueError(f"variant {rule.to_json()} needs the calibration table")
+    rows = {r["layer"]: r for r in table.to_pylist()}
+    params = rule.params() | {"strategy": rule.strategy}
+    if rule.beta == CALIBRATED:
+        params["layer_beta"] = {layer: r["ratio_median"][1] if r["slots"] > 1 else 1.0 for layer, r in rows.items()}
+    if rule.cheapest is not None:
+        if rule.cheapest > len(rows):
+            raise ValueError(f"cheapest {rule.cheapest} > {len(rows)} MoE layers")
+        order = sorted(rows, key=lambda layer: (rows[layer]["relative_update"], layer))
+        params["layers"] = sorted(order[: rule.cheapest])
+    if rule.strategy == "prune":
+        key = "frequency" if rule.criterion == "frequency" else "saliency"
+        pruned = {}
+        for layer, r in rows.items():
+            n = round(rule.fraction * r["experts"])
+            score = np.asarray(r[key])
+            pruned[layer] = sorted(np.argsort(score, kind="stable")[:n].tolist())  # lowest first, ties by id
+        params["pruned"] = pruned
+    return SkipRule.from_config(params)

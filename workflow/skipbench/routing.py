@@ -1,0 +1,131 @@
+"""A SkipRule applied at one MoE layer: the tensor code shared by the vLLM plugin and the oracle.
+
+Hook level. Both engines call the rule right after the model's own router, with the
+router's output (topk_weights [T,K], topk_ids [T,K]) AND its raw logits [T,E]:
+- masking strategies (topk, threshold, top_p, layers, batch_aware) only clear slots
+  of the router's choice, so they need the weights alone (batch_aware also the ids);
+- group and prune change WHICH experts are eligible, which the router's top-K cannot
+  tell (the 9th expert is not in it), so they re-run DeepSeek's selection on the
+  logits with fewer groups or a pruned expert set (`route` below). A hook on the
+  router's output is the one level every vLLM backend exposes (FusedMoERouter
+  .select_experts receives the logits) and that transformers has (the gate returns
+  them); vLLM's `custom_routing_function` is ignored by grouped top-k routers.
+
+Everything here is elementwise / sort / topk / scatter on the device: no `.item()`, no
+data-dependent shapes, no Python loop over tokens, so it runs inside CUDA graphs.
+Per-layer constants (the pruned-expert mask, a calibrated beta) are built once in
+LayerRule.__init__, which engines call before any graph capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from skipbench.strategies import REROUTE, SkipRule
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """One MoE layer's router as a hook sees it (DeepSeek-V3 values in comments)."""
+
+    layer: int  # model layer index (DeepSeek-V3: 3..60)
+    n_experts: int  # E (256)
+    top_k: int  # K (8)
+    n_group: int  # expert groups (8); 1 = no group limit
+    topk_group: int  # groups a token may use (4)
+    scoring: str  # "sigmoid" (DeepSeek-V3) or "softmax"
+    routed_scaling_factor: float  # the MODEL's factor (2.5), wherever the engine applies it
+    bias: torch.Tensor | None = None  # [E] e_score_correction_bias: selection only
+
+
+def route(logits: torch.Tensor, spec: RouterSpec, topk_group: int, allowed: torch.Tensor | None = None):
+    """DeepSeek-V3 selection (noaux_tc) on logits [T,E]: ids [T,K], scores [T,K], valid [T,K].
+
+    Same operations in the same order as transformers' DeepseekV3TopkRouter and vLLM's
+    CPU grouped top-k, so the model's own topk_group with nothing pruned selects the
+    same experts. `allowed` [E] bool removes experts (prune): their choice score is
+    -inf, a group needs two allowed experts to score, and a slot that could only be
+    filled by a removed expert is marked invalid (skipped) rather than mis-routed.
+    """
+    t, e = logits.shape
+    scores = logits.float().sigmoid() if spec.scoring == "sigmoid" else logits.float().softmax(-1)  # [T,E]
+    choice = scores if spec.bias is None else scores + spec.bias.float()  # [T,E] bias: selection only
+    if allowed is not None:
+        choice = choice.masked_fill(~allowed, float("-inf"))
+    if spec.n_group > 1:
+        grouped = choice.view(t, spec.n_group, e // spec.n_group)  # [T,G,E/G]
+        group_scores = grouped.topk(2, dim=-1)[0].sum(-1) if spec.bias is not None else grouped.amax(-1)  # [T,G]
+        group_idx = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]  # [T,g]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0)  # [T,G]
+        score_mask = group_mask.unsqueeze(-1).expand(t, spec.n_group, e // spec.n_group).reshape(t, e)
+        choice = choice.masked_fill(~score_mask.bool(), float("-inf"))
+    vals, ids = torch.topk(choice, k=spec.top_k, dim=-1, sorted=False)  # [T,K]
+    return ids, scores.gather(1, ids), vals > float("-inf")
+
+
+class LayerRule:
+    """A SkipRule bound to one layer's router: apply(weights, ids, logits) -> (weights, ids, keep)."""
+
+    def __init__(self, rule: SkipRule, spec: RouterSpec, device: torch.device | str = "cpu"):
+        if rule.needs_calibration and not rule.is_calibrated:
+            raise ValueError(f"{rule.to_json()} needs the calibration table (calibrate.bind_calibration)")
+        if rule.strategy == "group" and not 1 <= rule.topk_group <= spec.n_group:
+            raise ValueError(f"topk_group must lie in [1, n_group={spec.n_group}], got {rule.topk_group}")
+        self.rule, self.spec = rule, spec
+        self.mask = rule.mask_fn(spec.layer, spec.n_experts)
+        self.topk_group = rule.topk_group if rule.strategy == "group" else spec.topk_group
+        self.allowed = None  # [E] bool, prune only
+        if rule.strategy == "prune":
+            removed = list(rule.pruned.get(spec.layer, ()))
+            if spec.n_experts - len(removed) < spec.top_k:
+                raise ValueError(f"layer {spec.layer}: pruning {len(removed)} of {spec.n_experts} leaves fewer than K")
+            self.allowed = torch.ones(spec.n_experts, dtype=torch.bool, device=device)
+            self.allowed[removed] = False
+        # kept weights times this: the config's routed_scaling_factor replaces the model's
+        new = rule.routed_scaling_factor
+        self.scale = 1.0 if new is None else new / spec.routed_scaling_factor
+
+    def apply(self, weights: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor | None):
+        """weights [T,K] and ids [T,K] from the model's router, logits [T,E] its input.
+
+        Returns (weights [T,K] (0 where skipped), ids [T,K] (changed only by re-routing
+        strategies, in the dtype given), keep [T,K] bool)."""
+        if self.rule.is_dense:
+            return weights, ids, torch.ones_like(weights, dtype=torch.bool)
+        if self.rule.strategy in REROUTE:
+            ids_out, base, keep = self._reroute(weights, ids, logits)
+        else:
+            ids_out, base, keep = ids, weights, self.mask(weights, ids)
+        w = base * keep
+        if self.rule.renormalise:
+            # to the dense row total (routed_scaling_factor included); a row that keeps
+            # nothing (layers strategy) stays 0
+            w = w * (weights.sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1e-30))
+        if self.scale != 1.0:
+            w = w * self.scale
+        return w.to(weights.dtype), ids_out, keep
+
+    def _reroute(self, weights, ids, logits):
+        """(ids, weights before renormalisation, keep) of the re-run selection.
+
+        A kept expert's weight is its score times the factor that maps the dense
+        router's scores to its weights for this token (DeepSeek: routed_scaling_factor
+        / sum of the dense selection's scores), i.e. the dense formula. Rows whose
+        selection did not change return the router's own ids and weights bit for bit.
+        """
+        if logits is None:
+            raise ValueError(f"strategy {self.rule.strategy!r} needs the router logits")
+        spec = self.spec
+        new_ids, new_scores, valid = route(logits, spec, self.topk_group, self.allowed)  # [T,K] x3
+        scores = logits.float().sigmoid() if spec.scoring == "sigmoid" else logits.float().softmax(-1)  # [T,E]
+        factor = weights.float().sum(-1, keepdim=True) / scores.gather(1, ids.long()).sum(-1, keepdim=True)  # [T,1]
+        t = ids.shape[0]
+        old_set = torch.zeros(t, spec.n_experts, dtype=torch.bool, device=ids.device).scatter_(1, ids.long(), True)
+        new_set = torch.zeros_like(old_set).scatter_(1, new_ids, valid)  # [T,E]
+        same = (old_set == new_set).all(-1, keepdim=True)  # [T,1]
+        out_ids = torch.where(same, ids, new_ids.to(ids.dtype))
+        base = torch.where(same, weights, (new_scores * factor).to(weights.dtype))
+        keep = same | valid
+        return out_ids, base, keep

@@ -1,0 +1,123 @@
+"""Routing traces: what the router did for every generated token, in traffic.TRACE_SCHEMA.
+
+Engines record, per router call and MoE layer, the experts the rule left in each slot
+(ids [T,K]) and which slots ran (keep [T,K]); what the batch-aware rule decided depends
+on the batch, so this is what actually ran in that batch. Engines then cut the calls
+into samples: decode step j of a sample is the forward pass that produced its j-th
+generated token (step 0 is the prompt's last token, computed in the prefill), which is
+the unit traffic.py batches at other concurrencies. A sample with N generated tokens
+has N steps (its last token is never fed back).
+
+Size on DeepSeek-V3 (K = 8, 58 MoE layers): one row per (token, layer) holds K int16
+ids + a uint32 bitmask + int32 position + int16 layer + int32 sample + the
+dictionary-encoded task id, 30 B in Arrow memory (+4 B list offset); Parquet with
+dictionary/RLE columns stores random routing at ~20 B per token per layer
+(measured by tests/test_traces.py on random E=256, K=8 traces), ~1.2 kB per
+generated token for the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from skipbench.io import write_table
+from skipbench.traffic import TRACE_SCHEMA
+
+
+@dataclass(frozen=True)
+class SampleTrace:
+    """Routing of one generated sample: N decode steps, L MoE layers, K slots."""
+
+    task_id: str
+    sample_id: int
+    layers: tuple[int, ...]  # [L] model layer index of each MoE layer
+    ids: np.ndarray  # [N, L, K] expert id per slot, as the rule left it
+    keep: np.ndarray  # [N, L, K] bool: slot computed
+
+    def __post_init__(self):
+        n, l, k = self.ids.shape
+        if self.keep.shape != (n, l, k) or len(self.layers) != l:
+            raise ValueError(f"trace shapes disagree: ids {self.ids.shape}, keep {self.keep.shape}, {len(self.layers)} layers")
+        if k > 32:
+            raise ValueError(f"keep is a uint32 bitmask: at most 32 slots, got K={k}")
+
+
+def pack_keep(keep: np.ndarray) -> np.ndarray:
+    """[..., K] bool -> [...] uint32 with bit k set iff slot k is kept."""
+    bits = np.left_shift(np.uint32(1), np.arange(keep.shape[-1], dtype=np.uint32))  # [K]
+    return (keep.astype(np.uint32) * bits).sum(-1, dtype=np.uint32)
+
+
+def unpack_keep(mask: np.ndarray, k: int) -> np.ndarray:
+    """[...] uint32 -> [..., K] bool (inverse of pack_keep)."""
+    return ((mask[..., None].astype(np.uint64) >> np.arange(k, dtype=np.uint64)) & 1).astype(bool)
+
+
+def trace_table(samples: list[SampleTrace]) -> pa.Table:
+    """TRACE_SCHEMA rows for `samples`, ordered by sample, position, layer."""
+    cols = {name: [] for name in ("task_id", "sample_id", "position", "layer", "ids", "keep")}
+    for s in samples:
+        n, l, k = s.ids.shape
+        cols["task_id"].append(np.full(n * l, s.task_id, dtype=object))
+        cols["sample_id"].append(np.full(n * l, s.sample_id, dtype=np.int32))
+        cols["position"].append(np.repeat(np.arange(n, dtype=np.int32), l))
+        cols["layer"].append(np.tile(np.asarray(s.layers, dtype=np.int16), n))
+        cols["ids"].append(s.ids.reshape(n * l, k).astype(np.int16))
+        cols["keep"].append(pack_keep(s.keep.reshape(n * l, k)))
+    if not samples:
+        return TRACE_SCHEMA.empty_table()
+    k = {s.ids.shape[2] for s in samples}
+    if len(k) != 1:
+        raise ValueError(f"samples disagree on K: {sorted(k)}")
+    ids = np.concatenate(cols["ids"])  # [R,K]
+    r, k = ids.shape
+    expert_ids = pa.ListArray.from_arrays(pa.array(np.arange(0, r * k + 1, k, dtype=np.int32)), pa.array(ids.reshape(-1)))
+    return pa.table(
+        {
+            "task_id": pa.array(np.concatenate(cols["task_id"]), pa.string()),
+            "sample_id": np.concatenate(cols["sample_id"]),
+            "position": np.concatenate(cols["position"]),
+            "layer": np.concatenate(cols["layer"]),
+            "expert_ids": expert_ids,
+            "keep": np.concatenate(cols["keep"]),
+        }
+    ).cast(TRACE_SCHEMA)
+
+
+def write_trace(path, samples: list[SampleTrace]) -> pa.Table:
+    """Write `samples` as one TRACE_SCHEMA Parquet file (atomically)."""
+    return write_table(path, trace_table(samples), TRACE_SCHEMA)
+
+
+def assemble_steps(calls: list[list[tuple[np.ndarray, np.ndarray]]], layouts: list[np.ndarray],
+                   lengths: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut router calls into per-sample decode steps.
+
+    calls[c][l] = (ids [T_c,K], keep [T_c,K]) of forward step c at MoE layer l;
+    layouts[c] = [R_c, 3] int rows (sample b, row in call c, decode step j) saying which
+    rows of step c are decode steps, and of whom; lengths[b] = generated tokens of
+    sample b (steps at or past it, e.g. padding after EOS, are dropped). A step seen
+    twice (recomputed after preemption) keeps its last record.
+    Returns per sample (ids [N_b, L, K], keep [N_b, L, K]).
+    """
+    n_layers = len(calls[0]) if calls else 0
+    k = calls[0][0][0].shape[1] if calls else 0
+    offset = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [B+1] first global step of b
+    ids = np.full((offset[-1], n_layers, k), -1, np.int64)  # [S,L,K], S = all samples' steps
+    keep = np.zeros((offset[-1], n_layers, k), bool)
+    seen = np.zeros(offset[-1], bool)
+    lengths_np = np.asarray(lengths, dtype=np.int64)
+    for step_calls, layout in zip(calls, layouts):
+        b, row, j = np.asarray(layout, dtype=np.int64).reshape(-1, 3).T  # [R] each
+        live = j < lengths_np[b]
+        g, row = offset[b[live]] + j[live], row[live]
+        ids[g] = np.stack([c_ids[row] for c_ids, _ in step_calls], axis=1)  # [R,L,K]
+        keep[g] = np.stack([c_keep[row] for _, c_keep in step_calls], axis=1)
+        seen[g] = True
+    if not seen.all():
+        missing = sorted({int(np.searchsorted(offset, g, side="right") - 1) for g in np.flatnonzero(~seen)})
+        raise ValueError(f"samples {missing}: some decode steps were not recorded")
+    return [(ids[offset[i] : offset[i + 1]], keep[offset[i] : offset[i + 1]]) for i in range(len(lengths))]
