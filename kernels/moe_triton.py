@@ -190,7 +190,7 @@ def moe_triton(
     w13_scale: torch.Tensor | None = None,  # E, 2I/128, H/128   fp32 (FP8 only)
     w2_scale: torch.Tensor | None = None,  # E, H/128, I/128
     config: MoeConfig = DEFAULT_CONFIG,
-    layout: MoeLayout | None = None,  # precomputed (e.g. shared by the layers of a step)
+    layout: MoeLayout | None = None,  # precomputed for these ids/keep and config.block_m
 ) -> torch.Tensor:
     """Routed-expert output [T, H] in x's dtype; same contract as reference.moe_reference
     with quantize_activations = (weights are FP8). Two launches, no host sync."""

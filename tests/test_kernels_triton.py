@@ -152,3 +152,115 @@ def test_layout_and_kernels_capture_in_a_cuda_graph():
         out = mt.moe_triton(*args, **scales)
     graph.replay()
     torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_saving_share_compares_time_saved_with_bytes_saved():
+    from skipbench_kernels.bench import _saving_shares
+
+    bw = 1e9  # bytes/s: 1e6 bytes take 1 ms
+    rows = [dict(method="k", batch=1, rule="dense", bytes=4e6, ms=5.0),
+            dict(method="k", batch=1, rule="top2", bytes=2e6, ms=3.5),  # saved 1.5 of an ideal 2 ms
+            dict(method="w0", batch=1, rule="dense", bytes=4e6, ms=5.0),
+            dict(method="w0", batch=1, rule="top2", bytes=4e6, ms=5.0)]  # nothing skipped: no ideal saving
+    out = {(r["method"], r["rule"]): r for r in _saving_shares(rows, bw)}
+    assert out["k", "top2"]["saving_share"] == pytest.approx(0.75)
+    assert out["k", "top2"]["speedup_vs_dense"] == pytest.approx(5 / 3.5)
+    assert out["w0", "top2"]["saving_share"] != out["w0", "top2"]["saving_share"]  # NaN
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CUDA, reason="the smoke run is the CPU path; GPUs run the full bench")
+def test_bench_smoke_run_writes_a_table_the_roofline_reads(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from skipbench.roofline import fit_kernel_calibration
+    from skipbench.specs import load_profile
+    from skipbench_kernels.bench import main
+
+    assert main(["--out", str(tmp_path), "--smoke", "--budget-s", "30", "--tune-share", "0.05"]) == 0
+    meta = json.loads((tmp_path / "bench.json").read_text())
+    assert meta["interpreter"] and all(c["passed"] for c in meta["checks"])
+    rows = pd.read_csv(tmp_path / "bench_rows.csv")
+    assert set(rows["method"]) == {"skip_kernel", "weight0_kernel", "grouped_mm_bf16", "eager_loop_bf16"}
+    assert set(rows["rule"]) == {"dense", "top4", "top2", "threshold0.3", "batch_aware2"}
+    ran = rows[rows["status"].str.startswith("ok")]
+    assert len(ran) >= 4 and (ran["ms"] > 0).all()
+    assert rows[~rows["status"].str.startswith("ok")]["ms"].isna().all()  # not run is never a number
+    # the control computes every routed slot, so it never loads fewer experts than dense
+    w0 = rows[rows["method"] == "weight0_kernel"].groupby("batch")["distinct_experts"]
+    assert (w0.nunique() == 1).all()
+    kernel = pd.read_csv(tmp_path / "kernel_bench.csv")
+    assert {"batch", "rule", "distinct_experts", "slots", "ms"} <= set(kernel.columns)
+    cal = fit_kernel_calibration(kernel.dropna(subset=["ms"]), load_profile("h200"))
+    assert cal.points == kernel["ms"].notna().sum()
+
+
+def _tiny_transformers_model():
+    import sys
+    from pathlib import Path
+
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import ARCH
+
+    cfg = DeepseekV3Config(**{**ARCH, "hidden_size": 128, "moe_intermediate_size": 64, "intermediate_size": 128,
+                              "num_hidden_layers": 2})  # fmt: skip
+    cfg._experts_implementation = "eager"
+    torch.manual_seed(0)
+    return DeepseekV3ForCausalLM(cfg).eval()
+
+
+def test_transformers_moe_on_the_kernel_matches_eager_experts_with_sentinel_skips():
+    from skipbench.oracle import patch_model
+    from skipbench.strategies import SkipRule
+    from skipbench_kernels.integration import SkipAwareExperts, patch_experts
+    from skipbench_kernels.tune import Tuned
+
+    model = _tiny_transformers_model()
+    patch_model(model, SkipRule("topk", k=2))  # dropped slots reach the experts as id E
+    tokens = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(tokens).logits
+        names = patch_experts(model, [Tuned(64, mt.MoeConfig(16, mt.GemmConfig(32, 64), mt.GemmConfig(64, 64)), 0.0)])
+        fused = model(tokens).logits
+    assert names == ["model.layers.1.mlp"] and isinstance(model.model.layers[1].mlp.experts, SkipAwareExperts)
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_choice_from_manifest_and_no_patch_without_gpu(tmp_path):
+    from skipbench.io import write_table
+    from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
+    from skipbench_kernels.integration import KernelChoice, load_kernel_choice, use_skip_kernel
+    from skipbench_kernels.tune import Tuned, configs_to_json
+
+    big = mt.MoeConfig(64, mt.GemmConfig(128, 128), mt.GemmConfig(128, 128))
+    tuned = [Tuned(16, TINY, 0.1), Tuned(512, big, 1.0)]
+    row = {n: None for n in KERNEL_MANIFEST_SCHEMA.names} | dict(
+        backend="triton", reason="test", passed=True, configs=configs_to_json(tuned), tuned_dtype="fp8")
+    write_table(tmp_path / "m.parquet", [row], KERNEL_MANIFEST_SCHEMA)
+    choice = load_kernel_choice(tmp_path / "m.parquet")
+    assert choice.backend == "triton" and choice.tuned == tuned
+    assert choice.config_for(1) == TINY and choice.config_for(100) == big and choice.config_for(4096) == big
+    model = _tiny_transformers_model()
+    assert use_skip_kernel(model, choice) is None  # CPU model: the engine keeps its own skip path
+    assert use_skip_kernel(model, KernelChoice("reference", "no GPU")) is None
+
+
+def test_tuner_keeps_the_fastest_config_and_survives_failing_ones():
+    from skipbench_kernels.tune import block_m_space, gemm_space, tune
+
+    def cost(cfg):  # a made-up landscape: best at block_m 32, gate_up 64 wide, down 128 wide
+        if cfg.down.block_n == 32:
+            raise RuntimeError("out of shared memory")  # must be skipped, not fatal
+        return abs(cfg.block_m - 32) + abs(cfg.gate_up.block_n - 64) + abs(cfg.down.block_n - 128) + cfg.gate_up.num_stages
+
+    best = tune(lambda cfg: (lambda: cost(cfg)), True, 7168, 2048, tokens=512, slots=8, experts=256,
+                timer=lambda fn: float(fn()), budget_s=30)  # fmt: skip
+    assert (best.config.block_m, best.config.gate_up.block_n, best.config.down.block_n) == (32, 64, 128)
+    assert best.ms == 3.0  # num_stages 3 wins the tie-break term
+    assert block_m_space(1, 8, 256) == (16,)
+    assert all(g.block_k == 128 for g in gemm_space(True, 7168, 2048))
+    assert {g.block_k for g in gemm_space(False, 7168, 2048)} == {64, 128}
