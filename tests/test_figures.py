@@ -1,8 +1,25 @@
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+"""The figure stage on hand-made Parquet tables: the Pareto fronts it draws against hand-computed
+ones, measured vs predicted styling, determinism, absent inputs, runs combined by model."""
 
-from skipbench.figures import draw_tradeoffs, pareto_front
+import matplotlib.pyplot as plt
+import pytest
+from report_fixtures import (
+    FRONT_BASE_VS_EPT,
+    FRONT_BASE_VS_TPS,
+    FRONT_PLUS_VS_EPT,
+    FRONT_PLUS_VS_MEASURED,
+    FRONT_PLUS_VS_PREDICTED,
+    FRONT_PLUS_VS_TPS,
+    PREDICTED_H200,
+    SWEEP,
+    VARIANTS,
+    write_run,
+)
+
+from skipbench.figures import MEASURED, pareto_front, predicted_figure, speedup_columns, tradeoff_figure
+from skipbench.figures_traffic import speedup_figure
+from skipbench.report import draw_report, report_files
+from skipbench.summary import load_run
 
 
 def test_pareto_front_hand_computed():
@@ -16,24 +33,111 @@ def test_pareto_front_hand_computed():
     assert pareto_front([1, 1], [0.5, 0.5]) == [0, 1]
 
 
-def _scores():
-    rows = []
-    for v, tps, ept, base in [("dense", 10.0, 4.0, 1.0), ("top2", 11.0, 2.0, 0.4), ("top1", 12.0, 1.0, 0.0)]:
-        rows.append({
-            "benchmark": "humaneval", "variant": v, "tokens_per_s": tps, "experts_per_token": ept,
-            "pass1_base": base, "pass1_base_lo": max(0.0, base - 0.2), "pass1_base_hi": min(1.0, base + 0.2),
-            "pass1_plus": None, "pass1_plus_lo": None, "pass1_plus_hi": None,
-            "engine": "vllm", "device": "cpu",
-        })
-    return pd.DataFrame(rows)
+def front_line(ax):
+    """(x, y) points of the line labelled 'Pareto front' drawn on `ax`, flattened."""
+    (line,) = [l for l in ax.get_lines() if l.get_label() == "Pareto front"]
+    return line.get_xydata().ravel().tolist()
 
 
-def test_figures_are_written_and_deterministic(tmp_path):
-    path = tmp_path / "scores.parquet"
-    pq.write_table(pa.Table.from_pandas(_scores()), path)
-    first = draw_tradeoffs(path, tmp_path / "a", "demo")
-    second = draw_tradeoffs(path, tmp_path / "b", "demo")
-    assert [p.name for p in first] == ["tradeoff_humaneval.png", "tradeoff_humaneval.svg"]
-    for a, b in zip(first, second):
-        assert a.read_bytes() == b.read_bytes()
-    assert b"Pareto front" in first[1].read_bytes()
+def flat(pairs):
+    return [v for pair in pairs for v in pair]
+
+
+def points(names, x, split):
+    col = {"tokens_per_s": 1, "experts_per_token": 2}[x]
+    y = {"base": 3, "plus": 4}[split]
+    return [(VARIANTS[n][col], VARIANTS[n][y]) for n in names]
+
+
+def test_tradeoff_draws_the_hand_computed_front(tmp_path):
+    files = write_run(tmp_path, optional=False)
+    fig, fronts = tradeoff_figure([load_run("tiny", files["scores"])], "he")
+    expected = [("base", "tokens_per_s", FRONT_BASE_VS_TPS), ("base", "experts_per_token", FRONT_BASE_VS_EPT),
+                ("plus", "tokens_per_s", FRONT_PLUS_VS_TPS), ("plus", "experts_per_token", FRONT_PLUS_VS_EPT)]  # fmt: skip
+    assert len(fig.axes) == 4  # rows (base, plus) x columns (tokens/s, experts/token), row-major
+    for ax, (split, x, names) in zip(fig.axes, expected):
+        assert fronts[("tiny", split, x)] == names
+        assert front_line(ax) == pytest.approx(flat(points(names, x, split)))
+    plt.close(fig)
+
+
+def test_predicted_figure_separates_measured_and_predicted(tmp_path):
+    f = write_run(tmp_path)
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    columns = speedup_columns([run], ["h200", "measured"])
+    assert columns == [MEASURED, "h200", "measured"]  # the engine sweep, then profiles in config order
+    fig, fronts = predicted_figure([run], "he", batch=1, hardware=columns)
+    assert fronts[("tiny", "plus", MEASURED)] == FRONT_PLUS_VS_MEASURED
+    assert fronts[("tiny", "plus", "h200")] == FRONT_PLUS_VS_PREDICTED
+    plus_measured, plus_h200 = fig.axes[3], fig.axes[4]  # row 2 = plus tests
+    want = [(SWEEP[v][1] / SWEEP["dense"][1], VARIANTS[v][4]) for v in FRONT_PLUS_VS_MEASURED]
+    assert front_line(plus_measured) == pytest.approx(flat(want))
+    want = [(PREDICTED_H200[v], VARIANTS[v][4]) for v in FRONT_PLUS_VS_PREDICTED]
+    assert front_line(plus_h200) == pytest.approx(flat(want))
+    assert "measured" in plus_measured.get_title() and "cpu:x86_64x2" in plus_measured.get_title()
+    assert "predicted" in plus_h200.get_title() and "h200" in plus_h200.get_title()
+    # measured markers filled, predicted hollow
+    def faces(ax):
+        (topk,) = [c for c in ax.containers if c.get_label() == "topk"]  # errorbar: data line first
+        return topk.lines[0].get_markerfacecolor()
+
+    assert faces(plus_measured) != "none" and faces(plus_h200) == "none"
+    plt.close(fig)
+
+
+def test_speedup_figure_measured_solid_predicted_dashed(tmp_path):
+    f = write_run(tmp_path)
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    fig = speedup_figure([run], [MEASURED, "h200"])
+    measured, predicted = fig.axes[:2]
+    (top1,) = [l for l in measured.get_lines() if l.get_label() == "top1"]
+    assert top1.get_linestyle() == "-"
+    want = [(c, SWEEP["top1"][c] / SWEEP["dense"][c]) for c in (1, 4)]
+    assert top1.get_xydata().ravel().tolist() == pytest.approx(flat(want))
+    assert {l.get_linestyle() for l in predicted.get_lines() if l.get_label() in VARIANTS} == {"--"}
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["measured (engine, device)", "predicted (hardware profile)"]
+    plt.close(fig)
+
+
+def draw(tmp_path, name, runs, benchmarks=("he",)):
+    out = tmp_path / name
+    return out, draw_report(runs, list(benchmarks), out, out / "summary.parquet", out / "summary.md", 1, ["h200"])
+
+
+def test_report_files_fixed_list_and_deterministic(tmp_path):
+    f = write_run(tmp_path / "run")
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    a, _ = draw(tmp_path, "a", [run])
+    b, _ = draw(tmp_path, "b", [run])
+    expected = [p for pair in report_files(a, ["he"]).values() for p in pair]
+    assert sorted(p.name for p in a.iterdir()) == sorted([p.name for p in expected] + ["summary.md", "summary.parquet"])
+    for p in expected:
+        assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    assert b"no data" not in (a / "layers_he.svg").read_bytes()
+
+
+def test_absent_inputs_give_no_data_figures(tmp_path):
+    f = write_run(tmp_path / "run", optional=False)  # scores only: no sweep, no roofline, no traces
+    out, result = draw(tmp_path, "out", [load_run("tiny", f["scores"])])
+    for stem, paths in report_files(out, ["he"]).items():
+        assert all(p.stat().st_size > 1000 for p in paths), stem
+    assert b"<!-- no data: tiny: no routing trace / traffic table for he -->" in (out / "layers_he.svg").read_bytes()
+    assert b"<!-- no data: tiny: no throughput sweep -->" in (out / "speedup.svg").read_bytes()
+    assert b"no data: tiny: no throughput sweep at concurrency 1" in (out / "predicted_he.svg").read_bytes()
+    assert b"no data" not in (out / "tradeoff_he.svg").read_bytes()
+    assert result["summary"]["measured_speedup"].isna().all() and result["summary"]["predicted_speedup"].isna().all()
+
+
+def test_combined_runs_are_faceted_by_run(tmp_path):
+    f = write_run(tmp_path / "a")
+    g = write_run(tmp_path / "b", optional=False)
+    runs = [load_run("model-a", f["scores"], f["throughput"], f["predictions"], f["traffic"]), load_run("model-b", g["scores"])]
+    fig, fronts = tradeoff_figure(runs, "he")
+    assert len(fig.axes) == 8  # (2 runs x 2 splits) rows x 2 cost columns
+    assert [ax.get_title() for ax in fig.axes[::2]] == [f"{r}: he, {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
+    assert fronts[("model-b", "plus", "experts_per_token")] == FRONT_PLUS_VS_EPT
+    plt.close(fig)
+    out, result = draw(tmp_path, "out", runs)
+    assert list(result["summary"]["run"].unique()) == ["model-a", "model-b"]
+    assert b"no data: model-b: no throughput sweep" in (out / "speedup.svg").read_bytes()

@@ -1,12 +1,16 @@
-"""Stage 7 entry point: draw the trade-off figures from the scores table."""
+"""Stage 7 entry point: summary table and report figures from the runs' Parquet tables."""
 
 from pathlib import Path
 
-from skipbench.figures import draw_tradeoffs
 from skipbench.logs import log_to
+from skipbench.report import draw_report
+from skipbench.summary import load_run
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
-    draw_tradeoffs(Path(snakemake.input.scores), Path(snakemake.output[0]).parent, snakemake.params.run)
+    params = snakemake.params
+    runs = [load_run(name, **tables) for name, tables in params.runs.items()]  # this run first
+    draw_report(runs, params.benchmarks, Path(snakemake.output.summary).parent, snakemake.output.summary,
+                snakemake.output.summary_md, params.deployment_batch, params.hardware)

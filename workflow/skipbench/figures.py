@@ -1,7 +1,14 @@
-"""Stage 7: quality-vs-cost trade-off figures from the scores table.
+"""Stage 7: the report's figures: quality vs cost with Pareto fronts, per benchmark, faceted by run.
 
-Figures are deterministic for the same input (fixed SVG hash salt, no dates), so a rerun
-that changes nothing upstream changes no bytes.
+Every figure is written as PNG and SVG, deterministic for the same input (fixed SVG hash
+salt, no dates), so a rerun that changes nothing upstream changes no bytes. A figure whose
+input is absent (no throughput sweep, no roofline, no traces) is still written, saying
+"no data" and why, so the report has a fixed list of files.
+
+Per benchmark: tradeoff (pass@1 vs measured tokens/s and experts per token), predicted
+(pass@1 vs speedup at the deployment batch: measured panel + one per hardware profile),
+fidelity (to dense vs experts per token), layers (heatmaps, figures_traffic), pareto (a
+table of the Pareto-optimal variants). Once: speedup (vs batch size, figures_traffic).
 """
 
 from __future__ import annotations
@@ -13,86 +20,241 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skipbench.io import atomic_path, read_table  # noqa: E402
+from skipbench.io import atomic_path  # noqa: E402
+from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
+    DENSE,
+    RunTables,
+    measured_speedup,
+    pareto_front,
+    predicted_whole_model,
+    quality_split,
+)
 
 log = logging.getLogger(__name__)
 
-DENSE = "dense"
-STYLE = {"svg.hashsalt": "skipbench", "figure.dpi": 100, "font.size": 9}
-# What each panel puts on x: (column, label, higher is better).
+MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
+STYLE = {"svg.hashsalt": "skipbench", "figure.dpi": 100, "font.size": 8, "axes.titlesize": 8}
+STRATEGY_COLOURS = plt.get_cmap("tab10").colors
+# What the tradeoff figure puts on x: (column, label, higher is better).
 COST_AXES = [
-    ("tokens_per_s", "measured output tokens/s", True),
+    ("tokens_per_s", "output tokens/s, measured", True),
     ("experts_per_token", "routed experts computed per token per MoE layer", False),
+]
+FIDELITY_AXES = [
+    ("identical_to_dense", "share of completions token-identical to dense"),
+    ("first_diff_token", "mean index of the first token that differs from dense"),
 ]
 
 
-def pareto_front(xs: list[float], ys: list[float], x_higher_better: bool = True) -> list[int]:
-    """Indices of points not dominated by another (y always higher-better), sorted by x.
-
-    A point is dominated when another is at least as good on both axes and better on one.
-    """
-    sign = 1 if x_higher_better else -1
-    pts = [(sign * x, y, i) for i, (x, y) in enumerate(zip(xs, ys))]
-    front = [
-        i
-        for x, y, i in pts
-        if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2, _ in pts)
-    ]
-    return sorted(front, key=lambda i: xs[i])
+def save(fig, stem: Path) -> list[Path]:
+    """Write `stem`.png and `stem`.svg with no date or software stamp (deterministic bytes)."""
+    paths = []
+    for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
+        path = stem.with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
 
 
-def _save(fig, path: Path) -> None:
-    fmt = path.suffix.lstrip(".")
-    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches="tight")
+def no_data(ax, why: str) -> None:
+    ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
-def _panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str) -> None:
+def grid(rows: int, cols: int, width: float = 4.2, height: float = 3.4):
+    fig, axes = plt.subplots(max(rows, 1), max(cols, 1), figsize=(width * max(cols, 1), height * max(rows, 1)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    return fig, axes
+
+
+def colour_of(strategies) -> dict[str, tuple]:
+    """A fixed colour per strategy name (sorted), dense black, external grey."""
+    names = sorted({s for s in strategies if s not in (DENSE, "external")})
+    colours = {s: STRATEGY_COLOURS[i % len(STRATEGY_COLOURS)] for i, s in enumerate(names)}
+    return colours | {DENSE: (0, 0, 0), "external": (0.5, 0.5, 0.5)}
+
+
+def with_strategy(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scores with a non-null `strategy` (external samples, scores without the column)."""
+    df = scores.copy()
+    strategy = df["strategy"] if "strategy" in df else pd.Series(None, index=df.index, dtype=object)
+    df["strategy"] = strategy.where(strategy.notna(), df["variant"].where(df["variant"].isin([DENSE, "external"]), "n/a"))
+    return df
+
+
+def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollow: bool = False,
+                    errors: bool = True) -> None:  # fmt: skip
+    """One curve per strategy over its settings, ordered by experts per token (the amount
+    of skipping the setting realised); dense a star, every point named."""
+    for strategy, g in data.groupby("strategy", sort=True):
+        g = g.sort_values(["experts_per_token", "variant"], ascending=[False, True])
+        c = colours.get(strategy, (0.5, 0.5, 0.5))
+        xs, ys = g[x].to_numpy(float), g[y].to_numpy(float)
+        yerr = np.stack([ys - g[f"{y}_lo"].to_numpy(float), g[f"{y}_hi"].to_numpy(float) - ys]) if errors else None  # 2, N
+        ax.errorbar(xs, ys, yerr=yerr, fmt="*" if strategy == DENSE else "-o", color=c, ecolor=c + (0.4,),
+                    ms=10 if strategy == DENSE else 5, mfc="none" if hollow else c, capsize=2, lw=1, label=strategy)  # fmt: skip
+        for _, row in g.iterrows():
+            ax.annotate(row["variant"], (row[x], row[y]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+
+
+def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str, colours: dict,
+                  hollow: bool = False) -> list[str]:  # fmt: skip
+    """pass@1 (95% CI) vs `x`, curves per strategy, the Pareto front dashed.
+    Returns the variants on the front, in the order the front line is drawn (by x)."""
     y = f"pass1_{split}"
-    data = df.dropna(subset=[x, y])
-    lo, hi = data[f"{y}_lo"], data[f"{y}_hi"]
-    ax.errorbar(data[x], data[y], yerr=[data[y] - lo, hi - data[y]], fmt="o", color="tab:blue",
-                ecolor="0.6", capsize=3, label="variant (95% CI)")
-    for _, row in data.iterrows():
-        ax.annotate(row["variant"], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    dense = data[data["variant"] == DENSE]
-    if not dense.empty:
-        ax.scatter(dense[x], dense[y], s=140, facecolors="none", edgecolors="tab:red", zorder=3, label="dense baseline")
+    data = df.dropna(subset=[x, y]).sort_values("variant").reset_index(drop=True)
+    if data.empty:
+        no_data(ax, f"no variant has both pass@1 ({split}) and {x_label}")
+        return []
+    strategy_curves(ax, data, x, y, colours, hollow)
     front = pareto_front(data[x].tolist(), data[y].tolist(), x_higher)
-    ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color="tab:green", label="Pareto front")
+    ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color="tab:green", lw=1.5, zorder=0, label="Pareto front")
     ax.set_xlabel(x_label)
-    ax.set_ylabel(f"pass@1 ({split} tests)")
+    ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=6)
+    return data["variant"].iloc[front].tolist()
 
 
-def draw_tradeoff(scores: pd.DataFrame, benchmark: str, out_dir: Path, run: str) -> list[Path]:
-    df = scores[scores["benchmark"] == benchmark].sort_values("variant").reset_index(drop=True)
-    splits = [s for s in ("base", "plus") if df[f"pass1_{s}"].notna().any()]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(splits), len(COST_AXES), figsize=(10, 4 * len(splits)), squeeze=False)
-        for r, split in enumerate(splits):
-            for c, (x, label, higher) in enumerate(COST_AXES):
-                _panel(axes[r][c], df, x, label, higher, split)
-        engine = ", ".join(sorted(set(df["engine"].dropna()))) if "engine" in df else ""
-        device = ", ".join(sorted(set(df["device"].dropna()))) if "device" in df else ""
-        fig.suptitle(f"{run}: {benchmark} quality vs cost (measured on {engine} / {device})")
-        axes[0][0].legend(loc="best", fontsize=7)
-        paths = [out_dir / f"tradeoff_{benchmark}.{ext}" for ext in ("png", "svg")]
-        for p in paths:
-            _save(fig, p)
-        plt.close(fig)
-    return paths
+def _measured_on(scores: pd.DataFrame) -> str:
+    """'<engine> <version> on <device>, batch <b>' of the infer stage, from the scores' provenance."""
+    cols = ["engine", "engine_version", "device", "batch_size"]
+    if not all(c in scores for c in cols):
+        return "engine and device not recorded"
+    rows = scores.dropna(subset=["engine", "device"])[cols].drop_duplicates()
+    return "; ".join(f"{r.engine} {r.engine_version} on {r.device}, batch {r.batch_size}" for r in rows.itertuples()) or "n/a"
 
 
-def draw_tradeoffs(scores_path: Path, out_dir: Path, run: str) -> list[Path]:
-    scores = read_table(scores_path).to_pandas()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for benchmark in sorted(scores["benchmark"].unique()):
-        paths += draw_tradeoff(scores, benchmark, out_dir, run)
-        log.info("drew %s", benchmark)
-    return paths
+def _splits(df: pd.DataFrame) -> list[str]:
+    return [s for s in ("base", "plus") if df[f"pass1_{s}"].notna().any()] or ["base"]
+
+
+def tradeoff_figure(runs: list[RunTables], benchmark: str):
+    """pass@1 vs measured tokens/s (infer stage) and vs experts per token; rows (run, split)."""
+    panels = [(t, with_strategy(t.scores[t.scores["benchmark"] == benchmark])) for t in runs]
+    rows = [(t, df, split) for t, df in panels for split in _splits(df)]
+    colours = colour_of(s for _, df, _ in rows for s in df["strategy"])
+    fig, axes = grid(len(rows), len(COST_AXES))
+    fronts = {}
+    for r, (t, df, split) in enumerate(rows):
+        for c, (x, label, higher) in enumerate(COST_AXES):
+            if x == "tokens_per_s":
+                label = f"{label} ({_measured_on(df)})"
+            fronts[(t.run, split, x)] = quality_panel(axes[r][c], df, x, label, higher, split, colours)
+            axes[r][c].set_title(f"{t.run}: {benchmark}, {split} tests")
+    fig.suptitle(f"{benchmark}: quality vs cost per skip variant (throughput measured; see axis)")
+    return fig, fronts
+
+
+def speedup_columns(runs: list[RunTables], hardware: list[str]) -> list[str]:
+    """MEASURED and the hardware profiles predicted in any run (config order first)."""
+    predicted = {h for t in runs for h in predicted_whole_model(t.predictions)["hardware"]}
+    return [MEASURED] + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
+
+
+def sweep_source(m: pd.DataFrame) -> str:
+    """'<engine> <version> on <device>; skip paths a, b' of measured throughput rows."""
+    on = "; ".join(sorted({f"{r.engine} {r.engine_version} on {r.device}" for r in m.itertuples()}))
+    return f"{on}; skip paths {', '.join(sorted(set(m['skip_path'])))}" if on else "n/a"
+
+
+def speedup_at(t: RunTables, column: str, batch: int) -> tuple[pd.Series, str]:
+    """variant -> speedup over dense at `batch`, and where it comes from (for the title)."""
+    if column == MEASURED:
+        m = measured_speedup(t.throughput)
+        m = m[m["concurrency"] == batch].drop_duplicates("variant")
+        return m.set_index("variant")["speedup"], f"measured ({sweep_source(m)})"
+    p = predicted_whole_model(t.predictions)
+    p = p[(p["hardware"] == column) & (p["batch"] == batch)]
+    cal = ", ".join(sorted(set(p["calibration"]))) or "none"
+    return p.set_index("variant")["speedup"], f"predicted (roofline, hardware {column}, skip kernel, calibration {cal})"
+
+
+def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware: list[str]):
+    """pass@1 vs speedup over dense at the deployment batch: measured (filled) and
+    predicted per hardware profile (hollow), Pareto front per panel; rows (run, split)."""
+    columns = speedup_columns(runs, hardware)
+    panels = [(t, with_strategy(t.scores[t.scores["benchmark"] == benchmark])) for t in runs]
+    rows = [(t, df, split) for t, df in panels for split in _splits(df)]
+    colours = colour_of(s for _, df, _ in rows for s in df["strategy"])
+    fig, axes = grid(len(rows), len(columns))
+    fronts = {}
+    for r, (t, df, split) in enumerate(rows):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            speedup, source = speedup_at(t, column, batch)
+            if speedup.empty:
+                why = (f"no throughput sweep at concurrency {batch}" if column == MEASURED
+                       else f"no {column} prediction at batch {batch}")  # fmt: skip
+                no_data(ax, f"{t.run}: {why}")
+                fronts[(t.run, split, column)] = []
+                continue
+            d = df.assign(speedup=df["variant"].map(speedup))
+            label = f"speedup over dense at batch {batch}, {source.split(' (')[0]}"
+            fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
+                                                           hollow=column != MEASURED)  # fmt: skip
+            ax.axvline(1.0, color="0.5", lw=0.8)
+            ax.set_title(f"{t.run}: {split} tests\n{source}", fontsize=7)
+    fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
+                 "(filled: measured, hollow: predicted)")  # fmt: skip
+    return fig, fronts
+
+
+def fidelity_figure(runs: list[RunTables], benchmark: str):
+    """Fidelity to dense's greedy completions vs experts per token; rows runs."""
+    colours = colour_of(s for t in runs for s in with_strategy(t.scores)["strategy"])
+    fig, axes = grid(len(runs), len(FIDELITY_AXES))
+    for r, t in enumerate(runs):
+        df = with_strategy(t.scores[t.scores["benchmark"] == benchmark])
+        for c, (y, label) in enumerate(FIDELITY_AXES):
+            ax = axes[r][c]
+            data = df.dropna(subset=["experts_per_token", y])
+            if data.empty:
+                no_data(ax, f"{t.run}: no {label} (needs a dense variant and generations)")
+                continue
+            strategy_curves(ax, data, "experts_per_token", y, colours, errors=False)
+            ax.set_xlabel("routed experts computed per token per MoE layer")
+            ax.set_ylabel(label)
+            ax.set_title(f"{t.run}: {benchmark}")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best", fontsize=6)
+    fig.suptitle(f"{benchmark}: fidelity to the dense model vs experts per token")
+    return fig
+
+
+def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
+    """A table of the variants on the quality vs experts-per-token front (SUMMARY rows)."""
+    rows = summary[(summary["benchmark"] == benchmark) & summary["pareto"]]
+    fig, ax = plt.subplots(figsize=(11, 0.9 + 0.28 * max(len(rows), 1)))
+    ax.axis("off")
+    if rows.empty:
+        no_data(ax, f"no scored variant of {benchmark} has experts per token")
+        return fig
+    batch = int(rows["deployment_batch"].iloc[0])
+    header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "experts/token",
+              "tok/s infer (meas.)", f"speedup @{batch} meas.", f"speedup @{batch} pred."]  # fmt: skip
+
+    def fmt(x, spec):
+        return "" if pd.isna(x) else format(x, spec)
+
+    cells = []
+    for r in rows.itertuples():
+        split = "plus" if not pd.isna(r.delta_plus) else "base"
+        delta, p = getattr(r, f"delta_{split}"), getattr(r, f"mcnemar_p_{split}")
+        pred = "" if pd.isna(r.predicted_speedup) else f"{r.predicted_speedup:.2f} ({r.predicted_hardware})"
+        cells.append([r.run, r.variant, r.strategy or "", fmt(r.pass1_base, ".3f"), fmt(r.pass1_plus, ".3f"),
+                      "" if pd.isna(delta) else f"{delta:+.3f} ({split}, p={p:.2g})", fmt(r.experts_per_token, ".2f"),
+                      fmt(r.tokens_per_s, ".1f"), fmt(r.measured_speedup, ".2f"), pred])  # fmt: skip
+    table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    table.auto_set_column_width(list(range(len(header))))
+    ax.set_title(f"{benchmark}: Pareto-optimal variants (pass@1 plus, else base, vs experts per token)")
+    return fig

@@ -30,6 +30,8 @@ Z95 = 1.959963984540054
 SCORES_SCHEMA = pa.schema([
     ("benchmark", pa.string()),  # config key of the benchmark
     ("variant", pa.string()),  # config key of the variant ("external": samples from elsewhere)
+    ("strategy", pa.string()),  # SkipRule.strategy from the infer summary; null for external samples
+    ("params", pa.string()),  # SkipRule parameters as JSON, from the infer summary
     ("dataset", pa.string()),
     ("dataset_version", pa.string()),
     ("dataset_sha256", pa.string()),
@@ -47,6 +49,12 @@ SCORES_SCHEMA = pa.schema([
     ("delta_plus", pa.float64()),
     ("mcnemar_p_plus", pa.float64()),
     ("tokens_per_s", pa.float64()),  # from the infer summary; null for external samples
+    ("batch_size", pa.int32()),  # prompts generated together when tokens_per_s was measured
+    ("engine", pa.string()),  # infer summary: engine name and version, device, dtype, skip path
+    ("engine_version", pa.string()),
+    ("device", pa.string()),
+    ("dtype", pa.string()),
+    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
@@ -141,10 +149,10 @@ def _read(path: str | None) -> pd.DataFrame | None:
     return df.rename(columns={"sample": "sample_id"}) if "sample" in df and "sample_id" not in df else df
 
 
-def _summary_value(summary: pd.DataFrame | None, column: str) -> float | None:
-    if summary is None or column not in summary or summary.empty:
+def _summary_value(summary: pd.DataFrame | None, column: str, kind: type = float):
+    if summary is None or column not in summary or summary.empty or pd.isna(summary[column].iloc[0]):
         return None
-    return float(summary[column].iloc[0])
+    return kind(summary[column].iloc[0])
 
 
 def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
@@ -168,6 +176,9 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
     summary = _read(v.summary)
     for col in ("tokens_per_s", "experts_per_token", "dense_experts_per_token"):
         row[col] = _summary_value(summary, col)
+    row["batch_size"] = _summary_value(summary, "batch_size", int)
+    for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path"):
+        row[col] = _summary_value(summary, col, str)
     if dense is not None:
         dpass = sample_passes(_read(dense.execution))
         row["paired"], row["delta_base"], row["mcnemar_p_base"] = paired_test(passes["base"], dpass["base"])

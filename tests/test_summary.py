@@ -1,0 +1,94 @@
+"""The summary table on hand-made Parquet tables: values, Pareto flags, Markdown, absent inputs."""
+
+import math
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from report_fixtures import FRONT_BASE_VS_EPT, FRONT_PLUS_VS_EPT, PREDICTED_H200, SWEEP, scores_rows, write_run, write_scores
+
+from skipbench.summary import SUMMARY_SCHEMA, build_summary, load_run, markdown, predicted_whole_model, write_summary
+
+
+def full_run(tmp_path, name="tiny"):
+    f = write_run(tmp_path / name)
+    return load_run(name, f["scores"], f["throughput"], f["predictions"], f["traffic"])
+
+
+def test_summary_values_at_the_deployment_batch(tmp_path):
+    run = full_run(tmp_path)
+    s = build_summary([run], deployment_batch=1, hardware=["h200"]).set_index("variant")
+    assert list(s.columns) == [c for c in SUMMARY_SCHEMA.names if c != "variant"]
+    assert s.loc["top1", "measured_speedup"] == pytest.approx(SWEEP["top1"][1] / SWEEP["dense"][1])
+    assert s.loc["dense", "measured_speedup"] == pytest.approx(1.0)
+    assert math.isnan(s.loc["top3", "measured_speedup"])  # not swept
+    assert s.loc["top1", "measured_on"] == "vllm 0.32.0 on cpu:x86_64x2"
+    assert set(s["predicted_hardware"]) == {"h200"}
+    for v, speedup in PREDICTED_H200.items():
+        assert s.loc[v, "predicted_speedup"] == pytest.approx(speedup)
+    assert s.loc["dense", "distinct_experts"] == 4.0 and s.loc["top1", "distinct_experts"] == 1.0
+    assert math.isnan(s.loc["top3", "distinct_experts"])  # no trace
+    assert sorted(s.index[s["pareto"]]) == sorted(FRONT_PLUS_VS_EPT)  # plus tests exist: plus vs experts/token
+    assert s.loc["top1", "engine"] == "vllm 0.32.0" and s.loc["top1", "infer_batch"] == 10
+    # another batch and profile: the fixture's speedups shrink as 1 + (s - 1) * scale / batch
+    s4 = build_summary([run], deployment_batch=4, hardware=["measured", "h200"]).set_index("variant")
+    assert s4.loc["top1", "measured_speedup"] == pytest.approx(SWEEP["top1"][4] / SWEEP["dense"][4])
+    assert s4.loc["top2", "predicted_speedup"] == pytest.approx(1 + 0.8 * 0.5 / 4)
+    assert set(s4["predicted_hardware"]) == {"measured"}
+    assert s4.loc["dense", "distinct_experts"] == 16.0
+
+
+def test_kernel_bench_calibration_is_preferred(tmp_path):
+    run = full_run(tmp_path)
+    p = run.predictions
+    calibrated = p[p["hardware"] == "h200"].assign(calibration="kernel_bench", speedup=7.0)
+    whole = predicted_whole_model(pd.concat([p, calibrated], ignore_index=True))
+    assert set(whole.loc[whole["hardware"] == "h200", "calibration"]) == {"kernel_bench"}
+    assert set(whole.loc[whole["hardware"] == "measured", "calibration"]) == {"none"}
+    assert set(whole["skip_path"]) == {"skip_kernel"} and set(whole["layer"]) == {-1}
+    assert (whole.loc[whole["hardware"] == "h200", "speedup"] == 7.0).all()
+
+
+def test_pareto_uses_base_tests_without_plus(tmp_path):
+    path = write_scores(tmp_path / "scores.parquet", scores_rows(with_plus=False))
+    s = build_summary([load_run("tiny", path)], 1, []).set_index("variant")
+    assert sorted(s.index[s["pareto"]]) == sorted(FRONT_BASE_VS_EPT)
+    assert s["pass1_plus"].isna().all()
+
+
+def test_write_summary_parquet_and_markdown(tmp_path):
+    summary = build_summary([full_run(tmp_path)], 1, ["h200"])
+    write_summary(summary, tmp_path / "summary.parquet", tmp_path / "summary.md")
+    table = pq.read_table(tmp_path / "summary.parquet")
+    assert table.schema.equals(SUMMARY_SCHEMA, check_metadata=False)
+    assert table.num_rows == 6  # 5 variants + external samples
+    md = (tmp_path / "summary.md").read_text()
+    lines = md.splitlines()
+    assert lines[0].startswith("| run | benchmark | variant | pass@1 base [95% CI] | pass@1 plus [95% CI] |")
+    assert "speedup @1 (measured)" in lines[0] and "speedup @1 (predicted)" in lines[0]
+    (top1,) = [l for l in lines if l.startswith("| tiny | he | top1")]
+    cells = [c.strip() for c in top1.strip("|").split("|")]
+    assert cells[2:7] == ["top1 *", "0.200 [0.000, 0.300]", "0.100 [0.000, 0.200]", "-0.700 (p=0.5)", "-0.700 (p=0.25)"]
+    assert cells[7:11] == ["105.0", "12.0", "1.20", "2.50"]
+    assert "Predicted @1: roofline model (h200), skip_kernel path" in md
+    assert "Measured @1: throughput sweep on vllm 0.32.0 on cpu:x86_64x2" in md
+
+
+def test_absent_optional_tables_leave_columns_null(tmp_path):
+    f = write_run(tmp_path / "run", optional=False)
+    run = load_run("tiny", f["scores"], throughput=[tmp_path / "missing.parquet"], predictions=tmp_path / "missing.parquet")
+    assert run.throughput is None and run.predictions is None and run.traffic == {}
+    s = build_summary([run], 1, ["h200"])
+    for col in ("measured_tok_s", "measured_speedup", "predicted_speedup", "distinct_experts"):
+        assert s[col].isna().all(), col
+    assert s["predicted_hardware"].isna().all() and s["measured_on"].isna().all()
+    md = markdown(s)
+    assert "Measured @1: no throughput sweep at this batch size." in md
+    assert "Predicted @1: no roofline predictions at this batch size." in md
+
+
+def test_combined_runs_keep_their_order_and_own_dense(tmp_path):
+    a, b = full_run(tmp_path, "model-b"), full_run(tmp_path, "model-a")
+    s = build_summary([a, b], 1, ["h200"])
+    assert list(dict.fromkeys(s["run"])) == ["model-b", "model-a"]  # this run first, as given
+    assert s.groupby("run")["pareto"].sum().tolist() == [len(FRONT_PLUS_VS_EPT)] * 2

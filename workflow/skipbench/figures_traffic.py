@@ -1,0 +1,116 @@
+"""Figures of throughput and expert traffic: speedup vs batch size, per-layer heatmaps.
+
+Measured and predicted numbers never share a line style: measured points are filled
+markers on solid lines, predicted curves dashed with hollow markers, and every panel title
+says where its numbers come from (engine and device, or hardware profile).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patheffects import withStroke
+
+from skipbench.figures import MEASURED, grid, no_data, sweep_source
+from skipbench.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
+
+VARIANT_COLOURS = "tab20"
+
+
+def variant_colours(variants) -> dict[str, tuple]:
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap(VARIANT_COLOURS)
+    names = sorted(set(variants) - {DENSE})
+    return {v: cmap(i % cmap.N) for i, v in enumerate(names)}
+
+
+def speedup_figure(runs: list[RunTables], columns: list[str]):
+    """Speedup over dense vs batch size, per variant; rows runs, columns MEASURED and
+    hardware profiles (whole-model skip_kernel predictions; weight0 would be 1 by construction)."""
+    data = {}  # (run, column) -> rows variant, batch, speedup
+    for t in runs:
+        m = measured_speedup(t.throughput)
+        data[(t.run, MEASURED)] = m.rename(columns={"concurrency": "batch"})
+        p = predicted_whole_model(t.predictions)
+        for h in columns[1:]:
+            data[(t.run, h)] = p[p["hardware"] == h]
+    colours = variant_colours(v for d in data.values() for v in d["variant"])
+    fig, axes = grid(len(runs), len(columns))
+    for r, t in enumerate(runs):
+        for c, column in enumerate(columns):
+            ax, d = axes[r][c], data[(t.run, column)]
+            d = d[d["variant"] != DENSE].dropna(subset=["speedup"])
+            if d.empty:
+                no_data(ax, f"{t.run}: " + ("no throughput sweep" if column == MEASURED
+                                            else f"no {column} predictions"))  # fmt: skip
+                continue
+            measured = column == MEASURED
+            for variant, g in d.groupby("variant", sort=True):
+                g = g.sort_values("batch")
+                ax.plot(g["batch"], g["speedup"], "-o" if measured else "--o", color=colours[variant],
+                        mfc=colours[variant] if measured else "none", ms=5, lw=1.2, label=variant)  # fmt: skip
+            ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("batch size (concurrent sequences)")
+            ax.set_ylabel("speedup over dense (output tokens/s ratio)")
+            if measured:
+                ax.set_title(f"{t.run}: measured\n({sweep_source(d)})", fontsize=7)
+            else:
+                cal = ", ".join(sorted(set(d["calibration"])))
+                ax.set_title(f"{t.run}: predicted\n(roofline, hardware {column}, skip kernel, calibration {cal})", fontsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best", fontsize=6, ncols=2)
+    style = [Line2D([], [], color="k", ls="-", marker="o", label="measured (engine, device)"),
+             Line2D([], [], color="k", ls="--", marker="o", mfc="none", label="predicted (hardware profile)")]  # fmt: skip
+    fig.legend(handles=style, loc="outside lower center", ncols=2)
+    fig.suptitle("speedup over dense vs batch size (weight0 skipping computes the expert: predicted 1 by construction)")
+    return fig
+
+
+HEATMAPS = [
+    ("skip_rate", "skip rate (share of router slots skipped)", "magma_r"),
+    ("experts_per_token", "routed experts computed per token", "viridis"),
+    ("distinct_mean", "distinct experts loaded per step", "cividis"),
+]
+
+
+def _heatmap(ax, t: pd.DataFrame, column: str, title: str, cmap: str) -> None:
+    wide = t.pivot_table(index="variant", columns="layer", values=column, aggfunc="first").sort_index()
+    values = wide.to_numpy(dtype=float)  # variants, layers
+    mesh = ax.pcolormesh(values, cmap=cmap, edgecolors="w", linewidth=0.3)
+    ax.figure.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+    ax.set_yticks(np.arange(len(wide.index)) + 0.5, wide.index)
+    ax.set_xticks(np.arange(len(wide.columns)) + 0.5, [str(c) for c in wide.columns], fontsize=6)
+    ax.set_xlabel("MoE layer")
+    ax.set_title(title)
+    if values.size <= 120:  # small grids: print the numbers
+        for (i, j), v in np.ndenumerate(values):
+            if not np.isnan(v):
+                ax.text(j + 0.5, i + 0.5, f"{v:.2g}", ha="center", va="center", fontsize=6,
+                        path_effects=[withStroke(linewidth=1.5, foreground="w")])
+
+
+def layers_figure(runs: list[RunTables], benchmark: str, batch: int):
+    """Per-layer skip rate, experts per token and distinct experts per step (at `batch`, or
+    the nearest swept concurrency), heatmaps of variant x MoE layer; rows runs."""
+    n_variants = max([t.traffic[benchmark]["variant"].nunique() for t in runs if benchmark in t.traffic] or [1])
+    fig, axes = grid(len(runs), len(HEATMAPS), width=5.0, height=1.4 + 0.3 * n_variants)
+    for r, t in enumerate(runs):
+        traffic = t.traffic.get(benchmark)
+        if traffic is None or traffic.empty:
+            for ax in axes[r]:
+                no_data(ax, f"{t.run}: no routing trace / traffic table for {benchmark}")
+            continue
+        layers = traffic[traffic["layer"] != ALL_LAYERS]
+        swept = np.array(sorted(set(layers["concurrency"])))
+        at = int(swept[np.argmin(np.abs(swept - batch))])
+        # skip rate and experts per token count every token once: any concurrency gives them
+        per_token = layers[layers["concurrency"] == swept[0]]
+        for c, (column, title, cmap) in enumerate(HEATMAPS):
+            d = layers[layers["concurrency"] == at] if column == "distinct_mean" else per_token
+            suffix = f" at batch {at}" + ("" if at == batch else f" (nearest to {batch})") if column == "distinct_mean" else ""
+            _heatmap(axes[r][c], d, column, f"{t.run}: {title}{suffix}", cmap)
+    fig.suptitle(f"{benchmark}: routed-expert use per MoE layer (routing traces replayed)")
+    return fig

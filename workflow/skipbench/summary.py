@@ -1,0 +1,259 @@
+"""Report inputs and the summary table: one row per (run, benchmark, variant).
+
+A run is one results/<run>/ directory (one model or preset). Its scores are required; its
+throughput sweep, roofline predictions and traffic tables are optional (no GPU, no traces):
+where one is absent the columns it feeds are null and the figures say "no data".
+
+Definitions used by the summary and the figures:
+- quality: pass@1 on the plus tests where the benchmark has them, else on the base tests;
+- measured speedup: output tokens/s of the throughput sweep over dense's at the same
+  concurrency, engine and device (weight0 skip path: the expert is still computed);
+- predicted speedup: roofline whole-model step time of dense over the variant's, at the
+  same batch, for the `skip_kernel` path (a skipped expert costs nothing); calibrated with
+  the kernel bench where the profile has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from skipbench.io import read_table, write_table, write_text
+
+log = logging.getLogger(__name__)
+
+DENSE = "dense"
+ALL_LAYERS = -1  # traffic/roofline rows averaged over (or summed over) every MoE layer
+
+SUMMARY_SCHEMA = pa.schema([
+    ("run", pa.string()),  # results/<run>: one model or preset
+    ("benchmark", pa.string()),  # config key of the benchmark
+    ("dataset", pa.string()),
+    ("dataset_version", pa.string()),
+    ("variant", pa.string()),  # config key of the skip variant
+    ("strategy", pa.string()),  # SkipRule.strategy; null for external samples
+    ("params", pa.string()),  # SkipRule parameters as JSON
+    ("tasks", pa.int32()),
+    ("pass1_base", pa.float64()),  # pass@1, base tests, with its 95% Wilson interval
+    ("pass1_base_lo", pa.float64()),
+    ("pass1_base_hi", pa.float64()),
+    ("pass1_plus", pa.float64()),  # pass@1, base + plus tests; null without plus tests
+    ("pass1_plus_lo", pa.float64()),
+    ("pass1_plus_hi", pa.float64()),
+    ("paired", pa.int32()),  # (task, sample) pairs shared with dense
+    ("delta_base", pa.float64()),  # pass rate minus dense's over those pairs
+    ("mcnemar_p_base", pa.float64()),  # exact two-sided McNemar p of that difference
+    ("delta_plus", pa.float64()),
+    ("mcnemar_p_plus", pa.float64()),
+    ("tokens_per_s", pa.float64()),  # measured by the infer stage at infer_batch
+    ("infer_batch", pa.int32()),
+    ("engine", pa.string()),  # engine name and version of the infer stage
+    ("device", pa.string()),  # device of the infer stage (cpu:... numbers are CPU numbers)
+    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel
+    ("deployment_batch", pa.int32()),  # report.deployment_batch: batch of the next five columns
+    ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
+    ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device
+    ("measured_on", pa.string()),  # "<engine> <version> on <device>" of those two
+    ("predicted_hardware", pa.string()),  # roofline hardware profile of the next three
+    ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path
+    ("predicted_speedup", pa.float64()),  # predicted, skip_kernel path, over dense
+    ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
+    ("dense_experts_per_token", pa.float64()),  # the model's top-k
+    ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
+    ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
+    ("pareto", pa.bool_()),  # on the quality vs experts-per-token Pareto front of its run and benchmark
+])  # fmt: skip
+
+
+@dataclass
+class RunTables:
+    """The tables of one run that the report reads; optional ones may be None / empty."""
+
+    run: str
+    scores: pd.DataFrame  # SCORES_SCHEMA
+    throughput: pd.DataFrame | None = None  # THROUGHPUT_SCHEMA, all swept variants
+    predictions: pd.DataFrame | None = None  # PREDICTION_SCHEMA
+    traffic: dict[str, pd.DataFrame] = field(default_factory=dict)  # benchmark -> TRAFFIC_SCHEMA
+
+
+def _read(path) -> pd.DataFrame | None:
+    if path is None or not Path(path).exists():
+        return None
+    return read_table(path).to_pandas()
+
+
+def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | None = None) -> RunTables:
+    """Read one run's tables from paths; absent optional paths give None (logged)."""
+    frames = [df for df in map(_read, throughput) if df is not None]
+    out = RunTables(
+        run=run,
+        scores=read_table(scores).to_pandas(),
+        throughput=pd.concat(frames, ignore_index=True) if frames else None,
+        predictions=_read(predictions),
+        traffic={b: df for b, p in (traffic or {}).items() if (df := _read(p)) is not None},
+    )
+    for what, missing in (("throughput sweep", out.throughput is None), ("roofline predictions", out.predictions is None),
+                          ("traffic tables", not out.traffic)):  # fmt: skip
+        if missing:
+            log.info("%s: no %s", run, what)
+    return out
+
+
+def pareto_front(xs, ys, x_higher_better: bool = True) -> list[int]:
+    """Indices of points not dominated by another (y always higher-better), sorted by x.
+
+    A point is dominated when another is at least as good on both axes and better on one.
+    """
+    sign = 1 if x_higher_better else -1
+    pts = [(sign * x, y, i) for i, (x, y) in enumerate(zip(xs, ys))]
+    front = [i for x, y, i in pts if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2, _ in pts)]
+    return sorted(front, key=lambda i: xs[i])
+
+
+def quality_split(scores: pd.DataFrame) -> str:
+    """'plus' where the benchmark has plus tests, else 'base'."""
+    return "plus" if scores["pass1_plus"].notna().any() else "base"
+
+
+def measured_speedup(throughput: pd.DataFrame | None) -> pd.DataFrame:
+    """Throughput rows with `speedup` over dense at the same engine, device and concurrency."""
+    cols = ["variant", "concurrency", "engine", "engine_version", "device", "skip_path", "output_tok_s", "speedup"]
+    if throughput is None or throughput.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["engine", "engine_version", "device", "concurrency"]
+    dense = throughput[throughput["variant"] == DENSE][keys + ["output_tok_s"]]
+    out = throughput.merge(dense.rename(columns={"output_tok_s": "dense_tok_s"}), on=keys, how="left")
+    out["speedup"] = out["output_tok_s"] / out["dense_tok_s"]
+    return out[cols].sort_values(["variant", "concurrency"]).reset_index(drop=True)
+
+
+def predicted_whole_model(predictions: pd.DataFrame | None) -> pd.DataFrame:
+    """Whole-model skip_kernel predictions, one calibration per hardware profile
+    (kernel_bench where the profile has it, else none)."""
+    if predictions is None or predictions.empty:
+        return pd.DataFrame(columns=["hardware", "calibration", "variant", "batch", "tokens_per_s", "speedup"])
+    p = predictions[(predictions["layer"] == ALL_LAYERS) & (predictions["skip_path"] == "skip_kernel")]
+    calibrated = set(p.loc[p["calibration"] == "kernel_bench", "hardware"])
+    p = p[p["calibration"] == p["hardware"].map(lambda h: "kernel_bench" if h in calibrated else "none")]
+    return p.sort_values(["hardware", "variant", "batch"]).reset_index(drop=True)
+
+
+def distinct_at(traffic: pd.DataFrame | None, batch: int) -> dict[str, float]:
+    """variant -> distinct experts per step per MoE layer at concurrency `batch` (model average)."""
+    if traffic is None:
+        return {}
+    t = traffic[(traffic["layer"] == ALL_LAYERS) & (traffic["concurrency"] == batch)]
+    return dict(zip(t["variant"], t["distinct_mean"]))
+
+
+def pick_hardware(predictions: pd.DataFrame, preferred: list[str]) -> str | None:
+    """The first profile of `preferred` that has predictions, else the first predicted one."""
+    have = list(dict.fromkeys(predictions["hardware"])) if len(predictions) else []
+    return next((h for h in preferred if h in have), have[0] if have else None)
+
+
+def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) -> pd.DataFrame:
+    """SUMMARY_SCHEMA rows of one run."""
+    s = tables.scores.copy()
+    for col in SUMMARY_SCHEMA.names:  # scores of older runs may lack the provenance columns
+        if col not in s:
+            s[col] = None
+    s["run"], s["infer_batch"], s["deployment_batch"] = tables.run, s["batch_size"], deployment_batch
+    s["engine"] = (s["engine"].fillna("") + " " + s["engine_version"].fillna("")).str.strip().replace("", None)
+
+    meas = measured_speedup(tables.throughput)
+    meas = meas[meas["concurrency"] == deployment_batch].drop_duplicates("variant").set_index("variant")
+    s["measured_tok_s"] = s["variant"].map(meas["output_tok_s"])
+    s["measured_speedup"] = s["variant"].map(meas["speedup"])
+    on = meas["engine"] + " " + meas["engine_version"] + " on " + meas["device"]
+    s["measured_on"] = s["variant"].map(on)
+
+    pred = predicted_whole_model(tables.predictions)
+    hw = pick_hardware(pred, hardware)
+    pred = pred[(pred["hardware"] == hw) & (pred["batch"] == deployment_batch)].set_index("variant")
+    s["predicted_hardware"] = hw if len(pred) else None
+    s["predicted_tok_s"] = s["variant"].map(pred["tokens_per_s"])
+    s["predicted_speedup"] = s["variant"].map(pred["speedup"])
+
+    s["distinct_experts"] = [distinct_at(tables.traffic.get(b), deployment_batch).get(v, math.nan)
+                             for b, v in zip(s["benchmark"], s["variant"])]  # fmt: skip
+    s["pareto"] = False
+    for _, g in s.groupby("benchmark"):
+        q = f"pass1_{quality_split(g)}"
+        g = g.dropna(subset=["experts_per_token", q])
+        front = pareto_front(g["experts_per_token"].tolist(), g[q].tolist(), x_higher_better=False)
+        s.loc[g.index[front], "pareto"] = True
+    return s[SUMMARY_SCHEMA.names]
+
+
+def build_summary(runs: list[RunTables], deployment_batch: int, hardware: list[str]) -> pd.DataFrame:
+    rows = pd.concat([summary_rows(t, deployment_batch, hardware) for t in runs], ignore_index=True)
+    order = {r.run: i for i, r in enumerate(runs)}
+    rows = rows.sort_values(["run", "benchmark", "variant"], key=lambda c: c.map(order) if c.name == "run" else c)
+    return rows.reset_index(drop=True)
+
+
+def _num(x, fmt: str) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _interval(row, split: str) -> str:
+    p = row[f"pass1_{split}"]
+    if p is None or math.isnan(p):
+        return ""
+    return f"{p:.3f} [{row[f'pass1_{split}_lo']:.3f}, {row[f'pass1_{split}_hi']:.3f}]"
+
+
+def _delta(row, split: str) -> str:
+    d = row[f"delta_{split}"]
+    return "" if d is None or math.isnan(d) else f"{d:+.3f} (p={row[f'mcnemar_p_{split}']:.3g})"
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table, with the provenance of every throughput column."""
+    batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
+    measured_on = ", ".join(sorted(set(summary["measured_on"].dropna())))
+    infer_on = ", ".join(sorted({f"{e} on {d}" for e, d in zip(summary["engine"], summary["device"]) if e and d}))
+    hw = ", ".join(sorted(set(summary["predicted_hardware"].dropna())))
+    columns = {
+        "run": lambda r: r["run"],
+        "benchmark": lambda r: r["benchmark"],
+        "variant": lambda r: r["variant"] + (" *" if r["pareto"] else ""),
+        "pass@1 base [95% CI]": lambda r: _interval(r, "base"),
+        "pass@1 plus [95% CI]": lambda r: _interval(r, "plus"),
+        "Δ base vs dense (McNemar p)": lambda r: _delta(r, "base"),
+        "Δ plus vs dense (McNemar p)": lambda r: _delta(r, "plus"),
+        "tok/s (infer, measured)": lambda r: _num(r["tokens_per_s"], ".1f"),
+        f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
+        f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
+        f"speedup @{batch} (predicted)": lambda r: _num(r["predicted_speedup"], ".2f"),
+        "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
+        f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
+        "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
+    }
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, r in summary.iterrows():
+        lines.append("| " + " | ".join(str(f(r)).replace("|", "\\|") for f in columns.values()) + " |")
+    notes = [
+        "",
+        "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token.",
+        f"tok/s (infer, measured): the infer stage's own batch, on {infer_on or 'n/a'}.",
+        f"Measured @{batch}: throughput sweep on {measured_on}; under the weight0 skip path the skipped "
+        "experts are still computed, so no speedup is expected there." if measured_on
+        else f"Measured @{batch}: no throughput sweep at this batch size.",
+        f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert costs nothing): "
+        "a prediction, not a measurement." if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
+        "Δ: difference in pass rate to dense over the same (task, sample) pairs; p: exact McNemar test.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_summary(summary: pd.DataFrame, parquet_path, markdown_path) -> None:
+    table = pa.Table.from_pandas(summary, schema=SUMMARY_SCHEMA, preserve_index=False)
+    write_table(parquet_path, table, SUMMARY_SCHEMA)
+    write_text(markdown_path, markdown(summary))
