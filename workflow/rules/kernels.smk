@@ -4,7 +4,7 @@
 rule build_kernels:
     input:
         lib("kernel_build"),
-        [f"{workflow.basedir}/kernels/{m}.py" for m in ("reference", "layout", "moe_triton", "tune")],
+        [local(f"{workflow.basedir}/kernels/{m}.py") for m in ("reference", "layout", "moe_triton", "tune")],
         model=engine_model_dir,
     output:
         manifest=report(

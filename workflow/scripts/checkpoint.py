@@ -1,9 +1,11 @@
 """Stage 1 entry point: write (synthetic) or download (huggingface) the checkpoint."""
 
+import json
 from pathlib import Path
 
 import torch
 
+from skipbench.adapters import check_routing
 from skipbench.benchmarks import load_tasks
 from skipbench.checkpoint import run_checkpoint
 from skipbench.logs import log_to
@@ -26,3 +28,7 @@ if __name__ == "__main__":
         manifest_path=Path(snakemake.output.manifest),
         training_report_path=Path(snakemake.output.training),
     )
+    # A preset states the routing it expects: a wrong revision or repo fails here, not later.
+    if "expected_routing" in model_cfg:
+        config_json = json.loads((Path(snakemake.output.checkpoint) / "config.json").read_text())
+        check_routing(config_json, model_cfg["expected_routing"])

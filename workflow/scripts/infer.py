@@ -21,4 +21,6 @@ if __name__ == "__main__":
         generations_path=Path(snakemake.output.generations),
         summary_path=Path(snakemake.output.summary),
         cache_dir=Path(snakemake.params.cache),
+        trace_path=Path(snakemake.output.trace) if snakemake.output.get("trace") else None,
+        calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
     )

@@ -56,6 +56,15 @@ class Routing:
         return asdict(self) | {"moe_layers": len(self.moe_layers)}
 
 
+def _first(c: dict, *keys: str):
+    """The first key present: the Hub's config.json and transformers 5's to_dict() name
+    some fields differently (Qwen3-MoE: num_experts on the Hub, num_local_experts in 5.x)."""
+    for k in keys:
+        if c.get(k) is not None:
+            return c[k]
+    raise KeyError(f"config has none of {keys}")
+
+
 def _every(n: int, first: int = 0, freq: int = 1) -> tuple[int, ...]:
     return tuple(i for i in range(first, n) if i % freq == 0)
 
@@ -89,7 +98,7 @@ def _qwen_moe(c: dict) -> Routing:
     step, dense = c.get("decoder_sparse_step", 1), set(c.get("mlp_only_layers") or ())
     layers = tuple(i for i in range(c["num_hidden_layers"]) if i not in dense and (i + 1) % step == 0)
     return Routing(
-        family=c["model_type"], experts=c["num_experts"], top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
+        family=c["model_type"], experts=_first(c, "num_experts", "num_local_experts"), top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
         scoring="softmax", norm_topk_prob=bool(c.get("norm_topk_prob", False)), routed_scaling_factor=1.0,
         # Qwen2-MoE: one shared expert behind a sigmoid gate; Qwen3-MoE has none
         shared_experts=int(bool(c.get("shared_expert_intermediate_size"))), selection_bias=False, moe_layers=layers,
@@ -98,7 +107,7 @@ def _qwen_moe(c: dict) -> Routing:
 
 def _mixtral(c: dict) -> Routing:
     return Routing(
-        family="mixtral", experts=c["num_local_experts"], top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
+        family="mixtral", experts=_first(c, "num_local_experts", "num_experts"), top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
         scoring="softmax", norm_topk_prob=True, routed_scaling_factor=1.0, shared_experts=0, selection_bias=False,
         moe_layers=_every(c["num_hidden_layers"]),
     )
@@ -109,7 +118,7 @@ def _olmoe(c: dict) -> Routing:
         # vLLM's OLMoE hard-codes renormalize=False: the engines would disagree
         raise ValueError("olmoe with norm_topk_prob true is routed differently by vLLM and transformers")
     return Routing(
-        family="olmoe", experts=c["num_experts"], top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
+        family="olmoe", experts=_first(c, "num_experts", "num_local_experts"), top_k=c["num_experts_per_tok"], n_group=1, topk_group=1,
         scoring="softmax", norm_topk_prob=False, routed_scaling_factor=1.0, shared_experts=0, selection_bias=False,
         moe_layers=_every(c["num_hidden_layers"]),
     )

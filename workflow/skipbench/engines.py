@@ -69,6 +69,14 @@ def _env(**values: str):
 LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size")
 
 
+def request_of(worker_req_id: str, index: dict[str, int]) -> int | None:
+    """index[id] for a worker-side request id: vLLM's engine core appends "-<random hex>"
+    to the id LLM.generate reports."""
+    if worker_req_id in index:
+        return index[worker_req_id]
+    return index.get(worker_req_id.rsplit("-", 1)[0])
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -121,8 +129,8 @@ class VllmEngine:
             rows = []
             offset = 0
             for rid, start, n in zip(req_ids, starts, counts):
-                if rid in sample_of:  # requests of earlier generate calls cannot appear: taken each time
-                    b = sample_of[rid]
+                b = request_of(rid, sample_of)
+                if b is not None:
                     q = np.arange(start, start + n)
                     j = q - (prompt_len[b] - 1)
                     rows += [(b, offset + i, int(jj)) for i, jj in enumerate(j) if jj >= 0]

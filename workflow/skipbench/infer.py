@@ -120,7 +120,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     fresh = []
     if todo:
         t0 = time.perf_counter()
-        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir, trace=tracing)
+        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir, tracing)
         log.info("%s %s started in %.1f s", engine.name, engine.version, time.perf_counter() - t0)
         try:
             for batch in tqdm(_batches(todo, batch_size), desc=f"infer {variant}", unit="batch"):

@@ -1,0 +1,78 @@
+"""Calibration: held-out task selection, statistics on a tiny model, binding into rules."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from skipbench.benchmarks import load_tasks
+from skipbench.calibrate import CALIBRATION_SCHEMA, bind_calibration, calibration_tasks, run_calibration
+from skipbench.routing import LayerRule
+from skipbench.strategies import SkipRule
+from tiny_models import write_tiny_dsv3
+
+BENCHMARKS = {"humaneval": {"dataset": "humaneval", "tasks": 10}}
+
+
+def test_calibration_tasks_are_disjoint_from_every_evaluated_task():
+    bench = BENCHMARKS | {"he_plus_subset": {"dataset": "humaneval", "tasks": ["HumanEval/12", "HumanEval/40"]}}
+    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 16}, bench)
+    ids = [t.task_id for t in tasks]
+    assert len(ids) == 16 and len(set(ids)) == 16
+    evaluated = {f"HumanEval/{i}" for i in range(10)} | {"HumanEval/12", "HumanEval/40"}
+    assert not set(ids) & evaluated
+    assert ids[:3] == ["HumanEval/10", "HumanEval/11", "HumanEval/13"]  # first tasks not evaluated
+    with pytest.raises(ValueError, match="held out"):
+        calibration_tasks({"dataset": "humaneval", "tasks": ["HumanEval/3", "HumanEval/50"]}, BENCHMARKS)
+    with pytest.raises(ValueError, match="only"):
+        calibration_tasks({"dataset": "humaneval", "tasks": 160}, BENCHMARKS)
+
+
+def test_default_config_calibration_is_held_out():
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    tasks = calibration_tasks(cfg.get("calibration", {}), cfg["benchmarks"])
+    evaluated = {t.task_id for b in cfg["benchmarks"].values() for t in load_tasks(b)}
+    assert tasks and not {t.task_id for t in tasks} & evaluated
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    model = write_tiny_dsv3(tmp_path_factory.mktemp("tiny") / "model")
+    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 2}, BENCHMARKS)
+    out = tmp_path_factory.mktemp("cal") / "calibration.parquet"
+    run_calibration(model, tasks, out, max_tokens=128)
+    return pq.read_table(out)
+
+
+def test_statistics(table):
+    assert table.schema.equals(CALIBRATION_SCHEMA)
+    rows = table.to_pylist()
+    assert [r["layer"] for r in rows] == [1, 2]  # the tiny model's MoE layers
+    for r in rows:
+        assert r["tokens"] > 50 and r["experts"] == 16 and r["slots"] == 4 and r["texts"] == 2
+        assert sum(r["frequency"]) == pytest.approx(4.0)  # K experts per token
+        assert r["ratio_median"][0] == 1.0 and all(a >= b for a, b in zip(r["ratio_median"], r["ratio_median"][1:]))
+        assert all(s >= 0 for s in r["saliency"]) and any(s > 0 for s in r["saliency"])
+        assert all(s == 0 for s, f in zip(r["saliency"], r["frequency"]) if f == 0)
+        assert r["routed_norm"] > 0 and r["relative_update"] > 0
+
+
+def test_bind_calibration(table):
+    rows = {r["layer"]: r for r in table.to_pylist()}
+    rule = bind_calibration(SkipRule("threshold", beta="calibrated"), table)
+    assert rule.layer_beta == {l: r["ratio_median"][1] for l, r in rows.items()}  # NAEE: median w2/w1
+    rule = bind_calibration(SkipRule("layers", cheapest=1), table)
+    assert rule.layers == (min(rows, key=lambda l: rows[l]["relative_update"]),)
+    for criterion, key in (("frequency", "frequency"), ("reap", "saliency")):
+        rule = bind_calibration(SkipRule("prune", fraction=0.25, criterion=criterion), table)
+        for layer, removed in rule.pruned.items():
+            assert len(removed) == 4
+            kept = [e for e in range(16) if e not in removed]
+            assert max(rows[layer][key][e] for e in removed) <= min(rows[layer][key][e] for e in kept)
+        assert rule.is_calibrated and SkipRule.from_config(json.loads(rule.to_json())) == rule
+    assert bind_calibration(SkipRule("prune", fraction=0.0, criterion="reap"), table).pruned == {1: (), 2: ()}
+    with pytest.raises(ValueError, match="calibration"):
+        bind_calibration(SkipRule("layers", cheapest=1), None)
+    assert bind_calibration(SkipRule("topk", k=2), None) == SkipRule("topk", k=2)

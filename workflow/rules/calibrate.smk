@@ -1,0 +1,23 @@
+# Stage 3b: dense routing statistics on held-out calibration text (prompt + canonical
+# solution of tasks no benchmark evaluates), for variants whose strategy needs them.
+
+
+rule calibrate:
+    input:
+        lib("calibrate", "oracle", "routing", "strategies"),
+        model=engine_model_dir,
+    output:
+        calibration=f"{RUN}/calibrate/calibration.parquet",
+    params:
+        calibration=config.get("calibration", {}),
+        benchmarks=BENCHMARKS,
+    log:
+        f"{RUN}/logs/calibrate.log",
+    threads: workflow.cores
+    resources:
+        gpu=config["engine"]["gpus"],
+        mem_mb=8000,
+    conda:
+        "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
+    script:
+        "../scripts/calibrate.py"

@@ -1,0 +1,52 @@
+# Expert traffic from the routing traces, and the roofline model that predicts decode time
+# per step on a hardware profile, validated against what this workflow measured.
+# Traces need an eager engine (a replayed CUDA graph skips the Python hook): without them,
+# these rules are absent and the report says so.
+
+ROOFLINE = config["roofline"]
+# Batch sizes the traffic is counted at: the throughput sweep plus the deployment batch.
+TRAFFIC_CONCURRENCY = sorted(set(THROUGHPUT["concurrency"]) | {config["report"]["deployment_batch"]})
+
+
+if TRACING:
+
+    rule traffic:
+        input:
+            lib("traffic", "specs"),
+            model=engine_model_dir,
+            traces=lambda wc: [f"{RUN}/infer/{wc.benchmark}/{v}/trace.parquet" for v in generated_variants(wc.benchmark)],
+        output:
+            f"{RUN}/traffic/{{benchmark}}.parquet",
+        params:
+            variants=lambda wc: generated_variants(wc.benchmark),
+            concurrency=TRAFFIC_CONCURRENCY,
+            weight_dtype=ROOFLINE["weight_dtype"],
+        log:
+            f"{RUN}/logs/traffic/{{benchmark}}.log",
+        conda:
+            "../../envs/report.yaml"
+        script:
+            "../scripts/traffic.py"
+
+
+    rule roofline:
+        input:
+            lib("roofline", "specs", "traffic"),
+            [local(f"{workflow.basedir}/config/hardware/{h}.yaml") for h in ROOFLINE["hardware"] if "/" not in h],
+            model=engine_model_dir,
+            traffic=f"{RUN}/traffic/{THROUGHPUT_BENCHMARK}.parquet",
+            throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
+        output:
+            predictions=f"{RUN}/roofline/predictions.parquet",
+            validation=f"{RUN}/roofline/validation.parquet",
+        params:
+            roofline=ROOFLINE,
+            # KV-cache reads at the mean context of a generated token: prompt + half the output.
+            context_len=config["generation"]["max_new_tokens"] // 2 + 256,
+        log:
+            f"{RUN}/logs/roofline.log",
+        threads: workflow.cores
+        conda:
+            "../../envs/model.yaml"
+        script:
+            "../scripts/roofline.py"

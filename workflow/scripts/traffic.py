@@ -1,0 +1,19 @@
+"""Traffic entry point: experts per token and distinct experts per decode step, per variant."""
+
+from pathlib import Path
+
+from skipbench.logs import log_to
+from skipbench.specs import ModelShape
+from skipbench.traffic import write_traffic
+
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    shape = ModelShape.from_config(Path(snakemake.input.model))
+    write_traffic(
+        trace_paths=dict(zip(snakemake.params.variants, snakemake.input.traces)),
+        concurrency=snakemake.params.concurrency,
+        bytes_per_expert=shape.expert_bytes(snakemake.params.weight_dtype or shape.weight_dtype),
+        out_path=snakemake.output[0],
+    )
