@@ -21,10 +21,10 @@ def tiny(tmp_path_factory):
     return write_tiny_dsv3(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def run(tiny, out, variant_cfg, engine=TF, gen=GEN, tasks=TASKS, cache=None):
+def run(tiny, out, variant_cfg, engine=TF, gen=GEN, tasks=TASKS, cache=None, trace=None):
     paths = dict(samples_path=out / "samples.jsonl", generations_path=out / "generations.parquet",
                  summary_path=out / "summary.parquet")
-    run_infer(tiny, tasks, "v", variant_cfg, engine, gen, cache_dir=cache or out / "cache", **paths)
+    run_infer(tiny, tasks, "v", variant_cfg, engine, gen, cache_dir=cache or out / "cache", trace_path=trace, **paths)
     return (read_jsonl(paths["samples_path"]), pq.read_table(paths["generations_path"]).to_pylist(),
             pq.read_table(paths["summary_path"]).to_pylist())
 
@@ -113,7 +113,7 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     engine = {"name": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True,
               "tensor_parallel_size": 1, "gpus": 0, "extra": {}}
     cfg = {"strategy": "topk", "k": 3}
-    _, vgens, (vsum,) = run(tiny, tmp_path / "vllm", cfg, engine=engine)
+    _, vgens, (vsum,) = run(tiny, tmp_path / "vllm", cfg, engine=engine, trace=tmp_path / "trace.parquet")
     _, tgens, _ = run(tiny, tmp_path / "tf", cfg)
     assert [g["token_ids"] for g in vgens] == [g["token_ids"] for g in tgens]
     # vLLM's incremental detokenizer withholds text that ends in an incomplete UTF-8 byte
@@ -122,6 +122,10 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     assert valid and [vgens[i]["completion"] for i in valid] == [tgens[i]["completion"] for i in valid]
     assert (vsum["engine"], vsum["skip_path"], vsum["experts_per_token"]) == ("vllm", "weight0", 3.0)
     assert vsum["samples"] == 5 and vsum["tokens_per_s"] > 0
+    # The trace of a multi-batch vLLM run: every generated token in every MoE layer, 3 kept.
+    trace = pq.read_table(tmp_path / "trace.parquet").to_pandas()
+    assert len(trace) == vsum["moe_layers"] * sum(g["tokens_generated"] for g in vgens)
+    assert trace["keep"].map(lambda m: bin(m).count("1")).eq(3).all()
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):

@@ -127,12 +127,12 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
                 t0 = time.perf_counter()
                 gens = engine.generate([t.prompt for t in batch], max_new, stop, seed)
                 wall = time.perf_counter() - t0
-                counts = engine.take_counts()
                 batch_key = stable_hash([t.task_id for t in batch])
                 if tracing:  # written before the batch record: a record always has its trace
-                    routing = engine.take_trace(gens)
+                    routing = engine.take_trace(gens)  # before take_counts, whose reset drops traces
                     write_table(run_dir / f"trace-{batch_key}.parquet", trace_table(
                         [SampleTrace(t.task_id, 0, r.layers, r.ids, r.keep) for t, r in zip(batch, routing)]), TRACE_SCHEMA)
+                counts = engine.take_counts()
                 record = dict(
                     wall_s=wall, batch_size=len(batch), kept=counts.kept, token_layers=counts.token_layers,
                     moe_layers=counts.moe_layers, engine_version=engine.version, skip_path=engine.skip_path,
