@@ -19,7 +19,7 @@ def run_tables(run, own):
         "scores": f"{root}/score/scores.parquet",
         "throughput": [f"{root}/throughput/{v}.parquet" for v in (THROUGHPUT_VARIANTS if own else VARIANTS)],
         "predictions": f"{root}/roofline/predictions.parquet",
-        "traffic": {b: f"{root}/traffic/{b}.parquet" for b in BENCHMARKS},
+        "traffic": {b: f"{root}/traffic/{b}.parquet" for b in BENCHMARKS if generated_variants(b)},
     }
     if own:
         return tables | {

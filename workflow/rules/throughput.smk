@@ -2,8 +2,8 @@
 
 THROUGHPUT = config["throughput"]
 THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS))
-# Prompts are drawn from the first benchmark's tasks.
-THROUGHPUT_BENCHMARK = next(iter(BENCHMARKS))
+# Prompts are drawn from the first benchmark the workflow generates for.
+THROUGHPUT_BENCHMARK = next((b for b in BENCHMARKS if generated_variants(b)), next(iter(BENCHMARKS)))
 
 
 rule throughput:
