@@ -289,7 +289,8 @@ def test_rule_properties(data):
     if rule.strategy != "batch_aware":  # batched = row by row: no information flows between tokens
         rows = [LayerRule(rule, s).apply(w[i : i + 1], ids[i : i + 1], logits[i : i + 1]) for i in range(w.shape[0])]
         assert torch.equal(torch.cat([r[2] for r in rows]), keep)
-        assert torch.equal(torch.cat([r[0] for r in rows]), new)
+        # same decisions exactly; weights up to float reduction order (re-routing rules sum rows)
+        torch.testing.assert_close(torch.cat([r[0] for r in rows]), new, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

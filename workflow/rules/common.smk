@@ -17,7 +17,7 @@ wildcard_constraints:
 
 def variants_of(benchmark):
     """Variants evaluated on a benchmark: the configured ones, plus external samples."""
-    names = BENCHMARKS[benchmark].get("variants", list(VARIANTS))
+    names = list(BENCHMARKS[benchmark].get("variants", VARIANTS))
     if "samples" in BENCHMARKS[benchmark]:
         names.append(EXTERNAL)
     return names

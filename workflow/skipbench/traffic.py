@@ -141,9 +141,9 @@ def traffic_table(
     bytes_per_expert: int,
 ) -> pd.DataFrame:
     """TRAFFIC_SCHEMA rows for one variant's trace at each concurrency level."""
-    arrays = trace_arrays(trace)
-    if len(arrays["sample"]) == 0:
+    if len(trace) == 0:
         raise ValueError(f"routing trace of variant {variant!r} is empty")
+    arrays = trace_arrays(trace)
     k = arrays["ids"].shape[1]
     frames = []
     for c in concurrency:
