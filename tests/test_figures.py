@@ -13,7 +13,9 @@ from report_fixtures import (
     PREDICTED_H200,
     SWEEP,
     VARIANTS,
+    scores_rows,
     write_run,
+    write_scores,
 )
 
 from skipbench.figures import MEASURED, pareto_front, predicted_figure, speedup_columns, tradeoff_figure
@@ -141,3 +143,12 @@ def test_combined_runs_are_faceted_by_run(tmp_path):
     out, result = draw(tmp_path, "out", runs)
     assert list(result["summary"]["run"].unique()) == ["model-a", "model-b"]
     assert b"no data: model-b: no throughput sweep" in (out / "speedup.svg").read_bytes()
+
+
+def test_error_bars_tolerate_bounds_a_hair_inside_pass_at_1(tmp_path):
+    # pass@1 = 1 with a float Wilson bound 0.9999999999999999 once crashed matplotlib.
+    rows = scores_rows(with_plus=False)
+    rows[0] |= {"pass1_base": 1.0, "pass1_base_lo": 0.72, "pass1_base_hi": 1.0 - 1e-16}
+    path = write_scores(tmp_path / "scores.parquet", rows)
+    fig, _ = tradeoff_figure([load_run("tiny", path)], "he")
+    plt.close(fig)

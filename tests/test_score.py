@@ -105,3 +105,11 @@ def test_external_variant_without_generations(tmp_path):
     (row,) = pq.read_table(out).to_pylist()
     assert row["pass1_base"] == 0.5 and row["samples"] == 2 and row["tasks"] == 1
     assert row["tokens_per_s"] is None and row["delta_base"] is None
+
+
+def test_wilson_is_exact_at_the_ends():
+    from skipbench.score import wilson
+
+    assert wilson(10, 10)[1] == 1.0 and wilson(0, 10)[0] == 0.0
+    lo, hi = wilson(10, 10)
+    assert 0.72 < lo < 0.73  # hand-computed: 10 / (10 + 1.96^2) = 0.7225

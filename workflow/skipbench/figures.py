@@ -96,7 +96,8 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
         g = g.sort_values(["experts_per_token", "variant"], ascending=[False, True])
         c = colours.get(strategy, (0.5, 0.5, 0.5))
         xs, ys = g[x].to_numpy(float), g[y].to_numpy(float)
-        yerr = np.stack([ys - g[f"{y}_lo"].to_numpy(float), g[f"{y}_hi"].to_numpy(float) - ys]) if errors else None  # 2, N
+        # 2, N; clipped at 0: a Wilson bound can round a hair inside pass@1 = 0 or 1
+        yerr = np.stack([ys - g[f"{y}_lo"].to_numpy(float), g[f"{y}_hi"].to_numpy(float) - ys]).clip(min=0) if errors else None
         ax.errorbar(xs, ys, yerr=yerr, fmt="*" if strategy == DENSE else "-o", color=c, ecolor=c + (0.4,),
                     ms=10 if strategy == DENSE else 5, mfc="none" if hollow else c, capsize=2, lw=1, label=strategy)  # fmt: skip
         for _, row in g.iterrows():
