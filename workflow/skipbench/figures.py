@@ -137,11 +137,17 @@ def _splits(df: pd.DataFrame) -> list[str]:
     return [s for s in ("base", "plus") if df[f"pass1_{s}"].notna().any()] or ["base"]
 
 
-def tradeoff_figure(runs: list[RunTables], benchmark: str):
-    """pass@1 vs measured tokens/s (infer stage) and vs experts per token; rows (run, split)."""
+def _panel_rows(runs: list[RunTables], benchmark: str):
+    """One figure row per (run, test split) with that run's scores of `benchmark`, and a
+    colour per strategy shared by every panel."""
     panels = [(t, with_strategy(t.scores[t.scores["benchmark"] == benchmark])) for t in runs]
     rows = [(t, df, split) for t, df in panels for split in _splits(df)]
-    colours = colour_of(s for _, df, _ in rows for s in df["strategy"])
+    return rows, colour_of(s for _, df, _ in rows for s in df["strategy"])
+
+
+def tradeoff_figure(runs: list[RunTables], benchmark: str):
+    """pass@1 vs measured tokens/s (infer stage) and vs experts per token; rows (run, split)."""
+    rows, colours = _panel_rows(runs, benchmark)
     fig, axes = grid(len(rows), len(COST_AXES))
     fronts = {}
     for r, (t, df, split) in enumerate(rows):
@@ -182,9 +188,7 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
     """pass@1 vs speedup over dense at the deployment batch: measured (filled) and
     predicted per hardware profile (hollow), Pareto front per panel; rows (run, split)."""
     columns = speedup_columns(runs, hardware)
-    panels = [(t, with_strategy(t.scores[t.scores["benchmark"] == benchmark])) for t in runs]
-    rows = [(t, df, split) for t, df in panels for split in _splits(df)]
-    colours = colour_of(s for _, df, _ in rows for s in df["strategy"])
+    rows, colours = _panel_rows(runs, benchmark)
     fig, axes = grid(len(rows), len(columns))
     fronts = {}
     for r, (t, df, split) in enumerate(rows):
