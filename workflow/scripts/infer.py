@@ -5,6 +5,7 @@ from pathlib import Path
 from skipbench.benchmarks import load_tasks
 from skipbench.infer import run_infer
 from skipbench.logs import log_to
+from skipbench_kernels.integration import load_kernel_choice
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
@@ -23,4 +24,5 @@ if __name__ == "__main__":
         cache_dir=Path(snakemake.params.cache),
         trace_path=Path(snakemake.output.trace) if snakemake.output.get("trace") else None,
         calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
+        kernel=load_kernel_choice(snakemake.input.kernels),
     )

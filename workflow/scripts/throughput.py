@@ -4,6 +4,7 @@ from pathlib import Path
 
 from skipbench.benchmarks import load_tasks
 from skipbench.logs import log_to
+from skipbench_kernels.integration import load_kernel_choice
 from skipbench.throughput import run_throughput
 
 
@@ -24,4 +25,5 @@ if __name__ == "__main__":
         rounds=sweep["rounds"],
         seed=snakemake.params.seed,
         cache_dir=Path(snakemake.params.cache),
+        kernel=load_kernel_choice(snakemake.input.kernels),
     )

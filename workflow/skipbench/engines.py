@@ -2,12 +2,17 @@
 
 Both apply the same SkipRule (vLLM through the skipbench plugin, transformers through
 oracle.SkipGate), decode greedily, and report kept routed slots summed over MoE layers.
+Given the build_kernels stage's KernelChoice, both run the routed experts on skipbench's
+skip-aware Triton kernel where it can run (backend triton, a GPU; or the CPU interpreter
+in tests). Each engine says what ran: `skip_path` (how a dropped slot is handled: none
+for dense, weight0, sentinel, skip_kernel) and `expert_kernel` (what computed the experts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import platform
 from dataclasses import dataclass
@@ -18,6 +23,15 @@ import torch
 
 from skipbench.strategies import SkipRule
 from skipbench.traces import assemble_steps
+from skipbench_kernels.integration import SKIP_PATH as KERNEL_SKIP_PATH
+from skipbench_kernels.integration import KernelChoice
+
+log = logging.getLogger(__name__)
+
+# engine.expert_kernel values
+SKIP_KERNEL = "skipbench-triton"  # skipbench_kernels.moe_triton; skipped experts never loaded
+VLLM_EXPERTS = "vllm"  # vLLM's own fused MoE for the platform
+EAGER_EXPERTS = "transformers-eager"  # transformers' per-expert loop
 
 @dataclass(frozen=True)
 class Generation:
@@ -93,17 +107,18 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path,
-                 trace: bool = False):
+                 trace: bool = False, kernel: KernelChoice | None = None):
         import vllm
         from vllm import LLM
 
-        from skipbench.vllm_plugin import ENV_RULE, SKIP_PATH, WORKER_EXTENSION
+        from skipbench.vllm_plugin import ENV_KERNEL, ENV_RULE, WORKER_EXTENSION
 
         self.version = vllm.__version__
-        self.skip_path = "none" if rule.is_dense else SKIP_PATH
         self.rule = rule
         args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
-        env = {ENV_RULE: rule.to_json(), "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
+        want_kernel = kernel is not None and kernel.backend == "triton"
+        env = {ENV_RULE: rule.to_json(), ENV_KERNEL: kernel.to_json() if want_kernel else None,
+               "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
         if not torch.cuda.is_available():
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; tiny default
             env |= dict.fromkeys(BLAS_THREAD_VARS)
@@ -112,6 +127,12 @@ class VllmEngine:
         stats = self.llm.collective_rpc("skipbench_stats")[0]
         if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
             raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        if stats["skip_path"] == "mixed":
+            raise RuntimeError(f"skip kernel bound in some MoE layers only: {stats['kernel_fallback']}")
+        if want_kernel and stats["skip_path"] != KERNEL_SKIP_PATH:
+            log.warning("skip kernel chosen but not used (%s): skip path %s", stats["kernel_fallback"], stats["skip_path"])
+        self.expert_kernel = SKIP_KERNEL if stats["skip_path"] == KERNEL_SKIP_PATH else VLLM_EXPERTS
+        self.skip_path = "none" if rule.is_dense else stats["skip_path"]
         self.llm.collective_rpc("skipbench_reset")
         if trace:
             self.llm.collective_rpc("skipbench_trace", args=(True,))
@@ -161,6 +182,8 @@ class VllmEngine:
         layers = self.llm.collective_rpc("skipbench_stats")[0]["layers"]
         if not layers:  # e.g. a monolithic MoE kernel that routes inside itself, bypassing select_experts
             raise RuntimeError("the skip hook never ran: this vLLM MoE backend does not call select_experts")
+        if self.expert_kernel == SKIP_KERNEL and any(l["kernel_calls"] != l["calls"] for l in layers):
+            raise RuntimeError(f"the skip kernel missed MoE calls (a path around forward_modular): {layers}")
         self.llm.collective_rpc("skipbench_reset")
         return ExpertCount(sum(l["kept"] for l in layers), sum(l["tokens"] for l in layers), len(layers))
 
@@ -180,19 +203,23 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path,
-                 trace: bool = False):
+                 trace: bool = False, kernel: KernelChoice | None = None):
         import transformers
         from transformers import AutoTokenizer
 
         from skipbench.oracle import SKIP_PATH, load_oracle
+        from skipbench_kernels.integration import use_skip_kernel
 
         self.version = transformers.__version__
-        self.skip_path = "none" if rule.is_dense else SKIP_PATH
         name = engine_cfg.get("dtype", "auto")
         dtype = torch.float32 if name == "auto" else getattr(torch, name)
         self.model, self.gates = load_oracle(model_dir, rule, dtype)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
+        # the oracle's sentinel ids (E) are what the kernel's experts module skips
+        path = use_skip_kernel(self.model, kernel) if kernel is not None else None
+        self.expert_kernel = SKIP_KERNEL if path else EAGER_EXPERTS
+        self.skip_path = "none" if rule.is_dense else (path or SKIP_PATH)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
@@ -251,7 +278,9 @@ class TransformersEngine:
 ENGINES = {"vllm": VllmEngine, "transformers": TransformersEngine}
 
 
-def open_engine(model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path, trace: bool = False):
+def open_engine(model_dir: Path, rule: SkipRule, engine_cfg: dict, seed: int, cache_dir: Path, trace: bool = False,
+                kernel: KernelChoice | None = None):
+    """An engine serving `rule`; `kernel` (the build_kernels manifest's choice) picks the expert path."""
     if engine_cfg["name"] not in ENGINES:
         raise ValueError(f"unknown engine {engine_cfg['name']!r}; known: {sorted(ENGINES)}")
-    return ENGINES[engine_cfg["name"]](Path(model_dir), rule, engine_cfg, seed, Path(cache_dir), trace)
+    return ENGINES[engine_cfg["name"]](Path(model_dir), rule, engine_cfg, seed, Path(cache_dir), trace, kernel)

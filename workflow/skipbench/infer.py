@@ -25,6 +25,7 @@ from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write
 from skipbench.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
 from skipbench.traffic import TRACE_SCHEMA
+from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ INFER_SUMMARY_SCHEMA = pa.schema([
     ("engine_version", pa.string()),
     ("device", pa.string()),  # cuda:<name> or cpu:<arch>x<cores>
     ("dtype", pa.string()),
-    ("skip_path", pa.string()),  # none (dense), weight0 (skipped slot weight 0, still computed), sentinel (not computed)
+    ("skip_path", pa.string()),  # none (dense), weight0 (skipped slot weight 0, still computed), sentinel or skip_kernel (not computed)
+    ("expert_kernel", pa.string()),  # what computed the routed experts: vllm, skipbench-triton, transformers-eager
     ("samples", pa.int32()),
     ("prompt_tokens", pa.int64()),  # summed over samples
     ("output_tokens", pa.int64()),  # summed over samples
@@ -91,10 +93,12 @@ def _load_done(run_dir: Path) -> list[dict]:
 
 def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dict, engine_cfg: dict,
               generation_cfg: dict, samples_path: Path, generations_path: Path, summary_path: Path,
-              cache_dir: Path, trace_path: Path | None = None, calibration_path: Path | None = None) -> None:
+              cache_dir: Path, trace_path: Path | None = None, calibration_path: Path | None = None,
+              kernel: KernelChoice | None = None) -> None:
     """Generate completions for `tasks` under one skip variant; write samples, generations,
     summary and (trace_path) the routing trace. Variants that need calibration statistics
-    read them from calibration_path (calibrate.CALIBRATION_SCHEMA)."""
+    read them from calibration_path (calibrate.CALIBRATION_SCHEMA). `kernel`: the
+    build_kernels stage's choice (engines.py: where the skip kernel runs)."""
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     rule = SkipRule.from_config(variant_cfg)
     if rule.needs_calibration:
@@ -107,7 +111,8 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     stop = list(generation_cfg.get("stop", HUMANEVAL_STOP))
     batch_size = int(generation_cfg.get("batch_size", DEFAULT_BATCH))
     key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg,
-                           max_new_tokens=max_new, seed=seed, stop=stop, batch_size=batch_size, trace=tracing))
+                           max_new_tokens=max_new, seed=seed, stop=stop, batch_size=batch_size, trace=tracing,
+                           kernel=kernel.backend if kernel else None))
     run_dir = cache_dir / f"infer-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -120,7 +125,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     fresh = []
     if todo:
         t0 = time.perf_counter()
-        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir, tracing)
+        engine = open_engine(model_dir, rule, engine_cfg, seed, cache_dir, tracing, kernel)
         log.info("%s %s started in %.1f s", engine.name, engine.version, time.perf_counter() - t0)
         try:
             for batch in tqdm(_batches(todo, batch_size), desc=f"infer {variant}", unit="batch"):
@@ -136,6 +141,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
                 record = dict(
                     wall_s=wall, batch_size=len(batch), kept=counts.kept, token_layers=counts.token_layers,
                     moe_layers=counts.moe_layers, engine_version=engine.version, skip_path=engine.skip_path,
+                    expert_kernel=engine.expert_kernel,
                     samples=[dict(task_id=t.task_id, prompt_sha=stable_hash(t.prompt), prompt=t.prompt, sample=0,
                                   completion=g.completion, token_ids=g.token_ids, prompt_tokens=g.prompt_tokens,
                                   finish_reason=g.finish_reason) for t, g in zip(batch, gens)],
@@ -189,7 +195,8 @@ def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir
         variant=variant, strategy=rule.strategy, params=json.dumps(rule.params(), sort_keys=True),
         engine=engine_cfg["name"], engine_version=first["engine_version"] if first else "",
         device=device_name(), dtype=str(engine_cfg.get("dtype", "")),
-        skip_path=first["skip_path"] if first else "none", samples=len(rows),
+        skip_path=first["skip_path"] if first else "none", expert_kernel=first["expert_kernel"] if first else "",
+        samples=len(rows),
         prompt_tokens=sum(r["prompt_tokens"] for r in rows), output_tokens=out_tokens, wall_s=wall,
         tokens_per_s=out_tokens / wall if wall > 0 else float("nan"),
         batch_size=max((b["batch_size"] for b in used), default=0),

@@ -54,7 +54,8 @@ SCORES_SCHEMA = pa.schema([
     ("engine_version", pa.string()),
     ("device", pa.string()),
     ("dtype", pa.string()),
-    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel
+    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
+    ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
@@ -180,7 +181,7 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
     for col in ("tokens_per_s", "experts_per_token", "dense_experts_per_token"):
         row[col] = _summary_value(summary, col)
     row["batch_size"] = _summary_value(summary, "batch_size", int)
-    for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path"):
+    for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path", "expert_kernel"):
         row[col] = _summary_value(summary, col, str)
     if dense is not None:
         dpass = sample_passes(_read(dense.execution))

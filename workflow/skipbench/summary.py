@@ -54,7 +54,8 @@ SUMMARY_SCHEMA = pa.schema([
     ("infer_batch", pa.int32()),
     ("engine", pa.string()),  # engine name and version of the infer stage
     ("device", pa.string()),  # device of the infer stage (cpu:... numbers are CPU numbers)
-    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel
+    ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
+    ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
     ("deployment_batch", pa.int32()),  # report.deployment_batch: batch of the next five columns
     ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device

