@@ -116,6 +116,11 @@ def use_skip_kernel(model: nn.Module, choice: KernelChoice) -> str | None:
     if choice.backend != "triton" or not triton_runs_on(device):
         log.info("skip kernel not used: backend %s on %s (%s)", choice.backend, device, choice.reason)
         return None
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+    if not any(isinstance(m, DeepseekV3MoE) for m in model.modules()):  # other families: their own experts
+        log.info("skip kernel not used: %s has no DeepseekV3MoE layer", type(model).__name__)
+        return None
     names = patch_experts(model, choice.tuned)
     log.info("skip kernel in %d MoE layers", len(names))
     return SKIP_PATH

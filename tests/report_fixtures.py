@@ -43,7 +43,7 @@ def scores_rows(benchmark: str = "he", with_plus: bool = True) -> list[dict]:
             paired=10, delta_base=base - 0.9, mcnemar_p_base=0.5, delta_plus=None if plus is None else plus - 0.8,
             mcnemar_p_plus=None if plus is None else 0.25, tokens_per_s=tps, batch_size=10, engine="vllm",
             engine_version="0.32.0", device="cpu:x86_64x2", dtype="bfloat16",
-            skip_path="none" if v == "dense" else "weight0", experts_per_token=ept, dense_experts_per_token=4.0,
+            skip_path="none" if v == "dense" else "weight0", expert_kernel="vllm", experts_per_token=ept, dense_experts_per_token=4.0,
             identical_to_dense=1.0 if v == "dense" else ept / 8, first_diff_token=None if v == "dense" else 10 * ept,
             time_factor=4.0, min_time_limit_s=1.0, sandbox="bwrap", status_counts="{}",
         ))  # fmt: skip
@@ -61,7 +61,7 @@ def write_scores(path: Path, rows: list[dict]) -> Path:
 def write_throughput(run_dir: Path) -> list[Path]:
     paths = []
     for v, sweep in SWEEP.items():
-        rows = [dict(source="measured", model="tiny", variant=v, rule="{}", skip_path="none" if v == "dense" else "weight0",
+        rows = [dict(source="measured", model="tiny", variant=v, rule="{}", skip_path="none" if v == "dense" else "weight0", expert_kernel="vllm",
                      engine="vllm", engine_version="0.32.0", device="cpu:x86_64x2", device_kind="cpu", dtype="bfloat16",
                      tensor_parallel_size=1, expert_parallel=False, enforce_eager=True, cuda_graphs=False,
                      concurrency=c, requests=2 * c, prompt_len=32, output_len=32, output_tokens=64 * c,

@@ -42,6 +42,7 @@ def test_outputs_and_expert_counts(tiny, tmp_path):
     assert summary["samples"] == 5 and summary["output_tokens"] == sum(g["tokens_generated"] for g in gens)
     assert summary["experts_per_token"] == 2.0 and summary["dense_experts_per_token"] == 4
     assert (summary["skip_path"], summary["engine"], summary["moe_layers"]) == ("sentinel", "transformers", 2)
+    assert summary["expert_kernel"] == "transformers-eager"  # no kernel choice given
     assert json.loads(summary["params"]) == {"k": 2, "renormalise": False}
     assert summary["tokens_per_s"] == pytest.approx(summary["output_tokens"] / summary["wall_s"])
 
@@ -121,6 +122,7 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     valid = [i for i, g in enumerate(tgens) if "\ufffd" not in g["completion"]]
     assert valid and [vgens[i]["completion"] for i in valid] == [tgens[i]["completion"] for i in valid]
     assert (vsum["engine"], vsum["skip_path"], vsum["experts_per_token"]) == ("vllm", "weight0", 3.0)
+    assert vsum["expert_kernel"] == "vllm"
     assert vsum["samples"] == 5 and vsum["tokens_per_s"] > 0
     # The trace of a multi-batch vLLM run: every generated token in every MoE layer, 3 kept.
     trace = pq.read_table(tmp_path / "trace.parquet").to_pandas()

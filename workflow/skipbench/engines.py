@@ -117,6 +117,10 @@ class VllmEngine:
         self.rule = rule
         args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
         want_kernel = kernel is not None and kernel.backend == "triton"
+        if want_kernel and torch.cuda.is_available():
+            # vLLM's Triton MoE backend keeps the checkpoint layout, which the skip kernel
+            # reads in place; other backends may repack it (vllm_kernel.py: then weight0)
+            args.setdefault("moe_backend", "triton")
         env = {ENV_RULE: rule.to_json(), ENV_KERNEL: kernel.to_json() if want_kernel else None,
                "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
         if not torch.cuda.is_available():
