@@ -137,3 +137,29 @@ def test_transformers_engine_reports_the_kernel_path_and_generates_the_same(tiny
         engine.close()
     assert runs[True][:2] == ("skip_kernel", SKIP_KERNEL) and runs[False][:2] == ("sentinel", EAGER_EXPERTS)
     assert runs[True][2:] == runs[False][2:]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_vllm_kernel_path_under_cuda_graphs_matches_weight_zero(tiny, tmp_path, monkeypatch):
+    """The kernel inside vLLM's captured CUDA graphs (bf16, not eager): same routing
+    counts as weight 0 (counted at capture), logprobs within bf16 noise."""
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    engine_cfg = dict(ENGINE, dtype="bfloat16", enforce_eager=False)
+    rule = SkipRule("topk", k=2)
+    runs = {}
+    for name, kernel in (("kernel", CHOICE), ("weight0", KernelChoice("reference", "off"))):
+        engine = VllmEngine(tiny, rule, engine_cfg, 0, tmp_path, kernel=kernel)
+        try:
+            from vllm import SamplingParams
+
+            outs = engine.llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=6, logprobs=1),
+                                       use_tqdm=False)  # fmt: skip
+            runs[name] = (engine.skip_path, [list(o.outputs[0].token_ids) for o in outs],
+                          torch.tensor([[lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
+                                        for o in outs]))  # fmt: skip
+        finally:
+            engine.close()
+    assert runs["kernel"][0] == "skip_kernel" and runs["weight0"][0] == "weight0"
+    torch.testing.assert_close(runs["kernel"][2], runs["weight0"][2], rtol=0, atol=5e-2)
