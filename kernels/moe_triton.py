@@ -160,6 +160,17 @@ def _down_kernel(h_ptr, stride_hp, w_ptr, stride_we, stride_wn, ws_ptr, stride_w
                   mask=valid[:, None])
 
 
+def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool) -> str | None:
+    """Why `config` cannot tile these expert shapes (None: it can)."""
+    for name, g, kd, n in (("gate_up", config.gate_up, hidden, intermediate), ("down", config.down, intermediate, hidden)):
+        if kd % g.block_k or n % g.block_n or (fp8 and BLOCK % g.block_k):
+            return (f"{name}: block_k {g.block_k} / block_n {g.block_n} do not divide {kd} / {n}"
+                    + (" (FP8 needs block_k dividing 128)" if fp8 else ""))
+    if fp8 and (hidden % BLOCK or intermediate % BLOCK):
+        return f"FP8 block scales need hidden {hidden} and intermediate {intermediate} multiples of {BLOCK}"
+    return None
+
+
 def _check(x, w13, w2, w13_scale, w2_scale, config: MoeConfig) -> bool:
     """Validate shapes against the config; returns whether the weights are FP8."""
     e, two_i, h = w13.shape
@@ -169,14 +180,10 @@ def _check(x, w13, w2, w13_scale, w2_scale, config: MoeConfig) -> bool:
         raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
     if fp8 != (w2.dtype == torch.float8_e4m3fn) or fp8 != (w13_scale is not None) or fp8 != (w2_scale is not None):
         raise ValueError("FP8 needs both weights in float8_e4m3fn with both block scales; other dtypes none")
-    for name, g, kd, n in (("gate_up", config.gate_up, h, i), ("down", config.down, i, h)):
-        if kd % g.block_k or n % g.block_n or (fp8 and BLOCK % g.block_k):
-            raise ValueError(f"{name}: block_k {g.block_k} / block_n {g.block_n} do not divide {kd} / {n}"
-                             + (" (FP8 needs block_k dividing 128)" if fp8 else ""))
+    if (why := config_misfit(config, h, i, fp8)) is not None:
+        raise ValueError(why)
     if w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("weights must be contiguous along the reduction dim (checkpoint layout [E, N, K])")
-    if fp8 and (h % BLOCK or i % BLOCK):
-        raise ValueError(f"FP8 block scales need hidden {h} and intermediate {i} multiples of {BLOCK}")
     return fp8
 
 

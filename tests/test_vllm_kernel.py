@@ -43,12 +43,13 @@ def fake_layer(e=4, h=256, i=128, dtype=torch.bfloat16, **attrs):
     (dict(expert_map=torch.arange(4)), "expert parallelism"),
     (dict(w13_bias=torch.zeros(4, 256)), "expert bias"),
     (dict(w2_weight=torch.randn(4, 256, 64)), "are not [E, 2I, H] and [E, H, I]"),
+    (dict(w13_weight=torch.randn(4, 2 * 96, 256), w2_weight=torch.randn(4, 256, 96)), "do not divide 256 / 96"),
     (dict(w13_weight=torch.zeros(4, 256, 256, dtype=torch.float8_e4m3fn),
           w2_weight=torch.zeros(4, 256, 128, dtype=torch.float8_e4m3fn)), "without 128x128 block scales"),
 ])  # fmt: skip
 def test_layers_the_kernel_cannot_serve_say_why(change, reason):
     layer = fake_layer(**change)
-    assert reason in vllm_kernel.unsupported(layer, vllm_kernel._tensors(layer))
+    assert reason in vllm_kernel.unsupported(layer, vllm_kernel._tensors(layer), CHOICE)
     assert vllm_kernel.bind_kernel(layer, vllm_kernel._tensors(layer), CHOICE) is not None
     assert vllm_kernel.layer_skip_path(layer) == "weight0"
 

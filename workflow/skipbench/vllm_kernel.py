@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from skipbench_kernels.integration import SKIP_PATH, KernelChoice, triton_runs_on
+from skipbench_kernels.moe_triton import DEFAULT_CONFIG, config_misfit
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _tensors(layer) -> dict[str, torch.Tensor]:
     return {n: getattr(layer, n).detach() for n in WEIGHTS + FP8_SCALES if getattr(layer, n, None) is not None}
 
 
-def unsupported(layer, loaded: dict[str, torch.Tensor]) -> str | None:
+def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) -> str | None:
     """Why this layer cannot run the kernel (None: it can), from the tensors as loaded."""
     from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 
@@ -81,6 +82,11 @@ def unsupported(layer, loaded: dict[str, torch.Tensor]) -> str | None:
         return "FP8 weights without 128x128 block scales (weight_scale_inv)"
     if not fp8 and w13.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"weight dtype {w13.dtype}"
+    for config in {DEFAULT_CONFIG, *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
+        if (why := config_misfit(config, h, two_i // 2, fp8)) is not None:
+            return f"tile config {config.to_json()}: {why}"
+    if w13.stride(-1) != 1 or w2.stride(-1) != 1:
+        return "weights not contiguous along the reduction dim"
     if not triton_runs_on(w13.device):
         return f"Triton does not run on {w13.device} (CPU needs TRITON_INTERPRET=1)"
     return None
@@ -88,7 +94,7 @@ def unsupported(layer, loaded: dict[str, torch.Tensor]) -> str | None:
 
 def bind_kernel(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) -> str | None:
     """After vLLM processed the layer's weights: set layer.skipbench_kernel, or return why not."""
-    if (why := unsupported(layer, loaded)) is not None:
+    if (why := unsupported(layer, loaded, choice)) is not None:
         return why
     live = _tensors(layer)
     moved = [n for n, t in loaded.items() if n not in live or live[n].data_ptr() != t.data_ptr()]
