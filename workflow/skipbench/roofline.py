@@ -6,9 +6,13 @@ per step of B tokens:
 
     routed experts  bytes = distinct experts * bytes per expert   (from the routing trace)
                     flops = kept (token, slot) pairs * 6 H I
-    rest of a layer attention (MLA) + router + shared expert (MoE layers) or dense MLP,
+    rest of a layer attention (MLA or GQA) + router + shared experts (MoE layers) or dense MLP,
                     weights read once per step, KV cache read per token of context
-    whole model     sum over layers + lm_head; MoE layers not in the trace take the traced mean
+    whole model     sum over layers + lm_head; MoE layers take the traced mean, dense layers
+                    (wherever they sit) their own cost
+
+Shapes come from specs.ModelShape: any MoE family adapters.py reads (DeepSeek-V2/V3 with
+MLA; Qwen2/3-MoE, Mixtral, OLMoE with grouped-query attention).
 
 Skip paths: `skip_kernel` assumes a kernel where a skipped slot is never loaded nor
 computed (the hypothetical this model is for); `weight0` is what the vLLM plugin does
@@ -182,7 +186,8 @@ def predict(
 
 
 def _whole_model(layers: pd.DataFrame, shape: ModelShape, dtype: str, context_len: int, bw, rate, overhead_ms):
-    """Whole-model step: MoE layers at their traced mean (x n_moe_layers), dense layers and lm_head."""
+    """Whole-model step: MoE layers at their traced mean (x n_moe_layers), the n_dense_layers
+    dense-MLP layers (any positions) and lm_head (bf16, read once per step even when tied)."""
     g = layers.groupby(["variant", "batch"], sort=False)
     w = g[["tokens_per_step", "distinct_experts", "routed_bytes", "routed_flops", "routed_ms",
            "other_bytes", "other_flops", "other_ms"]].mean().reset_index()  # fmt: skip
@@ -193,13 +198,13 @@ def _whole_model(layers: pd.DataFrame, shape: ModelShape, dtype: str, context_le
     dense_bytes, dense_flops = shape.layer_fixed(moe=False, dtype=dtype)
     kv_bytes, kv_flops = shape.kv_per_token(context_len)
     head_bytes, head_flops = shape.vocab * shape.hidden * 2, 2 * shape.vocab * shape.hidden  # bf16 lm_head
-    tokens = w["tokens_per_step"]
+    tokens, n_dense = w["tokens_per_step"], shape.n_dense_layers
     extra_ms = (
-        shape.first_dense * roofline_ms(dense_bytes + tokens * kv_bytes, tokens * (dense_flops + kv_flops), bw, rate)[0]
+        n_dense * roofline_ms(dense_bytes + tokens * kv_bytes, tokens * (dense_flops + kv_flops), bw, rate)[0]
         + roofline_ms(head_bytes, tokens * head_flops, bw, rate)[0]
     )
-    w["other_bytes"] += shape.first_dense * (dense_bytes + tokens * kv_bytes) + head_bytes
-    w["other_flops"] += tokens * (shape.first_dense * (dense_flops + kv_flops) + head_flops)
+    w["other_bytes"] += n_dense * (dense_bytes + tokens * kv_bytes) + head_bytes
+    w["other_flops"] += tokens * (n_dense * (dense_flops + kv_flops) + head_flops)
     w["other_ms"] += extra_ms
     w["overhead_ms"] = overhead_ms * shape.n_layers
     w["step_ms"] = w["routed_ms"] + w["other_ms"] + w["overhead_ms"]

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
 BLOCK = 128  # DeepSeek FP8: one fp32 scale per 128x128 weight block
-KV_BYTES = 2  # bf16 latent KV cache
+KV_BYTES = 2  # bf16 KV cache (MLA: the latent; GQA: keys and values)
 
 # deepseek-ai/DeepSeek-V3 config.json (routing and shape fields): the shape kernels/bench.py times.
 DEEPSEEK_V3_CONFIG = dict(
-    hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048, num_hidden_layers=61,
-    first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
+    model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+    num_hidden_layers=61, first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
     num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
     qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280,
     quantization_config=dict(quant_method="fp8", fmt="e4m3", weight_block_size=[128, 128]),
@@ -137,50 +137,88 @@ def matrix_bytes(rows: int, cols: int, dtype: str) -> int:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the roofline needs of a DeepSeek-V3-style config.json."""
+    """What the roofline needs of a MoE config.json, any family in adapters.py.
 
-    hidden: int
-    inter: int  # dense MLP intermediate (first_k_dense_replace layers)
-    moe_inter: int
-    n_layers: int
-    first_dense: int
-    n_experts: int
-    top_k: int
-    n_shared: int
-    heads: int
-    q_lora: int  # 0: no query compression (DeepSeek-V2-Lite)
-    kv_lora: int
-    rope: int
-    nope: int
-    v_head: int
-    vocab: int
+    Which layers are MoE, the expert count and top-k come from adapters.routing_of (one
+    reading of the routing for the whole project); this adds the matrix shapes. Attention
+    is MLA (DeepSeek-V2/V3: low-rank query and KV, absorbed decode) or GQA/MHA (Qwen2/3-MoE,
+    Mixtral, OLMoE: q/k/v/o projections, kv_heads x head_dim cached per token). Left out as
+    small next to these matrices: norms (incl. Qwen3/OLMoE q/k norms), Qwen2-MoE's q/k/v
+    biases and its shared-expert sigmoid gate [1, H], rotary tables. DeepSeek-V3 values in
+    comments.
+    """
+
+    family: str  # config.json model_type ("deepseek_v3")
+    hidden: int  # 7168
+    inter: int  # dense MLP intermediate of the dense layers (18432); unused when every layer is MoE
+    moe_inter: int  # one routed expert's intermediate (2048)
+    shared_inter: int  # shared experts' summed intermediate (1 x 2048); 0: none
+    n_layers: int  # 61
+    n_moe_layers: int  # layers with routed experts (58); the other layers have a dense MLP
+    n_experts: int  # routed experts per MoE layer (256)
+    top_k: int  # 8
+    n_shared: int  # shared experts (1)
+    heads: int  # attention (query) heads (128)
+    vocab: int  # 129280
     weight_dtype: str  # as shipped: fp8 when the config carries an fp8 quantization_config
+    attention: str  # "mla" (DeepSeek) or "gqa" (grouped-query or multi-head)
+    kv_heads: int = 0  # gqa: key/value heads
+    head_dim: int = 0  # gqa: per-head width (config head_dim, else hidden / heads)
+    q_lora: int = 0  # mla: query compression (1536); 0: none (DeepSeek-V2-Lite)
+    kv_lora: int = 0  # mla: latent KV width (512)
+    rope: int = 0  # mla: rotary part of a query/key head (64)
+    nope: int = 0  # mla: non-rotary part of a query/key head (128)
+    v_head: int = 0  # mla: value head width (128)
 
     @classmethod
     def from_config(cls, config: dict | str | Path) -> "ModelShape":
+        """From config.json (a dict, its path, or the checkpoint directory); needs model_type."""
+        from skipbench.adapters import routing_of  # imports torch: only when a shape is read
+
         if not isinstance(config, dict):
             path = Path(config)
             config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+        routing = routing_of(config)
+        family = routing.family
         quant = config.get("quantization_config") or {}
+        hidden, heads = config["hidden_size"], config["num_attention_heads"]
+        if family.startswith("deepseek"):
+            moe_inter = config["moe_intermediate_size"]
+            shared_inter = routing.shared_experts * moe_inter
+        elif family in ("qwen2_moe", "qwen3_moe"):
+            moe_inter = config["moe_intermediate_size"]
+            shared_inter = config.get("shared_expert_intermediate_size") or 0  # Qwen2-MoE: one; Qwen3: none
+        else:  # mixtral, olmoe: the experts are the intermediate_size MLP, every layer MoE
+            moe_inter, shared_inter = config["intermediate_size"], 0
+        if family.startswith("deepseek"):
+            attn = dict(attention="mla", q_lora=config.get("q_lora_rank") or 0, kv_lora=config["kv_lora_rank"],
+                        rope=config["qk_rope_head_dim"], nope=config["qk_nope_head_dim"], v_head=config["v_head_dim"])
+        else:
+            attn = dict(attention="gqa", kv_heads=config.get("num_key_value_heads") or heads,
+                        head_dim=config.get("head_dim") or hidden // heads)
+            window = config.get("sliding_window")
+            if window and (family == "mixtral" or config.get("use_sliding_window")):
+                log.warning("%s: sliding window %d ignored: the roofline reads the KV cache of the whole context",
+                            family, window)  # fmt: skip
         return cls(
-            hidden=config["hidden_size"], inter=config["intermediate_size"],
-            moe_inter=config["moe_intermediate_size"], n_layers=config["num_hidden_layers"],
-            first_dense=config.get("first_k_dense_replace", 0), n_experts=config["n_routed_experts"],
-            top_k=config["num_experts_per_tok"], n_shared=config.get("n_shared_experts") or 0,
-            heads=config["num_attention_heads"], q_lora=config.get("q_lora_rank") or 0,
-            kv_lora=config["kv_lora_rank"], rope=config["qk_rope_head_dim"], nope=config["qk_nope_head_dim"],
-            v_head=config["v_head_dim"], vocab=config["vocab_size"],
-            weight_dtype="fp8" if quant.get("quant_method") == "fp8" else "bf16",
+            family=family, hidden=hidden, inter=config["intermediate_size"], moe_inter=moe_inter,
+            shared_inter=shared_inter, n_layers=config["num_hidden_layers"], n_moe_layers=len(routing.moe_layers),
+            n_experts=routing.experts, top_k=routing.top_k, n_shared=routing.shared_experts, heads=heads,
+            vocab=config["vocab_size"], weight_dtype="fp8" if quant.get("quant_method") == "fp8" else "bf16", **attn,
         )  # fmt: skip
 
     @property
-    def n_moe_layers(self) -> int:
-        return self.n_layers - self.first_dense
+    def n_dense_layers(self) -> int:
+        """Layers with a dense MLP instead of routed experts (anywhere: Qwen mlp_only_layers)."""
+        return self.n_layers - self.n_moe_layers
 
     def _mlp(self, inter: int) -> list[tuple[int, int]]:
         return [(inter, self.hidden), (inter, self.hidden), (self.hidden, inter)]  # gate, up, down
 
     def _attention(self) -> list[tuple[int, int]]:
+        if self.attention == "gqa":
+            q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+            return [(q, self.hidden), (kv, self.hidden), (kv, self.hidden), (self.hidden, q)]  # q, k, v, o
         qk = self.heads * (self.nope + self.rope)
         q = [(self.q_lora, self.hidden), (qk, self.q_lora)] if self.q_lora else [(qk, self.hidden)]
         return q + [
@@ -199,8 +237,10 @@ class ModelShape:
         return 6 * self.hidden * self.moe_inter
 
     def layer_fixed(self, moe: bool, dtype: str) -> tuple[int, int]:
-        """(weight bytes read once per step, FLOPs per token) of a layer apart from routed experts."""
-        mats = self._attention() + (self._mlp(self.n_shared * self.moe_inter) if moe else self._mlp(self.inter))
+        """(weight bytes read once per step, FLOPs per token) of a layer apart from routed experts:
+        attention, plus router and shared experts (MoE layer) or the dense MLP (dense layer)."""
+        mlp = (self._mlp(self.shared_inter) if self.shared_inter else []) if moe else self._mlp(self.inter)
+        mats = self._attention() + mlp
         nbytes = sum(matrix_bytes(r, c, dtype) for r, c in mats)
         params = sum(r * c for r, c in mats)
         if moe:  # router gate, kept in bf16 in FP8 checkpoints
@@ -209,6 +249,13 @@ class ModelShape:
         return nbytes, 2 * params
 
     def kv_per_token(self, context: int) -> tuple[int, int]:
-        """(KV bytes, attention FLOPs) per token per layer over `context` cached tokens (absorbed MLA)."""
+        """(KV bytes, attention FLOPs) per token per layer over `context` cached tokens.
+
+        MLA (absorbed): one latent + rope key per cached token; QK over kv_lora + rope, AV over kv_lora.
+        GQA: a key and a value of kv_heads x head_dim per cached token; QK and AV over head_dim per query head.
+        """
+        if self.attention == "gqa":
+            return (context * 2 * self.kv_heads * self.head_dim * KV_BYTES,
+                    2 * self.heads * context * 2 * self.head_dim)  # fmt: skip
         width = self.kv_lora + self.rope
         return context * width * KV_BYTES, 2 * self.heads * context * (width + self.kv_lora)
