@@ -72,10 +72,16 @@ def test_distinct_experts_counts_kept_ids_only():
 def test_backend_selection_without_gpu_is_the_reference_and_says_why():
     backend, reason = select_backend("auto", "cpu")
     assert backend == "reference" and "no CUDA GPU" in reason
-    shape = MoeShape.from_model_config(
-        {"hidden_size": 7168, "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 8}
-    )
-    assert (shape.experts, shape.slots) == (8, 8)
+    dsv3 = {"model_type": "deepseek_v3", "num_hidden_layers": 61, "first_k_dense_replace": 3, "hidden_size": 7168,
+            "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 8}
+    shape = MoeShape.from_model_config(dsv3)
+    assert (shape.hidden, shape.intermediate, shape.experts, shape.slots) == (7168, 2048, 8, 8)
+    assert MoeShape.from_model_config(dsv3, tensor_parallel_size=8).intermediate == 256  # one TP8 rank
+    with pytest.raises(ValueError, match="does not split"):
+        MoeShape.from_model_config(dsv3, tensor_parallel_size=3)
+    mixtral = {"model_type": "mixtral", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
+               "num_local_experts": 8, "num_experts_per_tok": 2}
+    assert MoeShape.from_model_config(mixtral, 2) == MoeShape(4096, 7168, 8, 2)
 
 
 def test_backend_selection_on_gpu_depends_on_triton_and_config():
@@ -95,7 +101,8 @@ def test_model_weight_dtype_follows_quantization_config():
 
 
 def test_build_kernels_without_gpu_writes_a_reference_manifest(tmp_path):
-    cfg = {"hidden_size": 256, "moe_intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4}
+    cfg = {"model_type": "deepseek_v3", "num_hidden_layers": 2, "first_k_dense_replace": 1, "hidden_size": 256,
+           "moe_intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     build_kernels({"backend": "auto"}, tmp_path, tmp_path / "manifest.parquet")
     rows = read_table(tmp_path / "manifest.parquet", KERNEL_MANIFEST_SCHEMA).to_pylist()

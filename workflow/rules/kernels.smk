@@ -14,6 +14,8 @@ rule build_kernels:
         ),
     params:
         kernels=config["kernels"],
+        # tuned and self-tested at the expert shapes one tensor-parallel rank runs
+        tensor_parallel_size=config["engine"].get("tensor_parallel_size", 1),
     log:
         f"{RUN}/logs/build_kernels.log",
     threads: workflow.cores

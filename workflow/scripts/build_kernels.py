@@ -9,4 +9,5 @@ from skipbench.logs import log_to
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
-    build_kernels(snakemake.params.kernels, Path(snakemake.input.model), Path(snakemake.output.manifest))
+    build_kernels(snakemake.params.kernels, Path(snakemake.input.model), Path(snakemake.output.manifest),
+                  tensor_parallel_size=snakemake.params.tensor_parallel_size)

@@ -59,15 +59,25 @@ TUNE_BUDGET_S = 240.0  # whole search; a DeepSeek-V3 layer takes about this on o
 
 @dataclass(frozen=True)
 class MoeShape:
+    """The expert GEMMs one engine rank runs: a tensor-parallel rank holds I / tp of each expert."""
+
     hidden: int
-    intermediate: int
-    experts: int
+    intermediate: int  # per rank
+    experts: int  # capped at SELF_TEST_MAX_EXPERTS for the self-test
     slots: int
 
     @classmethod
-    def from_model_config(cls, cfg: dict) -> "MoeShape":
-        experts = min(cfg["n_routed_experts"], SELF_TEST_MAX_EXPERTS)
-        return cls(cfg["hidden_size"], cfg["moe_intermediate_size"], experts, min(cfg["num_experts_per_tok"], experts))
+    def from_model_config(cls, cfg: dict, tensor_parallel_size: int = 1) -> "MoeShape":
+        """Any family adapters.py knows (DeepSeek, Qwen MoE, Mixtral, OLMoE)."""
+        from skipbench.adapters import routing_of
+        from skipbench.specs import expert_intermediate
+
+        routing = routing_of(cfg)
+        inter, _ = expert_intermediate(cfg, routing)
+        if inter % tensor_parallel_size:
+            raise ValueError(f"expert intermediate {inter} does not split over {tensor_parallel_size} ranks")
+        experts = min(routing.experts, SELF_TEST_MAX_EXPERTS)
+        return cls(cfg["hidden_size"], inter // tensor_parallel_size, experts, min(routing.top_k, experts))
 
 
 def _triton_version() -> str | None:
@@ -161,26 +171,32 @@ def model_weight_dtype(cfg: dict) -> str:
     return "fp8" if cfg.get("quantization_config", {}).get("fmt") == "e4m3" else "bf16"
 
 
-def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float = TUNE_BUDGET_S, seed: int = 0):
-    """Tuned configs ([skipbench_kernels.tune.Tuned]) at the model's real expert shapes on this GPU."""
+def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float = TUNE_BUDGET_S, seed: int = 0,
+                   tensor_parallel_size: int = 1):
+    """Tuned configs ([skipbench_kernels.tune.Tuned]) at the model's real expert shapes on
+    this GPU, as one tensor-parallel rank holds them; routed like the model (its expert
+    groups when all experts fit, plain top-k otherwise)."""
+    from skipbench.adapters import routing_of
     from skipbench_kernels.moe_triton import moe_triton
     from skipbench_kernels.tune import random_layer, tune
 
-    h, i, k = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts_per_tok"]
+    routing = routing_of(cfg)
+    rank = MoeShape.from_model_config(cfg, tensor_parallel_size)
+    h, i, k, n_experts = rank.hidden, rank.intermediate, routing.top_k, routing.experts
     per_expert = 3 * h * i * (1 if kind == "fp8" else 2)
     free, _ = torch.cuda.mem_get_info()
-    experts = max(k, min(cfg["n_routed_experts"], int(free * 0.5 // per_expert)))  # leave room for the rest
-    if experts < cfg["n_routed_experts"]:
-        log.warning("tuning on %d of %d experts: GPU memory", experts, cfg["n_routed_experts"])
+    experts = max(k, min(n_experts, int(free * 0.5 // per_expert)))  # leave room for the rest
+    if experts < n_experts:
+        log.warning("tuning on %d of %d experts: GPU memory", experts, n_experts)
     w13, w2, scales = random_layer(experts, h, i, kind, "cuda", seed)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     router, bias = torch.randn(experts, h, generator=gen, device="cuda"), torch.zeros(experts, device="cuda")
-    groups = cfg.get("n_group", 1) if experts == cfg["n_routed_experts"] else 1
+    groups = routing.n_group if experts == n_experts else 1
     tuned = []
     for b in batches:
         x = torch.randn(b, h, generator=gen, device="cuda", dtype=torch.bfloat16)
-        ids, w = deepseek_route(x, router, bias, k, groups, min(cfg.get("topk_group", 1), groups),
-                                cfg.get("routed_scaling_factor", 1.0))  # fmt: skip
+        ids, w = deepseek_route(x, router, bias, k, groups, min(routing.topk_group, groups),
+                                routing.routed_scaling_factor)  # fmt: skip
 
         def step(config, x=x, ids=ids, w=w):
             return lambda: moe_triton(x, w13, w2, ids, w, None, **scales, config=config)
@@ -191,19 +207,21 @@ def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float =
     return tuned
 
 
-def build_kernels(kernels_cfg: dict, model_dir: Path, manifest_path: Path) -> None:
+def build_kernels(kernels_cfg: dict, model_dir: Path, manifest_path: Path, tensor_parallel_size: int = 1) -> None:
+    """Select, tune and self-test the backend at the expert shapes one engine rank runs."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     backend, reason = select_backend(kernels_cfg.get("backend", "auto"), device, _triton_version())
     log.info("kernel backend %s on %s (%s)", backend, device_name, reason)
     model_cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    shape = MoeShape.from_model_config(model_cfg)
+    shape = MoeShape.from_model_config(model_cfg, tensor_parallel_size)
     tuned, tuned_dtype, configs = [], None, None
     if backend == "triton":
         from skipbench_kernels.tune import configs_to_json
 
         tuned_dtype = model_weight_dtype(model_cfg)
-        tuned = tune_for_model(model_cfg, tuned_dtype, budget_s=kernels_cfg.get("tune_budget_s", TUNE_BUDGET_S))
+        tuned = tune_for_model(model_cfg, tuned_dtype, budget_s=kernels_cfg.get("tune_budget_s", TUNE_BUDGET_S),
+                               tensor_parallel_size=tensor_parallel_size)  # fmt: skip
         configs = configs_to_json(tuned)
     common = {"device": device, "device_name": device_name, "backend": backend, "reason": reason, **_versions(),
               "tuned_dtype": tuned_dtype, "configs": configs}  # fmt: skip

@@ -135,6 +135,17 @@ def matrix_bytes(rows: int, cols: int, dtype: str) -> int:
     return n
 
 
+def expert_intermediate(config: dict, routing) -> tuple[int, int]:
+    """(one routed expert's intermediate, the shared experts' summed intermediate) of a
+    MoE config.json; routing: adapters.routing_of(config)."""
+    family = routing.family
+    if family.startswith("deepseek"):
+        return config["moe_intermediate_size"], routing.shared_experts * config["moe_intermediate_size"]
+    if family in ("qwen2_moe", "qwen3_moe"):  # Qwen2-MoE: one shared expert; Qwen3: none
+        return config["moe_intermediate_size"], config.get("shared_expert_intermediate_size") or 0
+    return config["intermediate_size"], 0  # mixtral, olmoe: the experts are the intermediate_size MLP
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """What the roofline needs of a MoE config.json, any family in adapters.py.
@@ -182,14 +193,7 @@ class ModelShape:
         family = routing.family
         quant = config.get("quantization_config") or {}
         hidden, heads = config["hidden_size"], config["num_attention_heads"]
-        if family.startswith("deepseek"):
-            moe_inter = config["moe_intermediate_size"]
-            shared_inter = routing.shared_experts * moe_inter
-        elif family in ("qwen2_moe", "qwen3_moe"):
-            moe_inter = config["moe_intermediate_size"]
-            shared_inter = config.get("shared_expert_intermediate_size") or 0  # Qwen2-MoE: one; Qwen3: none
-        else:  # mixtral, olmoe: the experts are the intermediate_size MLP, every layer MoE
-            moe_inter, shared_inter = config["intermediate_size"], 0
+        moe_inter, shared_inter = expert_intermediate(config, routing)
         if family.startswith("deepseek"):
             attn = dict(attention="mla", q_lora=config.get("q_lora_rank") or 0, kv_lora=config["kv_lora_rank"],
                         rope=config["qk_rope_head_dim"], nope=config["qk_nope_head_dim"], v_head=config["v_head_dim"])
