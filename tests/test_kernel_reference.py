@@ -135,3 +135,17 @@ def test_deepseek_route_picks_top_k_within_the_best_groups():
     # without groups and bias it is plain top-k
     ids1, _ = deepseek_route(x, router, torch.zeros(16), top_k=4, n_group=1, topk_group=1)
     assert torch.equal(ids1.sort(-1).values, s.topk(4, -1).indices.sort(-1).values)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "qwen3_moe", "num_hidden_layers": 2, "hidden_size": 256, "moe_intermediate_size": 128,
+     "num_experts": 8, "num_experts_per_tok": 2},
+    {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 256,
+     "num_local_experts": 4, "num_experts_per_tok": 2},
+], ids=lambda c: c["model_type"])  # fmt: skip
+def test_build_kernels_self_tests_other_families_at_their_rank_shapes(tmp_path, cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    build_kernels({"backend": "auto"}, tmp_path, tmp_path / "manifest.parquet", tensor_parallel_size=2)
+    rows = read_table(tmp_path / "manifest.parquet", KERNEL_MANIFEST_SCHEMA).to_pylist()
+    inter = cfg.get("moe_intermediate_size") if cfg["model_type"] == "qwen3_moe" else cfg["intermediate_size"]
+    assert all(r["passed"] and json.loads(r["shape"])["intermediate"] == inter // 2 for r in rows)
