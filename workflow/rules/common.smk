@@ -73,6 +73,17 @@ def calibration_for(wildcards):
 TRACING = config["engine"].get("enforce_eager", False) or config["engine"]["name"] == "transformers"
 
 
+def _swaps_rules():
+    from skipbench.engines import swaps_rules
+
+    return swaps_rules(config["engine"])
+
+
+# One engine per benchmark (infer) and per throughput sweep serves every variant: the
+# engine can switch skip rules (rules/infer.smk).
+SHARED_ENGINE = _swaps_rules()
+
+
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]
 
 

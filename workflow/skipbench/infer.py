@@ -29,7 +29,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from skipbench.benchmarks import Task
-from skipbench.calibrate import bind_calibration
+from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write_table
 from skipbench.strategies import SkipRule
@@ -136,14 +136,6 @@ class VariantCache:
     done: list[dict]  # finished batch records
     todo: list[Task]
     resumed: int  # tasks already done
-
-
-def variant_rule(variant_cfg: dict, calibration_path: Path | None) -> SkipRule:
-    """The variant's rule, with calibration statistics bound where its strategy needs them."""
-    rule = SkipRule.from_config(variant_cfg)
-    if rule.needs_calibration:
-        rule = bind_calibration(rule, read_table(calibration_path) if calibration_path else None)
-    return rule
 
 
 def open_cache(model_dir: Path, tasks: list[Task], variant: str, rule: SkipRule, engine_cfg: dict,
