@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skipbench.oracle import SKIP_PATH as ORACLE_SKIP_PATH
 from skipbench.strategies import SkipRule
 from skipbench.traces import assemble_steps
-from skipbench.vllm_plugin import SKIP_PATH as VLLM_SKIP_PATH
 
 @dataclass(frozen=True)
 class Generation:
@@ -111,10 +109,10 @@ class VllmEngine:
         import vllm
         from vllm import LLM
 
-        from skipbench.vllm_plugin import ENV_RULE, WORKER_EXTENSION
+        from skipbench.vllm_plugin import ENV_RULE, SKIP_PATH, WORKER_EXTENSION
 
         self.version = vllm.__version__
-        self.skip_path = "none" if rule.is_dense else VLLM_SKIP_PATH
+        self.skip_path = "none" if rule.is_dense else SKIP_PATH
         self.rule = rule
         self.swaps_rules = swaps_rules(engine_cfg)
         args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
@@ -134,10 +132,12 @@ class VllmEngine:
             self.llm.collective_rpc("skipbench_trace", args=(True,))
         self._requests: list[tuple[str, int]] = []  # (request id, prompt tokens) of the last generate
 
-    def _check_rule(self, rule: SkipRule) -> None:
+    def _check_rule(self, rule: SkipRule) -> dict:
+        """The workers' skipbench_stats, after checking they run `rule`."""
         stats = self.llm.collective_rpc("skipbench_stats")[0]
         if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
             raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        return stats
 
     def set_rule(self, rule: SkipRule) -> None:
         """Apply `rule` from the next generate on; counters and traces start empty."""
@@ -145,10 +145,10 @@ class VllmEngine:
             raise RuntimeError("a non-eager vLLM engine cannot switch skip rules (CUDA graphs keep "
                                "the captured rule): start one engine per rule")
         self.llm.collective_rpc("skipbench_set_rule", args=(rule.to_json(),))
-        self._check_rule(rule)
+        stats = self._check_rule(rule)
         self.llm.collective_rpc("skipbench_reset")
         self.rule = rule
-        self.skip_path = "none" if rule.is_dense else VLLM_SKIP_PATH
+        self.skip_path = "none" if rule.is_dense else stats["skip_path"]
 
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
         from vllm import SamplingParams
@@ -217,10 +217,11 @@ class TransformersEngine:
         import transformers
         from transformers import AutoTokenizer
 
-        from skipbench.oracle import load_oracle
+        from skipbench.oracle import SKIP_PATH, load_oracle
 
         self.version = transformers.__version__
-        self.skip_path = "none" if rule.is_dense else ORACLE_SKIP_PATH
+        self._skipping = SKIP_PATH  # skip_path of every rule but dense
+        self.skip_path = "none" if rule.is_dense else self._skipping
         self.rule = rule
         self.swaps_rules = True
         name = engine_cfg.get("dtype", "auto")
@@ -244,7 +245,7 @@ class TransformersEngine:
             gate.reset()
             gate.calls = []
         self.rule = rule
-        self.skip_path = "none" if rule.is_dense else ORACLE_SKIP_PATH
+        self.skip_path = "none" if rule.is_dense else self._skipping
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
