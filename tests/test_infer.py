@@ -247,6 +247,24 @@ def test_shared_engine_job_resumes_per_variant(tiny, tmp_path, monkeypatch):
     assert [r["generated_samples"] for r in report] == [0, 0, 0, 5] and len(generated) == 5
 
 
+def test_engine_that_cannot_switch_rules_starts_once_per_variant(tiny, tmp_path, monkeypatch):
+    """A non-eager vLLM engine keeps its captured rule: generate_variants starts one per variant."""
+    starts = []
+    real_open = infer.open_engine
+
+    def no_switching(*args):
+        engine = real_open(*args)
+        starts.append(engine)
+        engine.set_rule = lambda rule: pytest.fail("asked an engine that cannot switch rules to switch")
+        return engine
+
+    monkeypatch.setattr(infer, "open_engine", no_switching)
+    monkeypatch.setattr(infer, "swaps_rules", lambda cfg: False)
+    report, shared = shared_outputs(tiny, tmp_path / "shared")
+    assert len(starts) == 3 and [r["engine_start"] for r in report] == [0, 1, 2]
+    same_results(shared["oea1"], own_outputs(tiny, tmp_path / "own", "oea1", VARIANTS["oea1"]))
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_engine_switches_rules_like_own_engines(tiny, tmp_path):

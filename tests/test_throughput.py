@@ -92,3 +92,59 @@ def test_tiny_cpu_sweep_interleaves_variants_in_one_engine(tmp_path, monkeypatch
         assert (t["prompt_len"] == len("def fib(n):\n")).all()  # byte-level tokenizer, shortest prompt
         assert (t["output_tok_s"] > 0).all() and (t["tpot_median_ms"] > 0).all() and (t["ttft_median_ms"] > 0).all()
         assert (t["output_tok_s"] == t["output_tokens"] / t["duration_s"]).all()
+
+
+class _FakeEngine:
+    """Stands in for VllmEngine: records rule switches; waves are faked (run_wave patched)."""
+
+    name, version = "vllm", "fake"
+
+    def __init__(self, rule, swaps: bool, log: list):
+        self.rule, self.swaps, self.log = rule, swaps, log
+        self.skip_path = "none" if rule.is_dense else "weight0"
+        self.llm = type("LLM", (), {"get_tokenizer": lambda _: _Tok(), "llm_engine": None})()
+        log.append(("start", rule.strategy))
+
+    def set_rule(self, rule):
+        assert self.swaps, "a non-eager engine was asked to switch rules"
+        self.rule, self.skip_path = rule, "none" if rule.is_dense else "weight0"
+
+    def close(self):
+        self.log.append(("close", self.rule.strategy))
+
+
+def _fake_wave(engine_log):
+    def run_wave(llm_engine, pool, n, c, output_len, tag):
+        engine_log.append(("wave", tag))
+        return [_Request(pool[0], submitted=0.0, token_times=[0.1 * (i + 1) for i in range(output_len)]) for _ in range(n)]
+    return run_wave
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_sweep_orchestration(tmp_path, monkeypatch, eager):
+    """Eager: one engine, rounds alternate between variants. Not eager: one engine per
+    variant, one after the other, never asked to switch rules."""
+    import skipbench.throughput as throughput
+
+    events = []
+    monkeypatch.setattr(throughput, "open_engine", lambda model, rule, cfg, seed, cache: _FakeEngine(rule, eager, events))
+    monkeypatch.setattr(throughput, "run_wave", _fake_wave(events))
+    variants = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
+    out = {v: tmp_path / f"{v}.parquet" for v in variants}
+    engine_cfg = dict(name="vllm", enforce_eager=eager)
+    run_throughput(tmp_path, variants, engine_cfg, ["abcd"], [1, 2], 4, out, rounds=2, cache_dir=tmp_path)
+    starts = [e for e in events if e[0] == "start"]
+    waves = [e[1] for e in events if e[0] == "wave"]
+    if eager:
+        assert starts == [("start", "dense")]
+        assert waves[:6] == ["warmup1-dense", "warmup1-top1", "c1-r0-dense", "c1-r0-top1", "c1-r1-top1", "c1-r1-dense"]
+    else:
+        assert starts == [("start", "dense"), ("start", "topk")]
+        assert waves[:6] == ["warmup1-dense", "c1-r0-dense", "c1-r1-dense", "warmup2-dense", "c2-r0-dense", "c2-r1-dense"]
+    assert sum(e[0] == "close" for e in events) == len(starts)  # every engine closed
+    for name in variants:
+        t = read_table(out[name], THROUGHPUT_SCHEMA).to_pandas()
+        assert list(t["concurrency"]) == [1, 2] and list(t["requests"]) == [2, 4] and (t["rounds"] == 2).all()
+        assert (t["interleaved"] == eager).all() and (t["variant"] == name).all()
+        assert (t["skip_path"] == ("none" if name == "dense" else "weight0")).all()
+        assert t["duration_s"].tolist() == pytest.approx([0.8, 0.8])  # two waves of 0.4 s each
