@@ -173,14 +173,23 @@ def own_outputs(tiny, out, name, cfg, engine=TF):
     return samples, gens, summary, pq.read_table(d / "trace.parquet")
 
 
+def routing_sets(trace):
+    """Per trace row: the (expert, kept) pairs in id order. vLLM's CPU top-k may list tied
+    experts in another slot order when a step's batch differs (arrival timing)."""
+    t = trace.to_pydict()
+    return [(task, s, pos, layer, sorted((e, (keep >> k) & 1) for k, e in enumerate(ids)))
+            for task, s, pos, layer, ids, keep in zip(t["task_id"], t["sample_id"], t["position"], t["layer"],
+                                                       t["expert_ids"], t["keep"])]
+
+
 def same_results(shared, own):
-    """Generated tokens, text, counts and traces equal; timings may differ."""
+    """Generated tokens, text, counts and routing decisions equal; timings may differ."""
     timing = ("wall_s", "tokens_per_s", "variant", "resumed_samples")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert shared[0] == own[0]
     assert strip(shared[1]) == strip(own[1])
     assert strip([shared[2]]) == strip([own[2]])
-    assert shared[3].equals(own[3])
+    assert routing_sets(shared[3]) == routing_sets(own[3])
 
 
 def test_one_engine_serves_every_variant_as_own_engines_would(tiny, tmp_path, monkeypatch):
