@@ -8,25 +8,9 @@
 # job starts its own engine, and jobs of different variants can run on different nodes.
 
 
-def calibration_for_benchmark(wildcards):
-    """The calibration table, if any variant generated for the benchmark reads it."""
-    from skipbench.strategies import SkipRule
-
-    if any(SkipRule.from_config(VARIANTS[v]).needs_calibration for v in generated_variants(wildcards.benchmark)):
-        return {"calibration": f"{RUN}/calibrate/calibration.parquet"}
-    return {}
-
-
-def generated_for(wildcards):
-    """With a shared engine: the benchmark's `generate` report, as an order-only input
-    (ancient: a rerun of `generate`, e.g. for an added variant, does not rerun the
-    variants it only resumed; infer reruns on its own inputs and params)."""
-    return {"generated": ancient(f"{RUN}/generate/{wildcards.benchmark}.parquet")} if SHARED_ENGINE else {}
-
-
 rule generate:
     input:
-        unpack(calibration_for_benchmark),
+        unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
         lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",

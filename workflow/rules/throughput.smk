@@ -9,18 +9,9 @@ THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS))
 THROUGHPUT_BENCHMARK = next((b for b in BENCHMARKS if generated_variants(b)), next(iter(BENCHMARKS)))
 
 
-def calibration_for_throughput(wildcards):
-    """The calibration table, if a throughput variant reads it."""
-    from skipbench.strategies import SkipRule
-
-    if any(SkipRule.from_config(VARIANTS[v]).needs_calibration for v in THROUGHPUT_VARIANTS):
-        return {"calibration": f"{RUN}/calibrate/calibration.parquet"}
-    return {}
-
-
 rule throughput:
     input:
-        unpack(calibration_for_throughput),
+        unpack(lambda wc: calibration_of(THROUGHPUT_VARIANTS)),
         lib("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
