@@ -66,7 +66,7 @@ def write_throughput(run_dir: Path) -> list[Path]:
                      tensor_parallel_size=1, expert_parallel=False, enforce_eager=True, cuda_graphs=False,
                      concurrency=c, requests=2 * c, prompt_len=32, output_len=32, output_tokens=64 * c,
                      duration_s=64 * c / tps, output_tok_s=tps, ttft_median_ms=1.0, ttft_p90_ms=1.0,
-                     tpot_median_ms=1.0, tpot_p90_ms=1.0) for c, tps in sweep.items()]  # fmt: skip
+                     tpot_median_ms=1.0, tpot_p90_ms=1.0, rounds=2, interleaved=True) for c, tps in sweep.items()]  # fmt: skip
         paths.append(run_dir / f"throughput/{v}.parquet")
         write_table(paths[-1], rows, THROUGHPUT_SCHEMA)
     return paths

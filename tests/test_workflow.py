@@ -18,10 +18,11 @@ from skipbench.benchmarks import load_tasks
 from skipbench.checkpoint import TRAINING_SCHEMA
 from skipbench.execute import EXECUTE_SCHEMA
 from skipbench.fp8 import CONVERT_REPORT_SCHEMA
-from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
+from skipbench.infer import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
 from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
 from skipbench.layout import MANIFEST_SCHEMA
 from skipbench.score import SCORES_SCHEMA
+from skipbench.throughput import THROUGHPUT_SCHEMA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,13 @@ def test_every_table_has_its_schema(run):
         summary = table(infer / "summary.parquet", INFER_SUMMARY_SCHEMA)
         assert summary["tokens_per_s"].iloc[0] > 0
         assert len((infer / "samples.jsonl").read_text().splitlines()) == TASKS
+    # the eager engine: one start served both variants, in generation and in the throughput sweep
+    generate = table(run / "generate/he.parquet", GENERATE_SCHEMA)
+    assert list(generate["variant"]) == ["dense", "top1"] and list(generate["engine_start"]) == [0, 0]
+    assert not (run / "generate/he_wrong.parquet").exists()  # external samples only: no engine
+    for variant in ("dense", "top1"):
+        sweep = table(run / f"throughput/{variant}.parquet", THROUGHPUT_SCHEMA)
+        assert sweep["interleaved"].all() and (sweep["variant"] == variant).all()
     for bench, variant in [("he", "dense"), ("he", "top1"), ("he", "external"), ("he_wrong", "external")]:
         table(run / f"execute/{bench}/{variant}.parquet", EXECUTE_SCHEMA)
     for ext in ("png", "svg"):

@@ -61,16 +61,41 @@ def samples_for(wildcards):
     return f"{RUN}/infer/{wildcards.benchmark}/{wildcards.variant}/samples.jsonl"
 
 
-def calibration_for(wildcards):
-    """The calibration table, for variants whose strategy reads it (a DAG input)."""
+def calibration_of(variants):
+    """The calibration table (a DAG input), if a strategy of `variants` reads it."""
     from skipbench.strategies import SkipRule
 
-    if SkipRule.from_config(VARIANTS[wildcards.variant]).needs_calibration:
+    if any(SkipRule.from_config(VARIANTS[v]).needs_calibration for v in variants):
         return {"calibration": f"{RUN}/calibrate/calibration.parquet"}
     return {}
 
 
+def calibration_for(wildcards):
+    """The calibration table, for variants whose strategy reads it (a DAG input)."""
+    return calibration_of([wildcards.variant])
+
+
 TRACING = config["engine"].get("enforce_eager", False) or config["engine"]["name"] == "transformers"
+
+
+def _swaps_rules():
+    from skipbench.engines import swaps_rules
+
+    return swaps_rules(config["engine"])
+
+
+# One engine per benchmark (infer) and per throughput sweep serves every variant: the
+# engine can switch skip rules (rules/infer.smk).
+SHARED_ENGINE = _swaps_rules()
+
+
+def generated_for(wildcards):
+    """With a shared engine: the benchmark's `generate` report (its job filled the cache).
+
+    Not ancient(), though that would spare the variants a rerun of `generate` only resumed
+    (an added variant): Snakemake 9.27.1 then also skips dependents whose own output is
+    missing, i.e. the added variant, and ends the run early."""
+    return {"generated": f"{RUN}/generate/{wildcards.benchmark}.parquet"} if SHARED_ENGINE else {}
 
 
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]

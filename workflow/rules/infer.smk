@@ -1,10 +1,45 @@
 # Stage 4: greedy generation per (benchmark, skip variant) with the skip plugin loaded,
 # plus the routing trace of every decode step (traces need an eager engine).
+#
+# An engine that can switch skip rules after its start (eager vLLM, transformers:
+# engines.swaps_rules) is started once per benchmark by `generate`, which fills every
+# variant's batch cache; `infer` then writes each variant's files from its cache (no
+# engine, one core). Otherwise (CUDA graphs keep the rule they captured) each `infer`
+# job starts its own engine, and jobs of different variants can run on different nodes.
+
+
+rule generate:
+    input:
+        unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
+        lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
+        model=engine_model_dir,
+        kernels=f"{RUN}/kernels/manifest.parquet",
+    output:
+        report=f"{RUN}/generate/{{benchmark}}.parquet",
+    params:
+        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
+        engine=config["engine"],
+        generation=config["generation"],
+        trace=TRACING,
+        cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}",
+    log:
+        f"{RUN}/logs/generate/{{benchmark}}.log",
+    # An engine uses every core (CPU) or its GPUs: run one at a time.
+    threads: workflow.cores
+    resources:
+        gpu=config["engine"]["gpus"],
+        mem_mb=8000,
+    conda:
+        "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
+    script:
+        "../scripts/generate.py"
 
 
 rule infer:
     input:
         unpack(calibration_for),
+        unpack(generated_for),
         lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
@@ -18,14 +53,15 @@ rule infer:
         variant=lambda wc: VARIANTS[wc.variant],
         engine=config["engine"],
         generation=config["generation"],
+        shared_engine=SHARED_ENGINE,
         cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}/{wc.variant}",
     log:
         f"{RUN}/logs/infer/{{benchmark}}/{{variant}}.log",
-    # An engine uses every core (CPU) or its GPUs: run one at a time.
-    threads: workflow.cores
+    # Its own engine uses every core (CPU) or its GPUs: one at a time. From the cache: one core.
+    threads: 1 if SHARED_ENGINE else workflow.cores
     resources:
-        gpu=config["engine"]["gpus"],
-        mem_mb=8000,
+        gpu=0 if SHARED_ENGINE else config["engine"]["gpus"],
+        mem_mb=2000 if SHARED_ENGINE else 8000,
     conda:
         "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
     script:

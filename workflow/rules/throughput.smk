@@ -1,4 +1,7 @@
-# Engine throughput per variant at a sweep of concurrency levels (measured, never predicted).
+# Engine throughput of the variants at a sweep of concurrency levels (measured, never
+# predicted). One job measures them all: with an eager engine in ONE engine, round by round
+# alternating between variants, so machine drift hits each alike (skipbench/throughput.py);
+# otherwise one engine per variant, one after the other.
 
 THROUGHPUT = config["throughput"]
 THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS))
@@ -8,25 +11,29 @@ THROUGHPUT_BENCHMARK = next((b for b in BENCHMARKS if generated_variants(b)), ne
 
 rule throughput:
     input:
-        lib("throughput", "engines", "strategies", "vllm_plugin"),
+        unpack(lambda wc: calibration_of(THROUGHPUT_VARIANTS)),
+        lib("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
-    output:
-        report(
-            f"{RUN}/throughput/{{variant}}.parquet",
-            caption="../report/throughput.rst",
-            category="5. Throughput",
-            subcategory="measured",
-        ),
+    output:  # one file per variant, in THROUGHPUT_VARIANTS order
+        [
+            report(
+                f"{RUN}/throughput/{v}.parquet",
+                caption="../report/throughput.rst",
+                category="5. Throughput",
+                subcategory="measured",
+            )
+            for v in THROUGHPUT_VARIANTS
+        ],
     params:
-        variant=lambda wc: VARIANTS[wc.variant],
+        variants={v: VARIANTS[v] for v in THROUGHPUT_VARIANTS},
         engine=config["engine"],
         benchmark=BENCHMARKS[THROUGHPUT_BENCHMARK],
         sweep=THROUGHPUT,
         seed=config["generation"]["seed"],
-        cache=lambda wc: f"{RUN}/.cache/throughput/{wc.variant}",
+        cache=f"{RUN}/.cache/throughput",
     log:
-        f"{RUN}/logs/throughput/{{variant}}.log",
+        f"{RUN}/logs/throughput.log",
     threads: workflow.cores
     resources:
         gpu=config["engine"]["gpus"],

