@@ -64,12 +64,9 @@ class Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
-    cfg = {"strategy": "threshold", "beta": 0.9}
-    _, reference, _ = run(tiny, tmp_path / "ref", cfg)
-
-    generated = []
-    real_open = infer.open_engine
+def dying_opener(real_open, generated: list):
+    """open_engine whose engines record the prompts they generate (into `generated`) and
+    raise Killed once more than `budget` prompts would have been generated in all."""
 
     def dying_engine(*args, budget):
         engine = real_open(*args)
@@ -83,6 +80,16 @@ def test_killed_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
 
         engine.generate = generate
         return engine
+
+    return dying_engine
+
+
+def test_killed_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
+    cfg = {"strategy": "threshold", "beta": 0.9}
+    _, reference, _ = run(tiny, tmp_path / "ref", cfg)
+
+    generated = []
+    dying_engine = dying_opener(infer.open_engine, generated)
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     monkeypatch.setattr(infer, "open_engine", lambda *a: dying_engine(*a, budget=2))
@@ -214,20 +221,7 @@ def test_shared_engine_job_resumes_per_variant(tiny, tmp_path, monkeypatch):
     """A job killed in its second variant restarts there; a finished one starts no engine;
     adding a variant generates only that one."""
     generated = []
-    real_open = infer.open_engine
-
-    def dying_engine(*args, budget):
-        engine = real_open(*args)
-        real_generate = engine.generate
-
-        def generate(prompts, *a):
-            if len(generated) + len(prompts) > budget:
-                raise Killed
-            generated.extend(prompts)
-            return real_generate(prompts, *a)
-
-        engine.generate = generate
-        return engine
+    dying_engine = dying_opener(infer.open_engine, generated)
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     monkeypatch.setattr(infer, "open_engine", lambda *a: dying_engine(*a, budget=7))  # top2 done, dense 2 of 5

@@ -207,19 +207,21 @@ class SkipStatsWorker:
         """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, calls, kernel_calls}]}
         (one host sync, here). skip_path: skip_kernel when every MoE layer runs the kernel,
         weight0 when none does, `mixed` otherwise; kernel_fallback: why layers do not."""
-        layers = []
-        for name, s in self._skipbench_router_stats():
-            experts = self.vllm_config.compilation_config.static_forward_context[name].routed_experts
-            layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls,
-                               kernel_calls=experts.__dict__.get("skipbench_kernel_calls", 0)))
-        hook = installed_hook()
-        rule = hook.rule.to_json() if hook else None
-        paths, fallback = set(), set()
-        for _, runner in self._skipbench_runners():
-            paths.add(vllm_kernel.layer_skip_path(runner.routed_experts))
-            if (why := runner.routed_experts.__dict__.get("skipbench_kernel_fallback")) is not None:
+        layers, paths, fallback = [], set(), set()
+        for name, runner in self._skipbench_runners():
+            experts = runner.routed_experts
+            paths.add(vllm_kernel.layer_skip_path(experts))
+            if (why := experts.__dict__.get("skipbench_kernel_fallback")) is not None:
                 fallback.add(why)
-        skip_path = (paths.pop() if len(paths) == 1 else "mixed") if hook and paths else (SKIP_PATH if hook else None)
+            if (s := runner.router.__dict__.get("skipbench_stats")) is not None:
+                layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls,
+                                   kernel_calls=experts.__dict__.get("skipbench_kernel_calls", 0)))
+        hook = installed_hook()
+        if hook is None:
+            rule = skip_path = None
+        else:
+            rule = hook.rule.to_json()
+            skip_path = "mixed" if len(paths) > 1 else next(iter(paths), SKIP_PATH)
         return dict(rule=rule, skip_path=skip_path, kernel_fallback=sorted(fallback), layers=layers)
 
     def skipbench_reset(self) -> None:
