@@ -23,7 +23,7 @@ if not CUDA and not mt.UPCAST_DOT:
     pytest.skip("kernels were jitted before TRITON_INTERPRET was set", allow_module_level=True)
 
 DEV = "cuda" if CUDA else "cpu"
-TINY = mt.MoeConfig(16, mt.GemmConfig(32, 128), mt.GemmConfig(64, 128))
+TINY = mt.MoeConfig(16, mt.GemmConfig(128, 128), mt.GemmConfig(64, 128))
 
 
 def _case(kind, t=24, h=256, i=128, e=6, k=3, p_keep=0.7, seed=0, device=DEV):
