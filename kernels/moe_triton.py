@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .prepare import prepare, quant_rows
 from .reference import AMAX_EPS, BLOCK, FP8_MAX
@@ -60,9 +61,11 @@ class MoeConfig:
         return cls(d["block_m"], GemmConfig(**d["gate_up"]), GemmConfig(**d["down"]))
 
 
-# Decode-sized default: at batch <= 128 most blocks hold a handful of rows, and the
-# time is the weight stream, so block_m stays small. kernel_build tunes per batch.
-DEFAULT_CONFIG = MoeConfig(16, GemmConfig(128, 128, 4, 4), GemmConfig(64, 128, 4, 4))
+# Decode-sized default: at batch <= 128 most blocks hold a handful of rows, and the time
+# is the weight stream, so block_m is 8, the narrowest FP8 wgmma (m64n8k32) and the least
+# padding; kernels/static_check.py: 190 / 106 SASS instructions per K step per warp on
+# sm_90 (gate/up / down). kernel_build tunes per batch.
+DEFAULT_CONFIG = MoeConfig(8, GemmConfig(128, 128, 4, 4), GemmConfig(64, 128, 4, 4))
 CTAS_PER_SM = 2  # persistent grid: this many programs per SM, each looping over work items
 INTERPRETER_PROGRAMS = 3  # the interpreter runs programs one by one: few, to test the item loop
 
@@ -76,30 +79,56 @@ UPCAST_DOT = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def _tile_matmul(w_ptr, w_rows, stride_wn, ws_ptr, stride_wsn,  # W [N, KD] row-major (a weight), rows of this tile
+def _mma(w, a, acc, scale, FP8: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + w @ a (FP8: rescaled per K block by scale [BA], the weight block's scale times a's)."""
+    if FP8:
+        return acc + tl.dot(w, a) * scale[None, :]
+    elif UPCAST:
+        return tl.dot(w.to(tl.float32), a.to(w.dtype).to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(w, a.to(w.dtype), acc, input_precision="ieee")  # ieee: fp32 weights get no tf32
+
+
+@triton.jit
+def _w_scale(ptr, FP8: tl.constexpr):
+    """The weight block's scale (FP8; other weights have none and read nothing)."""
+    if FP8:
+        return tl.load(ptr)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _tile_matmul(w_desc, w_row0, W_ROW2, ws_ptr, stride_wsn,  # W: TMA descriptor of [E*N, KD] (a weight)
                  a_ptr, a_rows, a_mask, stride_am, as_ptr, stride_asm,  # A [rows, KD] row-major, its 1x128 scales
                  KD, BLOCK_W: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr,
-                 FP8: tl.constexpr, UPCAST: tl.constexpr):
-    """acc [BLOCK_W, BLOCK_A] fp32 = W[w_rows] @ A[a_rows].T: swap-AB, weights on the MMA's M side.
-    FP8: both operands already e4m3, only the two scale vectors are read per K step."""
+                 PAIRED: tl.constexpr, FP8: tl.constexpr, UPCAST: tl.constexpr):
+    """(acc, acc2), each [BLOCK_W, BLOCK_A] fp32: acc = W[w_row0 : w_row0 + BLOCK_W] @ A[a_rows].T
+    (swap-AB: weights on the MMA's M side) and, when PAIRED, acc2 the same for the rows
+    W_ROW2 further on (gate and up share each activation load; unpaired: acc2 is acc).
+    Weight tiles come by TMA (no address arithmetic per K step); w_row0 counts rows of the
+    stacked [E*N, KD] view. FP8: both operands already e4m3; a tile lies in one 128-row
+    scale block, so each K step reads one weight scale (a scalar) and the rows' activation
+    scales (ws_ptr points at the expert's scales, w_row0 - e*N in its rows: the caller's)."""
     offs_k = tl.arange(0, BLOCK_K)
-    w_ptrs = w_ptr + w_rows[:, None].to(tl.int64) * stride_wn + offs_k[None, :]  # BW, BK
     a_ptrs = a_ptr + a_rows[None, :].to(tl.int64) * stride_am + offs_k[:, None]  # BK, BA
+    ws_ptrs = ws_ptr  # this tile's row of weight scales
+    if PAIRED:
+        ws2_offs = (W_ROW2 // BLOCK_SCALE) * stride_wsn
     acc = tl.zeros((BLOCK_W, BLOCK_A), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_W, BLOCK_A), dtype=tl.float32)
     for k0 in range(0, KD, BLOCK_K):
-        w = tl.load(w_ptrs)
         a = tl.load(a_ptrs, mask=a_mask[None, :], other=0.0)
-        if FP8:
-            w_s = tl.load(ws_ptr + (w_rows // BLOCK_SCALE) * stride_wsn + k0 // BLOCK_SCALE)  # BW
-            a_s = tl.load(as_ptr + a_rows * stride_asm + k0 // BLOCK_SCALE, mask=a_mask, other=0.0)  # BA
-            acc += tl.dot(w, a) * w_s[:, None] * a_s[None, :]
-        elif UPCAST:
-            acc = tl.dot(w.to(tl.float32), a.to(w.dtype).to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w, a.to(w.dtype), acc, input_precision="ieee")  # ieee: fp32 weights get no tf32
-        w_ptrs += BLOCK_K
+        a_s = tl.load(as_ptr + a_rows * stride_asm + k0 // BLOCK_SCALE, mask=a_mask & FP8, other=0.0)  # BA
+        acc = _mma(w_desc.load([w_row0, k0]), a, acc, _w_scale(ws_ptrs, FP8) * a_s, FP8, UPCAST)
+        if PAIRED:
+            acc2 = _mma(w_desc.load([w_row0 + W_ROW2, k0]), a, acc2, _w_scale(ws_ptrs + ws2_offs, FP8) * a_s, FP8, UPCAST)
         a_ptrs += BLOCK_K
-    return acc
+        ws_ptrs += 1
+    if PAIRED:
+        return acc, acc2
+    else:
+        return acc, acc
 
 
 @triton.jit
@@ -112,7 +141,7 @@ def _block_rows(pairs_ptr, block, SLOTS, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, stride_xt, xs_ptr, w_ptr, stride_we, stride_wn, ws_ptr, stride_wse, stride_wsn,
+def _gate_up_kernel(x_ptr, stride_xt, xs_ptr, w_desc, ws_ptr, stride_wse, stride_wsn,
                     h_ptr, hs_ptr, pairs_ptr, block_expert_ptr, used_ptr, H, I, SLOTS,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
                     UPCAST: tl.constexpr):
@@ -121,16 +150,14 @@ def _gate_up_kernel(x_ptr, stride_xt, xs_ptr, w_ptr, stride_we, stride_wn, ws_pt
     for item in range(tl.program_id(0), tl.load(used_ptr) * n_tiles, tl.num_programs(0)):
         block = item // n_tiles
         n0 = (item % n_tiles) * BLOCK_N
-        e = tl.load(block_expert_ptr + block).to(tl.int64)
+        e = tl.load(block_expert_ptr + block)  # int32: TMA coordinates are 32-bit
         rows, pair, valid, token = _block_rows(pairs_ptr, block, SLOTS, BLOCK_M)
-        # One tile of 2*BLOCK_N weight rows: the gate rows, then the matching up rows (w13 = [gate; up]).
-        j = tl.arange(0, 2 * BLOCK_N)
-        w_rows = tl.where(j < BLOCK_N, n0 + j, I + n0 + j - BLOCK_N)
-        acc = _tile_matmul(w_ptr + e * stride_we, w_rows, stride_wn, ws_ptr + e * stride_wse, stride_wsn,
-                           x_ptr, token, valid, stride_xt, xs_ptr, H // BLOCK_SCALE,
-                           H, 2 * BLOCK_N, BLOCK_M, BLOCK_K, FP8, UPCAST)  # 2BN, BM
-        gate, up = tl.split(tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (2, 1, 0)))  # BM, BN each
-        h = gate * tl.sigmoid(gate) * up
+        # The gate rows n0.. and the matching up rows I + n0.. (w13 = [gate; up]), one loop.
+        ws_tile = ws_ptr + e.to(tl.int64) * stride_wse + (n0 // BLOCK_SCALE) * stride_wsn
+        gate, up = _tile_matmul(w_desc, e * 2 * I + n0, I, ws_tile, stride_wsn,
+                                x_ptr, token, valid, stride_xt, xs_ptr, H // BLOCK_SCALE,
+                                H, BLOCK_N, BLOCK_M, BLOCK_K, True, FP8, UPCAST)  # BN, BM each
+        h = tl.trans(gate * tl.sigmoid(gate) * up)  # BM, BN
         cols = n0 + tl.arange(0, BLOCK_N)
         h_ptrs = h_ptr + rows[:, None].to(tl.int64) * I + cols[None, :]
         if FP8:  # BLOCK_N == 128: this tile is exactly one scale group of each row
@@ -142,7 +169,7 @@ def _gate_up_kernel(x_ptr, stride_xt, xs_ptr, w_ptr, stride_we, stride_wn, ws_pt
 
 
 @triton.jit
-def _down_kernel(h_ptr, hs_ptr, w_ptr, stride_we, stride_wn, ws_ptr, stride_wse, stride_wsn,
+def _down_kernel(h_ptr, hs_ptr, w_desc, ws_ptr, stride_wse, stride_wsn,
                  acc_ptr, out_ptr, tickets_ptr, pairs_ptr, block_expert_ptr, used_ptr, route_w_ptr, T, H, I, SLOTS,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
                  UPCAST: tl.constexpr):
@@ -152,12 +179,12 @@ def _down_kernel(h_ptr, hs_ptr, w_ptr, stride_we, stride_wn, ws_ptr, stride_wse,
     for item in range(tl.program_id(0), used * n_tiles, tl.num_programs(0)):
         block = item // n_tiles
         tile = item % n_tiles
-        e = tl.load(block_expert_ptr + block).to(tl.int64)
+        e = tl.load(block_expert_ptr + block)  # int32: TMA coordinates are 32-bit
         rows, pair, valid, token = _block_rows(pairs_ptr, block, SLOTS, BLOCK_M)
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = _tile_matmul(w_ptr + e * stride_we, cols, stride_wn, ws_ptr + e * stride_wse, stride_wsn,
-                           h_ptr, rows, valid, I, hs_ptr, I // BLOCK_SCALE,
-                           I, BLOCK_N, BLOCK_M, BLOCK_K, FP8, UPCAST)  # BN, BM
+        ws_tile = ws_ptr + e.to(tl.int64) * stride_wse + (tile * BLOCK_N // BLOCK_SCALE) * stride_wsn
+        acc, _ = _tile_matmul(w_desc, e * H + tile * BLOCK_N, 0, ws_tile, stride_wsn, h_ptr, rows, valid, I, hs_ptr, I // BLOCK_SCALE,
+                              I, BLOCK_N, BLOCK_M, BLOCK_K, False, FP8, UPCAST)  # BN, BM
         route_w = tl.load(route_w_ptr + pair, mask=valid, other=0.0).to(tl.float32)
         tl.atomic_add(acc_ptr + token[None, :].to(tl.int64) * H + cols[:, None], acc * route_w[None, :],
                       mask=valid[None, :], sem="relaxed")
@@ -175,9 +202,9 @@ def _down_kernel(h_ptr, hs_ptr, w_ptr, stride_we, stride_wn, ws_ptr, stride_wse,
 def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool) -> str | None:
     """Why `config` cannot tile these expert shapes (None: it can)."""
     for name, g, kd, n in (("gate_up", config.gate_up, hidden, intermediate), ("down", config.down, intermediate, hidden)):
-        if kd % g.block_k or n % g.block_n or (fp8 and BLOCK % g.block_k):
+        if kd % g.block_k or n % g.block_n or (fp8 and (BLOCK % g.block_k or BLOCK % g.block_n)):
             return (f"{name}: block_k {g.block_k} / block_n {g.block_n} do not divide {kd} / {n}"
-                    + (" (FP8 needs block_k dividing 128)" if fp8 else ""))
+                    + (" (FP8 needs both dividing 128)" if fp8 else ""))
     if fp8 and (hidden % BLOCK or intermediate % BLOCK):
         return f"FP8 block scales need hidden {hidden} and intermediate {intermediate} multiples of {BLOCK}"
     if fp8 and config.gate_up.block_n != BLOCK:
@@ -199,9 +226,15 @@ def _check(x, w13, w2, w13_scale, w2_scale, config: MoeConfig) -> bool:
                          f"w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")  # fmt: skip
     if (why := config_misfit(config, h, i, fp8)) is not None:
         raise ValueError(why)
-    if w13.stride(-1) != 1 or w2.stride(-1) != 1:
-        raise ValueError("weights must be contiguous along the reduction dim (checkpoint layout [E, N, K])")
+    if not (w13.is_contiguous() and w2.is_contiguous()):
+        raise ValueError("weights must be contiguous (checkpoint layout [E, N, K]): the kernel reads them by TMA")
     return fp8
+
+
+def _weight_desc(w: torch.Tensor, g: GemmConfig) -> TensorDescriptor:
+    """TMA descriptor of the stacked experts [E*N, KD], one tile = block_n rows x block_k."""
+    e, n, kd = w.shape
+    return TensorDescriptor(w, [e * n, kd], [kd, 1], [g.block_n, g.block_k])  # w contiguous (_check)
 
 
 def persistent_grid(items: int, device: torch.device) -> int:
@@ -239,13 +272,13 @@ def moe_triton(
     h_buf = torch.empty(p, i, dtype=torch.float8_e4m3fn if fp8 else torch.float32, device=x.device)  # P, I
     hs = torch.empty(p, i // BLOCK, dtype=torch.float32, device=x.device) if fp8 else h_buf  # P, I/128
     _gate_up_kernel[(persistent_grid(lay.max_blocks * (i // gu.block_n), x.device),)](
-        prep.xq, prep.xq.stride(0), prep.xs, w13, w13.stride(0), w13.stride(1), s13, s13.stride(0), s13.stride(1),
+        prep.xq, prep.xq.stride(0), prep.xs, _weight_desc(w13, gu), s13, s13.stride(0), s13.stride(1),
         h_buf, hs, lay.pairs, lay.block_expert, lay.used_blocks, h, i, lay.slots,
         BLOCK_M=config.block_m, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, FP8=fp8, UPCAST=UPCAST_DOT,
         num_warps=gu.num_warps, num_stages=gu.num_stages,
     )  # fmt: skip
     _down_kernel[(persistent_grid(lay.max_blocks * (h // dn.block_n), x.device),)](
-        h_buf, hs, w2, w2.stride(0), w2.stride(1), s2, s2.stride(0), s2.stride(1),
+        h_buf, hs, _weight_desc(w2, dn), s2, s2.stride(0), s2.stride(1),
         prep.acc, prep.out, prep.tickets, lay.pairs, lay.block_expert, lay.used_blocks, route_w, t, h, i, lay.slots,
         BLOCK_M=config.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, FP8=fp8, UPCAST=UPCAST_DOT,
         num_warps=dn.num_warps, num_stages=dn.num_stages,
