@@ -152,9 +152,10 @@ def check(layer: dict, shape: dict, meths: dict, rules: dict) -> list[dict]:
 
 def tune_configs(layer, shape, timer, budget_s: float):
     from skipbench_kernels.moe_triton import moe_triton
-    from skipbench_kernels.tune import tune
+    from skipbench_kernels.tune import reference_checker, tune
 
     tuned = []
+    check = reference_checker(layer["w13"], layer["w2"], layer["scales"])  # every config vs float64 before timing
     for b in shape["tune_batches"]:
         x, ids, w = route(layer, shape, b)
 
@@ -162,7 +163,7 @@ def tune_configs(layer, shape, timer, budget_s: float):
             return lambda: moe_triton(x, layer["w13"], layer["w2"], ids, w, None, **layer["scales"], config=cfg)
 
         tuned.append(tune(step, True, shape["hidden"], shape["intermediate"], b, shape["top_k"], shape["experts"],
-                          timer=timer, budget_s=budget_s / len(shape["tune_batches"])))  # fmt: skip
+                          check, TOLERANCE["fp8"], timer=timer, budget_s=budget_s / len(shape["tune_batches"])))  # fmt: skip
     return tuned
 
 

@@ -1,5 +1,7 @@
 """Routing -> block layout (kernels/layout.py): every kept pair once, skipped never, sizes fixed."""
 
+import os
+
 import pytest
 import torch
 
@@ -96,3 +98,31 @@ def test_shared_expert_rides_along_as_one_more_expert():
                          compute_dtype=torch.float64)
     torch.testing.assert_close(both, routed + shared)
     assert int(_check_layout(ids1, keep1, e + 1, 4).block_expert.eq(e).sum()) == 2  # 5 tokens, blocks of 4
+
+
+triton_here = pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET")),
+                                 reason="Triton needs a GPU or its interpreter")  # fmt: skip
+
+
+@triton_here
+@pytest.mark.parametrize("t,k,e,block_m,p_keep", [(1, 8, 256, 8, 1.0), (5, 3, 6, 4, 0.6), (40, 2, 4, 16, 0.8),
+                                                  (3, 4, 300, 32, 0.5), (4, 2, 8, 16, 0.0)])
+def test_the_one_launch_layout_matches_the_reference_layout(t, k, e, block_m, p_keep):
+    """prepare.py's single-CTA layout: same blocks, experts and used count as moe_layout,
+    and the same pairs in each block (their order within an expert may differ on a GPU)."""
+    from skipbench_kernels.prepare import layout_on_device
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    for seed in range(2):
+        ids, keep = _routing(t, k, e, p_keep, seed)
+        if seed:
+            ids = torch.where(keep, ids, e)  # skipped slots may carry out-of-range ids
+        ref = moe_layout(ids, keep, e, block_m)
+        got = layout_on_device(ids.to(dev), keep.to(dev), e, block_m)
+        assert int(got.used_blocks) == int(ref.used_blocks)
+        assert torch.equal(got.block_expert.cpu(), ref.block_expert)
+        rows_got, rows_ref = got.pairs.cpu().view(-1, block_m), ref.pairs.view(-1, block_m)
+        assert torch.equal(rows_got.sort(1).values, rows_ref.sort(1).values)
+    # keep None: every slot whose id is in range (a sentinel id is a skip here, not clamped)
+    everything = layout_on_device(ids.to(dev), None, e, block_m)
+    assert int(everything.used_blocks) == int(moe_layout(ids, ids < e, e, block_m).used_blocks)

@@ -66,7 +66,24 @@ def test_fp8_kernel_quantises_activations_exactly_like_the_reference():
     assert _rel_err(mt.moe_triton(*args, **scales, config=TINY), _ref64(args, scales, "fp8")) < 1e-4
 
 
-@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)),
+def test_fp8_tensor_parallel_shards_sum_to_the_whole_layer():
+    """Each of 2 ranks holds I/2 of every expert (gate, up rows and down columns, with their
+    128x128 scale blocks): the ranks' outputs sum to the float64 reference of the layer."""
+    args, scales = _case("fp8", t=12, i=256, e=4, k=2, seed=7)
+    x, w13, w2, ids, w, keep = args
+    i, half = w2.shape[2], w2.shape[2] // 2
+    out = torch.zeros(x.shape, dtype=torch.float64, device=DEV)
+    for r in range(2):
+        rows = torch.cat([torch.arange(r * half, (r + 1) * half), i + torch.arange(r * half, (r + 1) * half)]).to(DEV)
+        s_rows = rows[::128] // 128
+        out += mt.moe_triton(x, w13[:, rows].contiguous(), w2[:, :, r * half:(r + 1) * half].contiguous(), ids, w, keep,
+                             w13_scale=scales["w13_scale"][:, s_rows].contiguous(),
+                             w2_scale=scales["w2_scale"][:, :, r * half // 128:(r + 1) * half // 128].contiguous(),
+                             config=TINY).double()  # fmt: skip
+    assert _rel_err(out, _ref64(args, scales, "fp8")) < 1e-4
+
+
+@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)), mt.DEFAULT_CONFIG,
                                     mt.MoeConfig(32, mt.GemmConfig(128, 128), mt.GemmConfig(128, 64))])
 def test_tile_configs_agree(config):
     args, scales = _case("fp32", seed=1)
@@ -127,6 +144,10 @@ def test_config_round_trips_and_bad_shapes_are_refused():
         mt.moe_triton(*args, **scales, config=mt.MoeConfig(16, mt.GemmConfig(32, 256), TINY.down))
     with pytest.raises(ValueError, match="FP8 needs"):
         mt.moe_triton(*args, config=TINY)  # fp8 weights without scales
+    with pytest.raises(ValueError, match="128x128"):  # e.g. a per-tensor or per-channel scale
+        mt.moe_triton(*args, w13_scale=scales["w13_scale"][:, :, :1], w2_scale=scales["w2_scale"], config=TINY)
+    with pytest.raises(ValueError, match="gate_up block_n"):  # h's 1x128 scale group must be one tile
+        mt.moe_triton(*args, **scales, config=mt.MoeConfig(8, mt.GemmConfig(64, 128), TINY.down))
 
 
 # DeepSeek-V3: hidden 7168, expert intermediate 2048, top-8; a 16-expert slice of the 256.
@@ -265,18 +286,50 @@ def test_triton_runs_on_cuda_or_under_the_interpreter(monkeypatch):
     assert triton_runs_on(torch.device("cpu"))
 
 
-def test_tuner_keeps_the_fastest_config_and_survives_failing_ones():
+def test_tuner_keeps_the_fastest_correct_config_and_survives_failing_ones():
     from skipbench_kernels.tune import block_m_space, gemm_space, tune
 
-    def cost(cfg):  # a made-up landscape: best at block_m 32, gate_up 64 wide, down 128 wide
+    def cost(cfg):  # a made-up landscape: best at block_m 32, down 128 wide, then block_m 16 down 64
         if cfg.down.block_n == 32:
             raise RuntimeError("out of shared memory")  # must be skipped, not fatal
-        return abs(cfg.block_m - 32) + abs(cfg.gate_up.block_n - 64) + abs(cfg.down.block_n - 128) + cfg.gate_up.num_stages
+        return abs(cfg.block_m - 32) + abs(cfg.down.block_n - 128) + cfg.gate_up.num_stages
 
-    best = tune(lambda cfg: (lambda: cost(cfg)), True, 7168, 2048, tokens=512, slots=8, experts=256,
-                timer=lambda fn: float(fn()), budget_s=30)  # fmt: skip
-    assert (best.config.block_m, best.config.gate_up.block_n, best.config.down.block_n) == (32, 64, 128)
-    assert best.ms == 3.0  # num_stages 3 wins the tie-break term
-    assert block_m_space(1, 8, 256) == (16,)
+    timed = []
+
+    def timer(fn):
+        timed.append(fn)
+        return float(fn())
+
+    def check(cfg):  # the fastest config computes a wrong answer: never timed, never chosen
+        return 1.0 if (cfg.block_m, cfg.down.block_n) == (32, 128) else 1e-3
+
+    best = tune(lambda cfg: (lambda: cost(cfg)), True, 7168, 2048, tokens=512, slots=8, experts=256, check=check,
+                tolerance=2e-2, timer=timer, budget_s=30)  # fmt: skip
+    assert (best.config.block_m, best.config.down.block_n) != (32, 128)
+    assert best.ms == cost(best.config) == min(cost(c) for c in _all_configs(tune_space=(gemm_space, block_m_space))
+                                                if (c.block_m, c.down.block_n) != (32, 128) and c.down.block_n != 32)
+    assert len(timed) < 60  # refused configs were not timed
+    assert block_m_space(1, 8, 256) == (8, 16)
     assert all(g.block_k == 128 for g in gemm_space(True, 7168, 2048))
+    assert {g.block_n for g in gemm_space(True, 7168, 2048, gate_up=True)} == {128}
     assert {g.block_k for g in gemm_space(False, 7168, 2048)} == {64, 128}
+    with pytest.raises(RuntimeError, match="no tile config"):
+        tune(lambda cfg: (lambda: 1.0), True, 7168, 2048, 16, 8, 256, check=lambda c: float("nan"), tolerance=2e-2,
+             timer=timer, budget_s=30)  # fmt: skip
+
+
+def _all_configs(tune_space):
+    gemm_space, block_m_space = tune_space
+    return [mt.MoeConfig(m, g, d) for m in block_m_space(512, 8, 256) for g in gemm_space(True, 7168, 2048, gate_up=True)
+            for d in gemm_space(True, 2048, 7168)]
+
+
+def test_reference_checker_passes_the_kernel_and_catches_a_wrong_one(monkeypatch):
+    from skipbench_kernels.tune import reference_checker
+
+    (_, w13, w2, _, _, _), scales = _case("fp8", e=4, seed=6)
+    check = reference_checker(w13, w2, scales, tokens=20)
+    assert check(TINY) < TOLERANCE["fp8"]
+    right = mt.moe_triton
+    monkeypatch.setattr(mt, "moe_triton", lambda *a, **kw: right(*a, **kw) * 1.05)  # a tile config gone wrong
+    assert reference_checker(w13, w2, scales, tokens=20)(TINY) > TOLERANCE["fp8"]

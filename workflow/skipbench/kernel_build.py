@@ -178,7 +178,7 @@ def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float =
     groups when all experts fit, plain top-k otherwise)."""
     from skipbench.adapters import routing_of
     from skipbench_kernels.moe_triton import moe_triton
-    from skipbench_kernels.tune import random_layer, tune
+    from skipbench_kernels.tune import random_layer, reference_checker, tune
 
     routing = routing_of(cfg)
     rank = MoeShape.from_model_config(cfg, tensor_parallel_size)
@@ -192,6 +192,7 @@ def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float =
     gen = torch.Generator(device="cuda").manual_seed(seed)
     router, bias = torch.randn(experts, h, generator=gen, device="cuda"), torch.zeros(experts, device="cuda")
     groups = routing.n_group if experts == n_experts else 1
+    check = reference_checker(w13, w2, scales, seed=seed)  # a config is timed only once it computes right
     tuned = []
     for b in batches:
         x = torch.randn(b, h, generator=gen, device="cuda", dtype=torch.bfloat16)
@@ -201,7 +202,8 @@ def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float =
         def step(config, x=x, ids=ids, w=w):
             return lambda: moe_triton(x, w13, w2, ids, w, None, **scales, config=config)
 
-        tuned.append(tune(step, kind == "fp8", h, i, b, k, experts, budget_s=budget_s / len(batches)))
+        tuned.append(tune(step, kind == "fp8", h, i, b, k, experts, check, TOLERANCE[kind],
+                          budget_s=budget_s / len(batches)))  # fmt: skip
     del w13, w2, scales
     torch.cuda.empty_cache()
     return tuned
