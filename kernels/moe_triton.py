@@ -254,16 +254,20 @@ def moe_triton(
     w13_scale: torch.Tensor | None = None,  # E, 2I/128, H/128   fp32 (FP8 only)
     w2_scale: torch.Tensor | None = None,  # E, H/128, I/128
     config: MoeConfig = DEFAULT_CONFIG,
+    pad_slots: torch.Tensor | None = None,  # >= T ints: a token whose entry is negative is padding (zero output)
 ) -> torch.Tensor:
     """Routed-expert output [T, H] in x's dtype; same contract as reference.moe_reference
-    with quantize_activations = (weights are FP8). Three launches, no host sync."""
+    with quantize_activations = (weights are FP8). Three launches, no host sync.
+    pad_slots: vLLM's slot mapping under CUDA graphs, where a batch is padded to a captured
+    size; the padding tokens' routing is garbage and must not load experts."""
     fp8 = _check(x, w13, w2, w13_scale, w2_scale, config)
     t, h = x.shape
     e, two_i, _ = w13.shape
     i = two_i // 2
     gu, dn = config.gate_up, config.down
     x, ids = x.contiguous(), ids.contiguous()  # no-ops (no launch) for the engines' tensors
-    prep = prepare(x, ids, None if keep is None else keep.contiguous(), e, config.block_m, fp8, h // dn.block_n)
+    prep = prepare(x, ids, None if keep is None else keep.contiguous(), e, config.block_m, fp8, h // dn.block_n,
+                   pad_slots)  # fmt: skip
     lay = prep.layout
     # Without FP8 there are no scales; any tensor serves as the never-read pointer.
     s13, s2 = (w13_scale.float().contiguous(), w2_scale.float().contiguous()) if fp8 else (w13, w2)

