@@ -15,6 +15,7 @@ from skipbench.benchmarks import load_benchmark
 from skipbench.execute import execute_one
 from skipbench.groundtruth import build_groundtruth
 from skipbench.sandbox import check_sandbox, make_profile
+from skipbench.slots import lease_uids
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 
@@ -63,12 +64,14 @@ def env(tmp_path_factory):
     check_sandbox(profile)
     bench = load_benchmark({"dataset": "humaneval", "tasks": 1})
     truth = build_groundtruth(bench, profile, root / "gt")
-    yield dict(profile=profile, bench=bench, truth=truth["HumanEval/0"]["base"], canaries=canaries, server=server)
+    with lease_uids(profile.uid_base, 1) as (uid,):
+        yield dict(profile=profile, bench=bench, truth=truth["HumanEval/0"]["base"], canaries=canaries,
+                   server=server, uid=uid)  # fmt: skip
     server.close()
     canaries[1].unlink(missing_ok=True)
 
 
-CFG = {"time_factor": 4.0, "min_time_limit_s": 1.0, "timeout_s": 10.0, "load_timeout_s": 3.0}
+CFG = {"time_factor": 4.0, "min_time_limit_s": 1.0, "timeout_s": 10.0}
 
 
 def _run(env, code):
@@ -76,7 +79,7 @@ def _run(env, code):
     code = code.replace("CANARIES", repr([str(c) for c in env["canaries"]]))
     code = code.replace("PORT", str(env["server"].getsockname()[1]))
     t0 = time.perf_counter()
-    res, budget = execute_one(env["profile"], 0, env["bench"], task, code, env["truth"], CFG)
+    res, budget = execute_one(env["profile"], env["uid"], env["bench"], task, code, env["truth"], CFG)
     return res, time.perf_counter() - t0
 
 
@@ -94,7 +97,7 @@ def test_attack_is_contained(env, name):
         env["server"].accept()  # nothing connected from inside
     assert [p for p in psutil.Process().children(recursive=True) if p.pid not in before] == []
     if os.geteuid() == 0:  # slot uids own nothing once a run is over
-        assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == env["profile"].uid_base] == []
+        assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == env["uid"]] == []
 
 
 def test_canonical_passes_and_wrong_fails_in_same_harness(env):
