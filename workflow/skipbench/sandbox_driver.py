@@ -3,14 +3,13 @@
 Its source is handed to `python -I -S -c`, so nothing of the project is mounted in the
 sandbox. The job arrives as one JSON line on stdin. Two processes:
 
-  - the relay (this process, started first) keeps the result channel (the original
-    stdout), applies the limits, makes itself non-dumpable (so /proc/<pid>/fd and ptrace
-    cannot reach it from a sibling) and forks
+  - the relay (this process) keeps the result channel (the original stdout), applies
+    the limits, makes itself non-dumpable (so /proc/<pid>/fd and ptrace cannot reach it
+    from a sibling) and forks
   - the runner, which closes every fd but one pipe to the relay, then loads the candidate
-    and calls it. Candidate code runs only here: it never holds the result channel and
-    never shares the relay's memory. All it can send is frames on its pipe, and the relay
-    reads every frame as "the value of the test it is waiting for", so the most a forged
-    frame can do is claim a value, which the trusted side then judges.
+    and calls it. Candidate code runs only here: it never holds the result channel nor
+    shares the relay's memory. The relay reads each frame on that pipe as "what the test
+    it waits for did", so a forged frame can at most claim a value, judged outside.
 
 The relay times each test itself (kills the runner past its limit) and writes messages
 (one JSON line each, a payload of `n` raw bytes after it where `n` is given):
@@ -26,11 +25,9 @@ The relay times each test itself (kills the runner past its limit) and writes me
   {"captured": true, "n": 99}             + 99 bytes, capture mode only: the args check() used
   {"done": true, "peak_kb": 1234}
 
-Values use a tagged JSON encoding that keeps Python's built-in types apart:
-lists and str/int/float/bool/None map to JSON; tuple, set, frozenset, dict, complex,
-bytes, Fraction, Decimal become {"tuple": [...]}, {"set": [...]}, {"frozenset": [...]},
-{"dict": [[k, v], ...]}, {"complex": [re, im]}, {"bytes": "hex"}, {"fraction": [n, d]},
-{"decimal": "str"}; ints past 1000 digits {"bigint": "hex"}.
+Values use a tagged JSON encoding that keeps Python's types apart: lists and
+str/int/float/bool/None map to JSON; tuple, set, frozenset, dict, complex, bytes,
+Fraction, Decimal and ints past 1000 digits become {"<tag>": body} (see `encode`).
 """
 
 import json
@@ -126,20 +123,13 @@ def decode(v):
     raise ValueError(f"bad encoded value: {str(v)[:80]}")
 
 
-def _limit(res, value):
-    if value is not None:
-        resource.setrlimit(res, (value, value))
-
-
 def _apply_limits(lim):
     mb = 1 << 20
-    _limit(resource.RLIMIT_AS, lim["memory_mb"] * mb)
-    _limit(resource.RLIMIT_DATA, lim["memory_mb"] * mb)
-    _limit(resource.RLIMIT_CPU, lim["cpu_s"])
-    _limit(resource.RLIMIT_FSIZE, lim["fsize_mb"] * mb)
-    _limit(resource.RLIMIT_NOFILE, lim["nofile"])
-    _limit(resource.RLIMIT_NPROC, lim["nproc"])
-    _limit(resource.RLIMIT_CORE, 0)
+    for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] * mb), (resource.RLIMIT_DATA, lim["memory_mb"] * mb),
+                       (resource.RLIMIT_CPU, lim["cpu_s"]), (resource.RLIMIT_FSIZE, lim["fsize_mb"] * mb),
+                       (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_NPROC, lim["nproc"]),
+                       (resource.RLIMIT_CORE, 0)):  # fmt: skip
+        resource.setrlimit(res, (value, value))
 
 
 def _undumpable():
@@ -184,24 +174,19 @@ def main():
         os.setpgid(0, 0)
         os.closerange(3, w)
         os.closerange(w + 1, 1 << 16)
-        code = 0
         try:
             _runner(job, w)
-        except BaseException:  # noqa: BLE001 - the relay reports what is missing
-            code = 1
-        os._exit(code)
+        finally:  # whatever happened, never return into the relay's code
+            os._exit(0)
     os.close(w)
     try:
-        os.setpgid(pid, pid)  # whichever of the two runs first; the relay kills the group
-    except OSError:
-        pass
-    try:
         _relay(job, _Frames(r, job["limits"]["output_mb"] << 20), send)
-    finally:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    finally:  # the runner's group, and the runner itself in case it had no group yet
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         os.waitpid(pid, 0)
     send({"done": True, "peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss})
 
@@ -250,23 +235,17 @@ def _name(body):
 def _relay(job, frames, send):
     try:
         _relay_tests(job, frames, send)
-    except _BadFrame as e:
-        send({"bad_frame": str(e)})
-    except TimeoutError:
-        send({"bad_frame": "stalled"})  # a frame's body did not follow its header
+    except (_BadFrame, TimeoutError) as e:  # TimeoutError: a frame's body did not follow its header
+        send({"bad_frame": str(e) or "stalled"})
 
 
 def _relay_tests(job, frames, send):
     try:
         kind, body = frames.next(time.monotonic() + job["load_limit_s"])
     except TimeoutError:
-        send({"load_error": "Timeout"})
-        return
-    if kind is None:
-        send({"load_error": "Died"})
-        return
-    if kind == b"E":
-        send({"load_error": _name(body)})
+        kind, body = b"E", b"Timeout"
+    if kind in (None, b"E"):
+        send({"load_error": _name(body) if kind else "Died"})
         return
     if kind != b"L":
         raise _BadFrame("expected loaded")
@@ -307,9 +286,9 @@ def _relay_tests(job, frames, send):
         if kind == b"U":
             send({"i": i, "unserialisable": _name(body)})
             return
+        if kind is None:
+            return
         if kind != b"V":
-            if kind is None:
-                return
             raise _BadFrame("expected value")
         send({"i": i, "n": len(body)}, body)
 
@@ -379,8 +358,8 @@ def _guard(memory_bytes, code):
                  "renames truncate replace unlink fchmod fchown chmod chown chroot lchflags lchmod "
                  "lchown getcwd chdir").split():  # fmt: skip
         setattr(os, name, None)
-    # Importing these costs ~12 ms per sandbox; a program that names neither cannot
-    # reach them (os.popen and the like import subprocess by name too).
+    # Importing these costs ~12 ms per sandbox, so only for programs that name them (an
+    # honest program that does not will not call them).
     if "shutil" in code:
         import shutil
 
@@ -389,8 +368,7 @@ def _guard(memory_bytes, code):
         import subprocess
 
         subprocess.Popen = None
-    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
-        sys.modules[name] = None
+    sys.modules.update(dict.fromkeys(("ipdb", "joblib", "resource", "psutil", "tkinter")))
 
 
 def _capture(job, env, fn, w):
