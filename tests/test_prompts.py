@@ -39,9 +39,29 @@ def chat_tokenizer_dir(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> Path:
-    """A tiny random DeepSeek-V3 whose tokenizer has a chat template."""
+    """A tiny random DeepSeek-V3 whose tokenizer has a chat template and which writes letters.
+
+    A random byte-level model writes invalid UTF-8, which vLLM's detokenizer withholds and
+    transformers replaces, so the two texts could not be compared. Here the head reads one
+    hidden unit (its sign depends on every layer, the MoE ones included): a-m for one sign,
+    n-z for the other, one letter's weight larger than the rest's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
     model = write_tiny_dsv3(tmp_path_factory.mktemp("chat") / "model")
     chat_tokenizer_dir(model)
+    (weights,) = model.glob("*.safetensors")
+    state = load_file(weights)
+    tok = AutoTokenizer.from_pretrained(model)
+    state["model.norm.weight"] = torch.zeros_like(state["model.norm.weight"])
+    state["model.norm.weight"][0] = 1.0
+    head = torch.zeros_like(state["lm_head.weight"])
+    for i, ch in enumerate("abcdefghijklm"):
+        head[tok.convert_tokens_to_ids(ch), 0] = 1.0 + 0.05 * i
+        head[tok.convert_tokens_to_ids("nopqrstuvwxyz"[i]), 0] = -(1.0 + 0.05 * i)
+    state["lm_head.weight"] = head
+    save_file(state, weights, metadata={"format": "pt"})
     return model
 
 
@@ -131,6 +151,8 @@ def test_both_engines_serve_the_chat_prompt_and_extract_the_same_code(chat_model
     (ts, tg, tsum), (vs, vg, vsum) = out["transformers"], out["vllm"]
     assert [g["token_ids"] for g in vg] == [g["token_ids"] for g in tg]
     assert [g["prompt_tokens"] for g in vg] == [g["prompt_tokens"] for g in tg]  # one prompt string, same tokens
+    assert all(g["completion"].isalpha() for g in tg)  # text both engines can spell out
+    assert [g["completion"] for g in vg] == [g["completion"] for g in tg]
     assert [s["solution"] for s in vs] == [s["solution"] for s in ts]
     assert [s["solution"] for s in ts] == [program_of(t, g["completion"]) for t, g in zip(tasks, tg)]
     assert tsum["prompt_protocol"] == vsum["prompt_protocol"] == "chat"
