@@ -15,6 +15,7 @@ from skipbench.benchmarks import load_benchmark
 from skipbench.execute import execute_one
 from skipbench.groundtruth import build_groundtruth
 from skipbench.sandbox import check_sandbox, make_profile
+from skipbench.slots import lease_uids
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 
@@ -45,6 +46,17 @@ ATTACKS = {
     "forge_results": SIG + "    import os, json\n    for fd in range(3, 10):\n        try:\n            for i in range(10):\n                os.write(fd, (json.dumps({'i': i, 'out': False}) + '\\n').encode())\n            os.write(fd, b'{\"done\": true}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
     "deep_nesting": SIG + "    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
     "huge_output": SIG + "    return 'x' * (200 << 20)\n",
+    # Forgery: reach the result channel or the relay's bookkeeping from candidate code.
+    "forge_captured_via_frames": SIG + "    import sys\n    f = sys._getframe(1)\n    while f:\n        for v in list(f.f_locals.values()):\n            if callable(v):\n                for _ in range(20):\n                    try:\n                        v({'captured': []})\n                    except BaseException:\n                        break\n        f = f.f_back\n    return None\n",
+    "forge_via_proc_fd": SIG + "    import os\n    for pid in (os.getppid(), 1, 2, 3):\n        for fd in range(0, 12):\n            try:\n                w = os.open(f'/proc/{pid}/fd/{fd}', os.O_WRONLY)\n                os.write(w, b'{\"captured\": true, \"n\": 2}\\n[]' * 20 + b'{\"done\": true, \"peak_kb\": 1}\\n')\n            except OSError:\n                pass\n    return None\n",
+    "forge_runner_frames": SIG + "    import os, struct\n    f = lambda k, b=b'': struct.pack('>cI', k, len(b)) + b\n    for fd in range(3, 20):\n        try:\n            os.write(fd, f(b'C', b'[]') + b''.join(f(b'R', struct.pack('>d', 0)) + f(b'V', b'true') for _ in range(50)))\n        except OSError:\n            pass\n    return False\n",
+    "forge_captured_fd": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'{\"captured\": []}\\n' * 20 + b'{\"done\": true}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
+    # Parse crashers: bytes that made main's trusted reader raise past every handler.
+    "deep_value_frame": SIG + "    import os, struct\n    body = b'[' * 300000 + b']' * 300000\n    for fd in range(3, 20):\n        try:\n            os.write(fd, struct.pack('>cI', b'R', 8) + struct.pack('>d', 0) + struct.pack('>cI', b'V', len(body)) + body)\n        except OSError:\n            pass\n    import time\n    time.sleep(5)\n",
+    "garbage_value_frames": SIG + "    import os, struct\n    for body in (b'1' + b'0' * 5000, b'\\xff\\xfe', b'{\"bigint\": 5}', b'{\"fraction\": [1, 0]}'):\n        for fd in range(3, 20):\n            try:\n                os.write(fd, struct.pack('>cI', b'R', 8) + struct.pack('>d', 0) + struct.pack('>cI', b'V', len(body)) + body)\n            except OSError:\n                pass\n    import time\n    time.sleep(5)\n",
+    "deep_json_line": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'[' * 300000 + b']' * 300000 + b'\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
+    "huge_int_bookkeeping": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'{\"done\": true, \"peak_kb\": 1' + b'0' * 400 + b'}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
+    "oversized_frame": SIG + "    import os, struct\n    for fd in range(3, 20):\n        try:\n            os.write(fd, struct.pack('>cI', b'V', 2**32 - 1))\n        except OSError:\n            pass\n    import time\n    time.sleep(5)\n",
     "canonical_from_prompt_file": SIG + "    import inspect, sys\n    src = open(sys.argv[0]).read() if sys.argv and sys.argv[0] else ''\n    return 'canonical_solution' in src\n",
 }
 
@@ -61,22 +73,25 @@ def env(tmp_path_factory):
     server.setblocking(False)
     profile = make_profile({"sandbox": "bwrap", "memory_mb": 512})
     check_sandbox(profile)
-    bench = load_benchmark({"dataset": "humaneval", "tasks": 1})
+    bench = load_benchmark({"dataset": "humaneval", "tasks": 3})
     truth = build_groundtruth(bench, profile, root / "gt")
-    yield dict(profile=profile, bench=bench, truth=truth["HumanEval/0"]["base"], canaries=canaries, server=server)
+    with lease_uids(profile.uid_base, 1) as (uid,):
+        yield dict(profile=profile, bench=bench, truth=truth["HumanEval/0"]["base"], canaries=canaries,
+                   server=server, uid=uid, truths=truth)  # fmt: skip
     server.close()
     canaries[1].unlink(missing_ok=True)
 
 
-CFG = {"time_factor": 4.0, "min_time_limit_s": 1.0, "timeout_s": 10.0, "load_timeout_s": 3.0}
+CFG = {"time_factor": 4.0, "min_time_limit_s": 1.0, "timeout_s": 10.0}
 
 
-def _run(env, code):
-    task = env["bench"].tasks[0]
+def _run(env, code, task_index=0):
+    task = env["bench"].tasks[task_index]
     code = code.replace("CANARIES", repr([str(c) for c in env["canaries"]]))
     code = code.replace("PORT", str(env["server"].getsockname()[1]))
     t0 = time.perf_counter()
-    res, budget = execute_one(env["profile"], 0, env["bench"], task, code, env["truth"], CFG)
+    truth = env["truths"][task.task_id]["base"]
+    res, budget = execute_one(env["profile"], env["uid"], env["bench"], task, code, truth, CFG)
     return res, time.perf_counter() - t0
 
 
@@ -94,7 +109,7 @@ def test_attack_is_contained(env, name):
         env["server"].accept()  # nothing connected from inside
     assert [p for p in psutil.Process().children(recursive=True) if p.pid not in before] == []
     if os.geteuid() == 0:  # slot uids own nothing once a run is over
-        assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == env["profile"].uid_base] == []
+        assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == env["uid"]] == []
 
 
 def test_canonical_passes_and_wrong_fails_in_same_harness(env):
@@ -128,3 +143,128 @@ def test_sandbox_none_is_loud_and_recorded(capsys, caplog):
 def test_unknown_sandbox_kind_refused():
     with pytest.raises(ValueError):
         make_profile({"sandbox": "docker"})
+
+
+def probe(env, body: str, profile=None):
+    """Run `def probe(): <body>` in the sandbox once; its return value (a plain value)."""
+    from skipbench.harness import run_tests
+    from skipbench.sandbox_driver import encode
+
+    job = {"code": "def probe():\n" + body, "entry_point": "probe", "inputs": [encode([])], "time_limits": [20.0],
+           "mode": "run", "output_mode": "value"}  # fmt: skip
+    res = run_tests(profile or env["profile"], env["uid"], job, 25.0, judge=None)
+    assert res.status == "pass", res
+    return res.outputs[0]
+
+
+def test_every_writable_place_is_size_capped(env):
+    """Files of 4 MiB (under RLIMIT_FSIZE) until the place refuses, 64 MiB at most: only
+    /tmp and /dev/shm take any, each at most tmp_mb. On main /dev/shm took all 64 MiB
+    (it lives on bwrap's uncapped /dev tmpfs, outside RLIMIT_AS), and so did / and /dev."""
+    written = probe(env, (
+        "    import os\n    out = {}\n"
+        "    for d in ('/tmp', '/dev/shm', '/', '/dev', '/usr', '/proc'):\n"
+        "        n = 0\n"
+        "        for k in range(16):\n"
+        "            try:\n"
+        "                fd = os.open(f'{d}/fill{k}', os.O_WRONLY | os.O_CREAT, 0o600)\n"
+        "                n += os.write(fd, b'x' * (4 << 20))\n"
+        "                os.close(fd)\n"
+        "            except OSError:\n"
+        "                break\n"
+        "        out[d] = n\n"
+        "    return out\n"
+    ))  # fmt: skip
+    cap = env["profile"].tmp_mb << 20
+    assert 0 < written["/tmp"] <= cap and 0 < written["/dev/shm"] <= cap
+    assert written["/"] == written["/dev"] == written["/usr"] == written["/proc"] == 0
+    assert "tmpfs_dev_shm=16MiB" in env["profile"].describe()
+
+
+SYSCALL_PROBE = (
+    "    import ctypes\n    libc = ctypes.CDLL(None, use_errno=True)\n    out = {}\n"
+    "    for name, nr in NUMBERS.items():\n"
+    "        ctypes.set_errno(0)\n"
+    "        rc = libc.syscall(nr, -1 if name == 'ptrace' else 0, 0, 0, 0, 0)\n"
+    "        out[name] = ctypes.get_errno() if rc == -1 else 0\n"
+    "    return out\n"
+)
+
+
+def test_seccomp_refuses_dangerous_syscalls(env):
+    """Each listed syscall answers EPERM inside; without the filter (as on main) io_uring,
+    keyctl, ptrace, perf_event_open and unshare reach the kernel and answer otherwise."""
+    import errno
+    import platform
+
+    from skipbench import seccomp
+
+    if not seccomp.supported():
+        pytest.skip(f"no syscall table for {platform.machine()}")
+    names = ["io_uring_setup", "keyctl", "ptrace", "bpf", "perf_event_open", "mount", "unshare",
+             "memfd_create", "shmget", "process_vm_writev"]  # fmt: skip
+    body = SYSCALL_PROBE.replace("NUMBERS", repr({n: seccomp.syscall_numbers()[n] for n in names}))
+    assert probe(env, body) == {n: errno.EPERM for n in names}
+    unfiltered = probe(env, body, make_profile({"sandbox": "bwrap", "memory_mb": 512, "seccomp": False}))
+    assert all(unfiltered[n] != errno.EPERM for n in ("io_uring_setup", "keyctl", "ptrace", "perf_event_open", "unshare"))
+
+
+def test_concurrent_runs_lease_disjoint_uids_and_do_not_kill_each_other(env):
+    """Two runs on one machine (two leases from the same uid_base): on main both used
+    uid_base + slot and each start killed every task of that uid, so the first run's
+    correct solution died when the second started."""
+    import threading
+
+    task = env["bench"].tasks[0]
+    slow = "import time\ntime.sleep(1.5)\n" + task.prompt + task.canonical_solution
+    results = {}
+
+    def one(name, code, delay):
+        time.sleep(delay)
+        with lease_uids(env["profile"].uid_base, 1) as (uid,):
+            results[name] = (uid, execute_one(env["profile"], uid, env["bench"], task, code, env["truth"], CFG)[0])
+
+    threads = [threading.Thread(target=one, args=("slow", slow, 0.0)),
+               threading.Thread(target=one, args=("fast", task.prompt + task.canonical_solution, 0.5))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["slow"][1].status == results["fast"][1].status == "pass", results
+    if os.geteuid() == 0:
+        assert len({env["uid"], results["slow"][0], results["fast"][0]}) == 3
+
+
+def test_uid_lease_is_exclusive_across_processes(env):
+    if os.geteuid() != 0:
+        pytest.skip("uids are switched only as root")
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "from skipbench.slots import lease_uids\nimport sys\n"
+        f"with lease_uids({env['profile'].uid_base}, 2) as u:\n    print(*u, flush=True)\n    sys.stdin.read()\n"
+    )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    theirs = set(map(int, holder.stdout.readline().split()))
+    with lease_uids(env["profile"].uid_base, 2) as ours:
+        assert not theirs & set(ours) and env["uid"] not in ours
+    holder.communicate("")
+
+
+@pytest.mark.parametrize("name, code, task_index, status", [
+    # EvalPlus execs without __name__ == "__main__": a main block does not run
+    ("main_block", "CANONICAL\nif __name__ == '__main__':\n    raise SystemExit(1)\n", 0, "pass"),
+    ("numpy", "import numpy as np\nCANONICAL_RENAMED\ndef has_close_elements(n, t):\n    return np.bool_(_c(n, t))\n", 0, "pass"),
+    ("fraction", "from fractions import Fraction\ndef truncate_number(number):\n    return Fraction(number) - int(number)\n", 2, "pass"),
+    ("decimal", "from decimal import Decimal\ndef truncate_number(number):\n    return Decimal(number % 1.0)\n", 2, "pass"),
+    # Python's default recursion limit (1000), as in EvalPlus; main raised it to 10000
+    ("recursion_2000", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
+                       "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(2000))\n", 0, "fail"),
+    ("exit_is_none", "CANONICAL_RENAMED\ndef has_close_elements(n, t):\n    exit()\n", 0, "fail"),
+])  # fmt: skip
+def test_evalplus_execution_profile(env, name, code, task_index, status):
+    task = env["bench"].tasks[task_index]
+    canonical = task.prompt + task.canonical_solution
+    code = code.replace("CANONICAL_RENAMED", canonical.replace(f"def {task.entry_point}(", "def _c("))
+    res, _ = _run(env, code.replace("CANONICAL", canonical), task_index)
+    assert res.status == status, res

@@ -30,9 +30,11 @@ from skipbench.benchmarks import Benchmark, Task, load_benchmark
 from skipbench.compare import is_floats, outputs_match
 from skipbench.groundtruth import SplitTruth, build_groundtruth, output_mode
 from skipbench.harness import Outcome, run_tests
-from skipbench.io import read_jsonl, write_table
+from skipbench.io import write_table
 from skipbench.sandbox import SandboxProfile, check_sandbox, make_profile
 from skipbench.sandbox_driver import decode
+from skipbench.samples import read_journal, read_samples
+from skipbench.slots import lease_uids
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,9 @@ EXECUTE_SCHEMA = pa.schema([
     ("sample_id", pa.int32()),  # from the samples file, else per-task order in it
     ("solution_sha256", pa.string()),  # of the full program that ran
     ("split", pa.string()),  # base | plus
-    ("status", pa.string()),  # pass | fail | timeout | load_error | unserialisable | sandbox_error
+    # pass | fail | timeout | load_error | unserialisable | protocol_error | sandbox_error | groundtruth_error
+    # (pass: every test of the split was judged correct on the trusted side)
+    ("status", pa.string()),
     ("tests_total", pa.int32()),  # inputs in this split
     ("tests_run", pa.int32()),  # inputs that got a verdict (stops at the first failure)
     ("tests_passed", pa.int32()),
@@ -60,7 +64,7 @@ EXECUTE_SCHEMA = pa.schema([
     ("min_time_limit_s", pa.float64()),  # EvalPlus min_time_limit used
     ("time_limit_s", pa.float64()),  # the split's budget: min(timeout_s, sum of per-test limits)
     ("sandbox", pa.string()),  # bwrap | none (none: ran WITHOUT isolation)
-    ("sandbox_profile", pa.string()),  # JSON: tool version, interpreter and limits
+    ("sandbox_profile", pa.string()),  # JSON: tool version, interpreter, limits, "enforced": those in force
 ])  # fmt: skip
 
 
@@ -89,31 +93,17 @@ def solution_of(task: Task, sample: dict) -> str:
     return sample["solution"] if "solution" in sample else task.prompt + sample["completion"]
 
 
-def read_samples(path: Path, bench: Benchmark) -> list[dict]:
-    """Samples of the selected tasks with `sample_id` filled in; unknown tasks are an error."""
-    known = {t.task_id for t in bench.tasks}
-    counter: dict[str, int] = {}
-    out = []
-    for s in read_jsonl(path):
-        if "solution" not in s and "completion" not in s:
-            raise ValueError(f"{path}: sample of {s.get('task_id')} has neither solution nor completion")
-        sid = s.get("sample_id", counter.get(s["task_id"], 0))
-        counter[s["task_id"]] = counter.get(s["task_id"], 0) + 1
-        if s["task_id"] not in known:
-            raise ValueError(f"{path}: task {s['task_id']} is not among the selected {bench.dataset} tasks")
-        out.append(dict(s, sample_id=int(sid)))
-    return out
-
-
-def execute_one(profile: SandboxProfile, slot: int, bench: Benchmark, task: Task, code: str,
+def execute_one(profile: SandboxProfile, uid: int | None, bench: Benchmark, task: Task, code: str,
                 truth: SplitTruth, exec_cfg: dict) -> tuple[Outcome, float]:  # fmt: skip
     """Run `code` on one split; returns the outcome and the split's time budget."""
+    if truth.error is not None:
+        return Outcome(status="groundtruth_error", tests_total=len(truth.inputs), error_type=truth.error[:80]), 0.0
     limits = time_limits(truth.ref_time, exec_cfg["time_factor"], exec_cfg["min_time_limit_s"])
     budget = min(float(exec_cfg["timeout_s"]), sum(limits))
     job = {"code": code, "entry_point": task.entry_point, "inputs": truth.inputs, "time_limits": limits,
            "mode": "run", "output_mode": output_mode(bench, task, canonical=False)}  # fmt: skip
     judge = judge_split(bench.family, task.entry_point, task.atol, truth)
-    return run_tests(profile, slot, job, float(exec_cfg["load_timeout_s"]), budget, judge), budget
+    return run_tests(profile, uid, job, budget, judge), budget
 
 
 def _settings(exec_cfg: dict) -> dict:
@@ -122,21 +112,21 @@ def _settings(exec_cfg: dict) -> dict:
         "timeout_s": 60.0,  # per (sample, split) cap; EvalPlus: EVALPLUS_TIMEOUT_PER_TASK
         "time_factor": 4.0,  # EvalPlus gt_time_limit_factor
         "min_time_limit_s": 1.0,  # EvalPlus min_time_limit
-        "load_timeout_s": 5.0,  # exec of the program itself, before the first test
         **exec_cfg,
     }
-    for key in ("timeout_s", "time_factor", "min_time_limit_s", "load_timeout_s"):
+    for key in ("timeout_s", "time_factor", "min_time_limit_s"):
         cfg[key] = float(cfg[key])
     return cfg
 
 
 def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: Path, threads: int) -> None:
-    """Execute every sample in `samples_path` against `bench_cfg`'s tests; write EXECUTE_SCHEMA rows."""
+    """Execute every sample in `samples_path` against `bench_cfg`'s tests; write EXECUTE_SCHEMA rows,
+    one per (sample, split), whatever the samples do."""
     cfg = _settings(exec_cfg)
     bench = load_benchmark(bench_cfg)
+    samples = read_samples(samples_path, bench)  # a malformed file fails here, before any sandbox work
     profile = make_profile(cfg)
     check_sandbox(profile)  # refuse before any untrusted code runs
-    samples = read_samples(samples_path, bench)
     threads = max(1, int(threads))
     truth = build_groundtruth(bench, profile, Path(cfg.get("groundtruth_dir") or out_path.parent / "groundtruth"), threads)
     tasks = {t.task_id: t for t in bench.tasks}
@@ -149,9 +139,12 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
     partial = out_path.with_name(out_path.name + ".partial.jsonl")
     done = {}
     if partial.exists():  # resume: keep rows made under the same dataset and settings
-        for row in read_jsonl(partial):
-            if all(row.get(k) == v for k, v in fixed.items()):
+        for row in read_journal(partial):
+            if all(row.get(k) == v for k, v in fixed.items()) and set(EXECUTE_SCHEMA.names) <= set(row):
                 done[(row["task_id"], row["sample_id"], row["split"], row["solution_sha256"])] = row
+        if partial.read_bytes()[-1:] not in (b"", b"\n"):  # a torn last line must not swallow the next row
+            with open(partial, "ab") as f:
+                f.write(b"\n")
     jobs = []
     for s in samples:
         code = solution_of(tasks[s["task_id"]], s)
@@ -162,32 +155,37 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
     log.info("%s: %d samples x %d splits, %d to run (%d resumed), %d threads, sandbox=%s",
              bench.dataset, len(samples), len(bench.splits), len(jobs), len(done), threads, profile.kind)  # fmt: skip
 
-    slots: Queue[int] = Queue()
-    for k in range(threads):
-        slots.put(k)
     lock = threading.Lock()
+    with lease_uids(profile.uid_base, threads) as uids:
+        slots: Queue[int | None] = Queue()
+        for uid in uids:
+            slots.put(uid)
 
-    def one(task_id: str, sample_id: int, split: str, code: str, digest: str) -> dict:
-        slot = slots.get()
-        try:
-            res, budget = execute_one(profile, slot, bench, tasks[task_id], code, truth[task_id][split], cfg)
-        finally:
-            slots.put(slot)
-        u = res.usage
-        row = dict(fixed, task_id=task_id, sample_id=sample_id, solution_sha256=digest, split=split,
-                   status=res.status, tests_total=res.tests_total, tests_run=res.tests_run,
-                   tests_passed=res.tests_passed, first_fail_index=res.first_fail, error_type=res.error_type,
-                   wall_s=u.wall_s, startup_s=u.startup_s, cpu_s=u.cpu_s, peak_mb=u.peak_mb,
-                   exit_code=u.exit_code, signal=u.signal, time_limit_s=budget)  # fmt: skip
-        with lock, open(partial, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
+        def one(task_id: str, sample_id: int, split: str, code: str, digest: str) -> dict:
+            uid = slots.get()
+            try:
+                res, budget = execute_one(profile, uid, bench, tasks[task_id], code, truth[task_id][split], cfg)
+            except Exception as e:  # noqa: BLE001 - one sample's failure is its row, never the stage's
+                log.exception("%s sample %s %s: executor failure", task_id, sample_id, split)
+                res, budget = Outcome(status="sandbox_error", tests_total=len(truth[task_id][split].inputs),
+                                      error_type=f"Executor({type(e).__name__})"), float("nan")  # fmt: skip
+            finally:
+                slots.put(uid)
+            u = res.usage
+            row = dict(fixed, task_id=task_id, sample_id=sample_id, solution_sha256=digest, split=split,
+                       status=res.status, tests_total=res.tests_total, tests_run=res.tests_run,
+                       tests_passed=res.tests_passed, first_fail_index=res.first_fail, error_type=res.error_type,
+                       wall_s=u.wall_s, startup_s=u.startup_s, cpu_s=u.cpu_s, peak_mb=u.peak_mb,
+                       exit_code=u.exit_code, signal=u.signal, time_limit_s=budget)  # fmt: skip
+            with lock, open(partial, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            return row
 
-    rows = list(done.values())
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(one, *j) for j in jobs]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"execute {bench.dataset}"):
-            rows.append(fut.result())
+        rows = list(done.values())
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(one, *j) for j in jobs]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"execute {bench.dataset}"):
+                rows.append(fut.result())
     rows.sort(key=lambda r: (r["task_id"], r["sample_id"], r["split"]))
     write_table(out_path, rows, EXECUTE_SCHEMA)
     partial.unlink(missing_ok=True)

@@ -2,14 +2,22 @@
 arrives. Shared by the ground truth (canonical solutions, every output kept) and the execute
 stage (candidates, stop at the first failure as EvalPlus's default fast check does).
 
+The conversation with the sandbox's relay (sandbox_driver.py) is a strict sequence:
+ready, then loaded or load_error, then per test i: returned + value (or error, timeout,
+unserialisable), then done; in capture mode one captured message replaces the tests.
+Any message out of its place, of another mode, with other keys or that does not parse
+is a protocol failure (`protocol_error`), and a split passes only when every one of its
+tests was judged here: tests_passed == tests_total.
+
 Deadlines are the trusted side's, per message: the sandbox must be ready within
-`STARTUP_S`, load the code within `load_s`, and answer test i within its time limit plus
-`GRACE_S`; the whole split within `budget_s`. The driver's own alarm only makes a polite
-timeout report possible; a candidate that swallows it is killed here.
+`STARTUP_S`; from then on the split (load included) gets EvalPlus's budget,
+min(timeout_s, sum of per-test limits) + `SLACK_S`, and test i must return within its
+limit plus `GRACE_S`. The time to frame and transfer a returned value is not counted.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -17,18 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from skipbench.sandbox import ProtocolError, SandboxProfile, SandboxRun, Usage
-from skipbench.sandbox_driver import decode
+from skipbench.sandbox_driver import ENCODE_S, decode
 
 STARTUP_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
-GRACE_S = 1.0  # per-test slack on top of the driver's alarm: pipe, JSON, scheduling
+GRACE_S = 1.0  # per-test slack on top of the relay's own timer: pipe, JSON, scheduling
+SLACK_S = 2.0  # EvalPlus 0.3.1 untrusted_check: timeout = min(cap, sum) + 1, join(timeout + 1)
 
 
 @dataclass
 class Outcome:
-    status: str  # pass | fail | timeout | load_error | unserialisable | sandbox_error
+    status: str  # pass | fail | timeout | load_error | unserialisable | protocol_error | sandbox_error
     tests_total: int
     tests_run: int = 0  # tests that produced a verdict (fast check stops at the first failure)
-    tests_passed: int = 0
+    tests_passed: int = 0  # tests whose value was judged correct here
     first_fail: int | None = None
     error_type: str | None = None
     usage: Usage = field(default_factory=Usage)
@@ -38,9 +47,8 @@ class Outcome:
 
 def run_tests(
     profile: SandboxProfile,
-    slot: int,
+    uid: int | None,
     job: dict,
-    load_s: float,
     budget_s: float,
     judge: Callable[[int, Any], bool] | None,
 ) -> Outcome:
@@ -48,54 +56,17 @@ def run_tests(
     `judge(i, output) -> accepted`; None keeps every output (ground truth)."""
     n = len(job["inputs"]) if job["mode"] == "run" else 1
     res = Outcome(status="pass", tests_total=n)
-    job = dict(job, load_limit_s=load_s)
-    cpu_s = math.ceil(load_s + budget_s) + 1
-    t_end = time.perf_counter() + STARTUP_S + load_s + budget_s
-    ready = loaded = False
+    job = dict(job, load_limit_s=budget_s + SLACK_S)
     try:
-        with SandboxRun(profile, job, slot, cpu_s) as run:
+        with SandboxRun(profile, job, uid, math.ceil(budget_s + SLACK_S) + 1) as run:
             res.usage = run.usage
-            while res.tests_run < n:
-                if not ready:
-                    step = STARTUP_S
-                elif not loaded:
-                    step = load_s
-                else:
-                    step = job["time_limits"][res.tests_run] + GRACE_S
-                msg = run.next_message(max(0.0, min(step, t_end - time.perf_counter())))
-                if msg is None:  # output ended early: the process exited or was killed
-                    if ready:
-                        _fail(res, "fail", "Died", loaded)
-                    else:
-                        _fail(res, "sandbox_error", "SandboxStart", False)
-                    break
-                if not ready:
-                    ready = msg.get("ready") is True
-                    if not ready:
-                        raise ProtocolError("no ready message")
-                elif not loaded:
-                    if "load_error" in msg:
-                        _fail(res, "load_error", str(msg["load_error"])[:80], False)
-                        break
-                    loaded = msg.get("loaded") is True
-                    if not loaded:
-                        raise ProtocolError("no loaded message")
-                elif not _judge(res, msg, judge):
-                    break
-            if res.status == "pass":  # the closing message carries the driver's peak memory
-                try:
-                    run.next_message(GRACE_S)
-                except (TimeoutError, ProtocolError):
-                    pass
-    except TimeoutError:
-        if ready:
-            _fail(res, "timeout", "Timeout" if loaded else "LoadTimeout", loaded)
-        else:
-            _fail(res, "sandbox_error", "SandboxStart", False)
+            _Conversation(run, job, budget_s, judge, res).converse()
     except ProtocolError as e:
-        _fail(res, "fail", f"Protocol({e})", loaded)
+        _fail(res, "protocol_error", f"Protocol({e})"[:80], False)
     if res.status == "fail" and res.error_type == "Died" and res.usage.signal == signal.SIGXCPU:
         res.status, res.error_type = "timeout", "CPULimit"
+    if res.status == "pass" and not res.tests_passed == res.tests_run == res.tests_total:
+        res.status, res.error_type = "protocol_error", "Protocol(incomplete)"
     return res
 
 
@@ -108,39 +79,139 @@ def _fail(res: Outcome, status: str, error: str, in_test: bool = True) -> None:
             res.tests_run += 1
 
 
-def _judge(res: Outcome, msg: dict, judge: Callable[[int, Any], bool] | None) -> bool:
-    """Account for one driver message; False stops the run."""
-    if "load_error" in msg:  # capture mode: check() itself failed
-        _fail(res, "load_error", str(msg["load_error"])[:80], False)
-        return False
-    if "captured" in msg:
-        res.outputs.append(decode(msg["captured"]))
-        res.tests_run += 1
+def _shape(msg: dict, *keys: str) -> bool:
+    return set(msg) == set(keys)
+
+
+def _name(v: Any) -> str:
+    if type(v) is not str:
+        raise ProtocolError("bad name")
+    return v[:80]
+
+
+class _Conversation:
+    def __init__(self, run: SandboxRun, job: dict, budget_s: float, judge, res: Outcome):
+        self.run, self.job, self.budget_s, self.judge, self.res = run, job, budget_s, judge, res
+        self.t_end = math.inf
+
+    def _next(self, step: float) -> tuple[dict, bytes | None] | None:
+        left = min(step, self.t_end + self.run.transfer_s - time.perf_counter())
+        return self.run.next_message(max(0.0, left))
+
+    def converse(self) -> None:
+        res = self.res
+        try:
+            got = self._next(STARTUP_S)
+        except TimeoutError:
+            got = None
+        if got is None:
+            return _fail(res, "sandbox_error", "SandboxStart", False)
+        if not _shape(got[0], "ready") or got[0]["ready"] is not True:
+            raise ProtocolError("expected ready")
+        self.t_end = time.perf_counter() + self.budget_s + SLACK_S
+        try:
+            if self._load() and self._tests():
+                self._done()
+        except TimeoutError:
+            _fail(res, "timeout", "Timeout" if self.loaded else "LoadTimeout", self.loaded)
+
+    loaded = False
+
+    def _load(self) -> bool:
+        got = self._next(math.inf)
+        if got is None:
+            _fail(self.res, "fail", "Died", False)
+            return False
+        msg = got[0]
+        if _shape(msg, "load_error"):
+            _fail(self.res, "load_error", _name(msg["load_error"]), False)
+            return False
+        if not _shape(msg, "loaded") or msg["loaded"] is not True:
+            raise ProtocolError("expected loaded")
+        self.loaded = True
         return True
-    if msg.get("i") != res.tests_run:
-        raise ProtocolError("out of order")
-    if msg.get("timeout") is True:
-        _fail(res, "timeout", "Timeout")
-        return False
-    if "unserialisable" in msg:
-        _fail(res, "unserialisable", str(msg["unserialisable"])[:80])
-        return False
-    if "error" in msg:
-        _fail(res, "fail", str(msg["error"])[:80])
-        return False
-    if "out" not in msg:
-        raise ProtocolError("unknown message")
+
+    def _tests(self) -> bool:
+        if self.job["mode"] == "capture":
+            return self._captured()
+        for i, limit in enumerate(self.job["time_limits"]):
+            if not self._test(i, limit):
+                return False
+        return True
+
+    def _captured(self) -> bool:
+        got = self._next(math.inf)
+        if got is None:
+            _fail(self.res, "fail", "Died", False)
+            return False
+        msg, payload = got
+        if _shape(msg, "load_error"):
+            _fail(self.res, "load_error", _name(msg["load_error"]), False)
+            return False
+        if not _shape(msg, "captured", "n") or msg["captured"] is not True:
+            raise ProtocolError("expected captured")
+        self.res.outputs.append(_value(payload))
+        self.res.tests_run = self.res.tests_passed = 1
+        return True
+
+    def _test(self, i: int, limit: float) -> bool:
+        res = self.res
+        got = self._next(limit + GRACE_S)
+        if got is None:
+            _fail(res, "fail", "Died")
+            return False
+        msg = got[0]
+        if msg.get("i") != i or type(msg.get("i")) is not int:
+            raise ProtocolError("out of order")
+        if _shape(msg, "i", "timeout") and msg["timeout"] is True:
+            _fail(res, "timeout", "Timeout")
+            return False
+        if _shape(msg, "i", "error"):
+            _fail(res, "fail", _name(msg["error"]))
+            return False
+        if not (_shape(msg, "i", "returned", "t") and msg["returned"] is True and type(msg["t"]) in (int, float)):
+            raise ProtocolError("expected returned")
+        t = float(msg["t"])
+        # The value is framed and sent after the call: its own deadline, not the budget's.
+        got = self.run.next_message(limit + ENCODE_S + GRACE_S)
+        if got is None:
+            _fail(res, "fail", "Died")
+            return False
+        msg, payload = got
+        if msg.get("i") != i or type(msg.get("i")) is not int:
+            raise ProtocolError("out of order")
+        if _shape(msg, "i", "timeout") and msg["timeout"] is True:
+            _fail(res, "timeout", "Timeout")
+            return False
+        if _shape(msg, "i", "unserialisable"):
+            _fail(res, "unserialisable", _name(msg["unserialisable"]))
+            return False
+        if not _shape(msg, "i", "n"):
+            raise ProtocolError("expected value")
+        value = _value(payload)
+        if self.judge is None:
+            res.outputs.append(value)
+            res.times.append(t)
+        elif not self.judge(i, value):
+            _fail(res, "fail", "WrongOutput")
+            return False
+        res.tests_run += 1
+        res.tests_passed += 1
+        return True
+
+    def _done(self) -> None:
+        """The closing message carries the relay's peak memory; a missing one costs nothing."""
+        try:
+            got = self.run.next_message(GRACE_S)
+        except TimeoutError:
+            return
+        if got is not None and not (_shape(got[0], "done", "peak_kb") and got[0]["done"] is True):
+            raise ProtocolError("expected done")
+
+
+def _value(payload: bytes | None) -> Any:
+    """Decode a value payload; any exception at all is the sandbox's protocol failure."""
     try:
-        value = decode(msg["out"])
-    except (ValueError, TypeError, RecursionError):
+        return decode(json.loads(payload))
+    except Exception:  # noqa: BLE001 - recursion, overflow, memory, unicode, type errors
         raise ProtocolError("bad value") from None
-    if judge is None:
-        res.outputs.append(value)
-        t = msg.get("t")
-        res.times.append(float(t) if type(t) in (int, float) else float("nan"))
-    elif not judge(res.tests_run, value):
-        _fail(res, "fail", "WrongOutput")
-        return False
-    res.tests_run += 1
-    res.tests_passed += 1
-    return True

@@ -27,88 +27,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from skipbench import sandbox_driver
+from skipbench import sandbox_driver, seccomp
 from skipbench.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
+from skipbench.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names
+    SandboxProfile,
+    SandboxUnavailable,
+    _site_mounts,
+    _sys_path,
+    _system_mounts,
+    make_profile,
+)
+from skipbench.slots import kill_uid, lease_uids
 
 log = logging.getLogger(__name__)
 
 DRIVER_SOURCE = Path(sandbox_driver.__file__).read_text()
 
 
-class SandboxUnavailable(RuntimeError):
-    pass
-
-
 class ProtocolError(RuntimeError):
     """The sandbox wrote something that is not a driver message (or too much of it)."""
 
 
-@dataclass(frozen=True)
-class SandboxProfile:
-    kind: str  # "bwrap" or "none"
-    tool_version: str  # "bubblewrap 0.8.0", or "none"
-    python: str  # interpreter run inside (the venv's base interpreter: stdlib only)
-    memory_mb: int  # RLIMIT_AS
-    tmp_mb: int  # size of the tmpfs /tmp, also RLIMIT_FSIZE
-    nofile: int  # RLIMIT_NOFILE
-    nproc_extra: int  # processes/threads a candidate may add (RLIMIT_NPROC on top of ours)
-    uid_base: int  # slot k runs as uid_base + k when we are root
-    max_output_mb: int  # size of one message (one test's output) before the sandbox is killed
-
-    def describe(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def make_profile(exec_cfg: dict) -> SandboxProfile:
-    kind = exec_cfg.get("sandbox", "bwrap")
-    if kind not in ("bwrap", "none"):
-        raise ValueError(f"execution.sandbox must be 'bwrap' or 'none', not {kind!r}")
-    version = "none"
-    if kind == "bwrap":
-        exe = shutil.which("bwrap")
-        if exe is None:
-            raise SandboxUnavailable(
-                "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, or set "
-                "execution.sandbox: none to run untrusted code without it (not recommended)"
-            )
-        version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
-    return SandboxProfile(
-        kind=kind,
-        tool_version=version,
-        python=exec_cfg.get("python") or _default_python(),
-        memory_mb=int(exec_cfg.get("memory_mb", 1024)),
-        tmp_mb=int(exec_cfg.get("tmp_mb", 16)),
-        nofile=int(exec_cfg.get("nofile", 64)),
-        nproc_extra=int(exec_cfg.get("nproc_extra", 4)),
-        uid_base=int(exec_cfg.get("uid_base", 61000)),
-        max_output_mb=int(exec_cfg.get("max_output_mb", 64)),
-    )
-
-
-def _default_python() -> str:
-    """The system interpreter of our Python version (stdlib only, readable by any uid);
-    else the one we run on (its prefix is then mounted read-only too)."""
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    return system if os.access(system, os.X_OK) else os.path.realpath(sys.executable)
-
-
-def _system_mounts(profile: SandboxProfile) -> list[str]:
-    """Read-only /usr (and the interpreter's prefix when it lives elsewhere), with the
-    merged-/usr symlinks. No /etc, /home, /root, /work: nothing to read or forge."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for top in ("bin", "sbin", "lib", "lib32", "lib64"):
-        p = Path("/") / top
-        if p.is_symlink():
-            args += ["--symlink", os.readlink(p), str(p)]
-        elif p.is_dir():
-            args += ["--ro-bind", str(p), str(p)]
-    prefix = str(Path(profile.python).parent.parent)
-    if not prefix.startswith("/usr"):
-        args += ["--ro-bind", prefix, prefix]
-    return args
+MAX_HEADER = 1 << 16  # a relay header line is tiny; values travel as sized payloads
 
 
 @dataclass
@@ -125,24 +68,23 @@ class Usage:
 
 
 class SandboxRun:
-    """A running sandbox. Use as a context manager; read with `next_message`."""
+    """A running sandbox. Use as a context manager; read with `next_message`.
 
-    def __init__(self, profile: SandboxProfile, job: dict, slot: int, cpu_s: int):
-        self.profile, self.slot = profile, slot
+    `uid`: the leased slot uid to run as (root only; see slots.py), else None."""
+
+    def __init__(self, profile: SandboxProfile, job: dict, uid: int | None, cpu_s: int):
+        self.profile, self.uid = profile, uid
         self.usage = Usage()
-        self._buf = b""
+        self._buf = bytearray()
+        self._scan = 0  # bytes of _buf already searched for a newline
         self._tmp: str | None = None
-        self._job = dict(job, limits=self._limits(cpu_s))
-
-    def _uid(self) -> int | None:
-        return self.profile.uid_base + self.slot if os.geteuid() == 0 else None
+        self._job = dict(job, limits=self._limits(cpu_s), sys_path=_sys_path(profile), importable=list(profile.importable))
 
     def _limits(self, cpu_s: int) -> dict:
-        uid = self._uid()
         # RLIMIT_NPROC counts every task of the uid: ours (bwrap's monitor, its init,
-        # the driver) plus, when not root, everything else this user runs.
-        base = 3 if self.profile.kind == "bwrap" else 1
-        if uid is None:
+        # the relay, the runner) plus, when not root, everything else this user runs.
+        base = 4 if self.profile.kind == "bwrap" else 2
+        if self.uid is None:
             base += threads_of_uid(os.getuid())
         return {
             "memory_mb": self.profile.memory_mb,
@@ -150,37 +92,50 @@ class SandboxRun:
             "fsize_mb": self.profile.tmp_mb,
             "nofile": self.profile.nofile,
             "nproc": base + self.profile.nproc_extra,
+            "output_mb": self.profile.max_output_mb,
         }
 
-    def _argv(self) -> list[str]:
+    def _argv(self, seccomp_fd: int | None) -> list[str]:
         py = [self.profile.python, "-I", "-S", "-B", "-c", DRIVER_SOURCE]
         if self.profile.kind == "none":
             return py
+        size = str(self.profile.tmp_mb << 20)
         return [
             "bwrap", "--unshare-all", "--unshare-user", "--uid", "1000", "--gid", "1000",
             "--disable-userns", "--die-with-parent", "--new-session", "--clearenv", "--as-pid-1",
-            *_system_mounts(self.profile),
+            *_system_mounts(self.profile), *_site_mounts(self.profile),
             "--proc", "/proc", "--dev", "/dev",
-            "--size", str(self.profile.tmp_mb << 20), "--tmpfs", "/tmp",
+            # Every writable place is a size-capped tmpfs; the root and /dev are read-only
+            # (bwrap's own root and /dev tmpfs are otherwise writable without a cap).
+            "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev", "--remount-ro", "/",
+            *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
             "--chdir", "/tmp", "--setenv", "HOME", "/tmp",
             *py,
         ]  # fmt: skip
 
     def __enter__(self) -> "SandboxRun":
-        uid = self._uid()
-        if uid is not None:
-            self._kill_uid(uid)  # nothing may be left from an earlier run in this slot
         cwd = None
         if self.profile.kind == "none":
             self._tmp = cwd = tempfile.mkdtemp(prefix="skipbench-nosandbox-")
-            if uid is not None:
-                os.chown(cwd, uid, uid)
+            if self.uid is not None:
+                os.chown(cwd, self.uid, self.uid)
+        filt = None
+        if self.profile.seccomp != "none":
+            r, w = os.pipe()  # the program is < 1 KiB: fits the pipe buffer
+            os.write(w, seccomp.program())
+            os.close(w)
+            filt = r
         self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={}, cwd=cwd, start_new_session=True, close_fds=True,
-            user=uid, group=uid, extra_groups=[] if uid is not None else None,
-        )  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(
+                self._argv(filt), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={}, cwd=cwd, start_new_session=True, close_fds=True, pass_fds=(filt,) if filt else (),
+                user=self.uid, group=self.uid, extra_groups=[] if self.uid is not None else None,
+            )  # fmt: skip
+        finally:
+            if filt is not None:
+                os.close(filt)
         try:
             self.proc.stdin.write(json.dumps(self._job).encode() + b"\n")
             self.proc.stdin.close()
@@ -192,47 +147,80 @@ class SandboxRun:
         self.stderr = b""
         return self
 
-    def next_message(self, timeout_s: float) -> dict | None:
-        """The next driver message; None at end of output. Raises TimeoutError when none
-        arrives in `timeout_s`, ProtocolError on garbage or too much output."""
-        deadline = time.perf_counter() + timeout_s
-        while b"\n" not in self._buf:
+    def _fill(self, deadline: float) -> bool:
+        """Read what arrives before `deadline` into the buffer; False at end of output."""
+        while self._sel.get_map():
             left = deadline - time.perf_counter()
             if left <= 0:
                 raise TimeoutError
-            if not self._sel.get_map():
-                if self._buf:
-                    raise ProtocolError("truncated message")
-                return None
+            got = False
             for key, _ in self._sel.select(left):
-                chunk = os.read(key.fileobj.fileno(), 1 << 16)
+                chunk = os.read(key.fileobj.fileno(), 1 << 20)
                 if not chunk:
                     self._sel.unregister(key.fileobj)
                 elif key.data == "err":
                     self.stderr = (self.stderr + chunk)[-4096:]
                 else:
                     self._buf += chunk
-                    if len(self._buf) > self.profile.max_output_mb << 20:
-                        raise ProtocolError("output limit")
-        line, self._buf = self._buf.split(b"\n", 1)
+                    got = True
+            if got:
+                return True
+        return False
+
+    def _line(self, deadline: float) -> bytes | None:
+        """One header line; linear in the bytes read (each byte is searched once)."""
+        while True:
+            end = self._buf.find(b"\n", self._scan)
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                self._scan = 0
+                return line
+            self._scan = len(self._buf)
+            if self._scan > MAX_HEADER:
+                raise ProtocolError("header too long")
+            if not self._fill(deadline):
+                if self._buf:
+                    raise ProtocolError("truncated message")
+                return None
+
+    def _payload(self, n: int, deadline: float) -> bytes:
+        while len(self._buf) < n:
+            if not self._fill(deadline):
+                raise ProtocolError("truncated payload")
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def next_message(self, timeout_s: float) -> tuple[dict, bytes | None] | None:
+        """The next relay message and its payload; None at end of output. Raises
+        TimeoutError when no header arrives in `timeout_s` (a payload gets its own
+        transfer deadline: sending a big value is not the call's time), ProtocolError on
+        anything that is not a well-formed message, whatever the bytes are."""
+        line = self._line(time.perf_counter() + timeout_s)
+        if line is None:
+            return None
         try:
             msg = json.loads(line)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - recursion, overflow, memory, unicode: all the sandbox's fault
             raise ProtocolError("not JSON") from None
-        if not isinstance(msg, dict):
+        if type(msg) is not dict:
             raise ProtocolError("not an object")
+        payload = None
+        if "n" in msg:
+            n = msg["n"]
+            if type(n) is not int or not 0 <= n <= self.profile.max_output_mb << 20:
+                raise ProtocolError("bad payload size")
+            t0 = time.perf_counter()
+            payload = self._payload(n, t0 + sandbox_driver.TRANSFER_S)
+            self.transfer_s += time.perf_counter() - t0
         if msg.get("ready") is True and self.usage.startup_s != self.usage.startup_s:
             self.usage.startup_s = time.perf_counter() - self._t0
-        if msg.get("done") is True and type(msg.get("peak_kb")) is int:
+        if msg.get("done") is True and type(msg.get("peak_kb")) is int and 0 <= msg["peak_kb"] < 1 << 40:
             self.usage.peak_mb = msg["peak_kb"] / 1024
-        return msg
+        return msg, payload
 
-    def _kill_uid(self, uid: int) -> None:
-        for pid in tasks_of_uid(uid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    transfer_s = 0.0  # seconds spent reading payloads, kept out of the split's budget
 
     def __exit__(self, *exc) -> None:
         # A driver that finished exits by itself; give it a moment so its resource
@@ -255,14 +243,10 @@ class SandboxRun:
                 wait_gone(inside)
             else:
                 time.sleep(0.002)
-        uid = self._uid()
-        if uid is not None:
-            self._kill_uid(uid)
-            wait_gone(tasks_of_uid(uid))
+        if self.uid is not None:  # leased to this slot: every task of it is ours
+            kill_uid(self.uid)
+            wait_gone(tasks_of_uid(self.uid))
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        uid = self._uid()
-        if uid is not None:
-            self._kill_uid(uid)
         self._sel.close()
         self.proc.stdout.close()
         self.proc.stderr.close()
@@ -293,7 +277,7 @@ def check_sandbox(profile: SandboxProfile) -> None:
         "    s.settimeout(1)\n"
         "    net = s.connect_ex(('1.1.1.1', 53)) == 0\n"
         "    try:\n"
-        "        open('/usr/.skipbench_probe', 'w'); ro = False\n"
+        "        os.close(os.open('/usr/.skipbench_probe', os.O_WRONLY | os.O_CREAT)); ro = False\n"
         "    except OSError:\n"
         "        ro = True\n"
         "    return [os.getuid(), net, ro, [os.path.exists(p) for p in paths], sorted(os.environ)]\n"
@@ -301,26 +285,30 @@ def check_sandbox(profile: SandboxProfile) -> None:
     secret = [str(Path.cwd()), sys.prefix, str(Path.home()), "/etc/passwd"]
     job = {"code": probe, "entry_point": "probe", "inputs": [[secret]], "time_limits": [5.0],
            "mode": "run", "output_mode": "value", "load_limit_s": 5.0}  # fmt: skip
-    run = SandboxRun(profile, job, slot=0, cpu_s=10)
+    value, err = None, b""
     try:
-        with run:
-            msgs = [run.next_message(15.0) for _ in range(4)]
+        with lease_uids(profile.uid_base, 1) as (uid,), SandboxRun(profile, job, uid, cpu_s=10) as run:
+            for _ in range(6):
+                got = run.next_message(15.0)
+                if got is None or got[1] is not None:
+                    value = got and json.loads(got[1])
+                    break
+            err = run.stderr
     except (TimeoutError, ProtocolError, OSError) as e:
-        raise SandboxUnavailable(f"sandbox probe failed ({e!r}); stderr: {getattr(run, 'stderr', b'')[-400:]!r}") from e
-    outs = [m for m in msgs if m and "out" in m]
-    if not outs:
+        raise SandboxUnavailable(f"sandbox probe failed ({e!r})") from e
+    if value is None:
         raise SandboxUnavailable(
-            f"bubblewrap does not start here: {run.stderr.decode(errors='replace')[-400:]} "
+            f"bubblewrap does not start here: {err.decode(errors='replace')[-400:]} "
             "(unprivileged user namespaces must be enabled, e.g. on Ubuntu 24.04 "
             "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`); "
             "set execution.sandbox: none to run without it (not recommended)"
         )
-    uid, net, ro, seen, env = sandbox_driver.decode(outs[0]["out"])
+    uid, net, ro, seen, env = sandbox_driver.decode(value)
     problems = [
         *(["network reachable"] if net else []),
         *(["/usr writable"] if not ro else []),
         *[f"{p} visible" for p, s in zip(secret, seen) if s],
-        *([f"environment leaks {env}"] if set(env) - {"HOME", "LC_CTYPE", "PWD"} else []),
+        *([f"environment leaks {env}"] if set(env) - {"HOME", "LC_CTYPE", "PWD", "OMP_NUM_THREADS"} else []),
     ]
     if problems:
         raise SandboxUnavailable("sandbox is not isolating: " + ", ".join(problems))
