@@ -7,12 +7,14 @@ import base64
 import importlib.util
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
 import zlib
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from lcb_fixture import PROBLEMS, SOLUTIONS, encode_private, write_release
@@ -220,3 +222,30 @@ def problems(release) -> dict:
 def test_fixture_verdicts_agree_with_livecodebench(problems, qid, code, verdict):
     assert _oracle(problems[qid], code) is verdict  # the fixture's verdicts are LiveCodeBench's
     assert _ours_unsandboxed(problems[qid], code) is verdict
+
+
+# --- in the sandbox ---------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
+def test_sandboxed_verdicts_equal_livecodebench_s(release, tmp_path):
+    """The execute stage reaches the fixture's (LiveCodeBench's) verdict on every solution."""
+    from skipbench.execute import EXECUTE_SCHEMA, run_execute
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": q, "solution": code}) + "\n" for q, code, _ in SOLUTIONS))
+    out = tmp_path / "exec.parquet"
+    run_execute({"dataset": "livecodebench", "path": str(release)}, samples, {"sandbox": "bwrap"}, out, threads=2)
+    rows = pq.read_table(out, schema=EXECUTE_SCHEMA).to_pylist()
+    assert [r["split"] for r in rows] == ["base"] * len(SOLUTIONS)
+    by_sample = {}
+    for r in rows:
+        by_sample.setdefault(r["task_id"], {})[r["sample_id"]] = r
+    order = {}
+    for q, code, verdict in SOLUTIONS:
+        i = order[q] = order.get(q, -1) + 1
+        row = by_sample[q][i]
+        assert (row["status"] == "pass") is verdict, (q, code, row["status"], row["error_type"])
+        assert row["tests_total"] == len(next(p for p in PROBLEMS if p["question_id"] == q)["public"]) + len(
+            next(p for p in PROBLEMS if p["question_id"] == q)["private"])
+    slow = by_sample["3001"][max(by_sample["3001"])]
+    assert slow["status"] == "timeout" and slow["time_limit_s"] == (lcb.TIMEOUT_S + 1) * 3 + 5

@@ -211,6 +211,26 @@ def sandbox_program(code: str, p: LcbProblem) -> tuple[str, str, list[list]]:
     return program, "__lcb_call__", [call_arguments(inp) for inp, _ in p.tests]
 
 
+def sandbox_job(p: LcbProblem, code: str):
+    """(job for harness.run_tests, split budget, judge) of one candidate on every test.
+
+    Per-test limit and the split's budget are LiveCodeBench's (6 s a test; its global
+    timeout (6 + 1) * tests + 5, compute_code_generation_metrics.py:63); its guard, not
+    EvalPlus's, runs in the sandbox (`exit()` and a patched `open()` stay usable)."""
+    from skipbench.sandbox_driver import encode
+
+    program, entry, args = sandbox_program(code, p)
+    job = {"code": program, "entry_point": entry, "inputs": [encode(a) for a in args],
+           "time_limits": [TIMEOUT_S] * len(args), "mode": "run", "output_mode": "value",
+           "guard": "livecodebench"}  # fmt: skip
+    match = call_match if p.fn_name else stdio_match
+
+    def judge(i: int, output: Any) -> bool:
+        return match(output, p.tests[i][1])
+
+    return job, (TIMEOUT_S + 1) * len(args) + 5, judge
+
+
 def call_arguments(text: str) -> list:
     """A call-based test input: one JSON value per line (grade_call_based, testing_util.py:227-229)."""
     return [json.loads(line) for line in text.split("\n")]
