@@ -31,6 +31,7 @@ rule throughput:
         benchmark=BENCHMARKS[THROUGHPUT_BENCHMARK],
         sweep=THROUGHPUT,
         seed=config["generation"]["seed"],
+        prompt=config["generation"]["prompt"],
         cache=f"{RUN}/.cache/throughput",
     log:
         f"{RUN}/logs/throughput.log",

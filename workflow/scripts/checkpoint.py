@@ -20,7 +20,8 @@ if __name__ == "__main__":
     tasks = {}
     if model_cfg["source"] == "synthetic":
         for bench_cfg in snakemake.params.benchmarks.values():
-            tasks |= {t.task_id: t for t in load_tasks(bench_cfg)}
+            if bench_cfg["dataset"] != "livecodebench":  # no reference solutions to memorise
+                tasks |= {t.task_id: t for t in load_tasks(bench_cfg)}
     run_checkpoint(
         model_cfg=model_cfg,
         tasks=list(tasks.values()),

@@ -2,21 +2,23 @@
 
 from pathlib import Path
 
-from skipbench.benchmarks import load_tasks
 from skipbench.infer import generate_variants
 from skipbench.logs import log_to
+from skipbench.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
+    tasks, generation_cfg = prepare_generation(snakemake.params.benchmark, snakemake.params.generation,
+                                               snakemake.input.model)
     generate_variants(
         model_dir=Path(snakemake.input.model),
-        tasks=load_tasks(snakemake.params.benchmark),
+        tasks=tasks,
         variants=snakemake.params.variants,
         engine_cfg=snakemake.params.engine,
-        generation_cfg=snakemake.params.generation,
+        generation_cfg=generation_cfg,
         cache_dir=Path(snakemake.params.cache),
         report_path=Path(snakemake.output.report),
         tracing=snakemake.params.trace,

@@ -3,23 +3,25 @@ shared engine, from the cache the benchmark's `generate` job filled."""
 
 from pathlib import Path
 
-from skipbench.benchmarks import load_tasks
 from skipbench.infer import run_infer, write_infer_outputs
 from skipbench.logs import log_to
+from skipbench.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
+    tasks, generation_cfg = prepare_generation(snakemake.params.benchmark, snakemake.params.generation,
+                                               snakemake.input.model)
     write = write_infer_outputs if snakemake.params.shared_engine else run_infer
     write(
         model_dir=Path(snakemake.input.model),
-        tasks=load_tasks(snakemake.params.benchmark),
+        tasks=tasks,
         variant=snakemake.wildcards.variant,
         variant_cfg=snakemake.params.variant,
         engine_cfg=snakemake.params.engine,
-        generation_cfg=snakemake.params.generation,
+        generation_cfg=generation_cfg,
         samples_path=Path(snakemake.output.samples),
         generations_path=Path(snakemake.output.generations),
         summary_path=Path(snakemake.output.summary),

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from skipbench.benchmarks import load_tasks
 from skipbench.logs import log_to
+from skipbench.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 from skipbench.throughput import run_throughput
 
@@ -16,7 +16,8 @@ if __name__ == "__main__":
         model_dir=Path(snakemake.input.model),
         variants=snakemake.params.variants,
         engine_cfg=snakemake.params.engine,
-        prompts=[t.prompt for t in load_tasks(snakemake.params.benchmark)],
+        prompts=[t.prompt for t in prepare_generation(snakemake.params.benchmark, {"prompt": snakemake.params.prompt},
+                                                      snakemake.input.model)[0]],
         concurrency=sweep["concurrency"],
         output_len=sweep["output_len"],
         out_paths={v: Path(out) for v, out in zip(snakemake.params.variants, snakemake.output, strict=True)},

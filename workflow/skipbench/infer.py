@@ -32,6 +32,7 @@ from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write_table
+from skipbench.prompts import HUMANEVAL_STOP, program_of
 from skipbench.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
 from skipbench.traffic import TRACE_SCHEMA
@@ -39,9 +40,6 @@ from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
 
-# Stop strings for completing a HumanEval-style function body: the next top-level
-# statement starts (Codex paper set, spelled with the trailing space/paren).
-HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 DEFAULT_BATCH = 8
 
 # One row per generated sample.
@@ -79,6 +77,7 @@ INFER_SUMMARY_SCHEMA = pa.schema([
     ("dense_experts_per_token", pa.int32()),  # the model's num_experts_per_tok
     ("moe_layers", pa.int32()),
     ("resumed_samples", pa.int32()),  # samples taken from the checkpoint cache, not generated in this run
+    ("prompt_protocol", pa.string()),  # generation.prompt: completion | chat (skipbench.prompts)
 ])
 
 
@@ -328,7 +327,8 @@ def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir
         for s in b["samples"]:
             by_task[(s["task_id"], s["prompt_sha"])] = (b, s)
     ordered = [by_task[(t.task_id, stable_hash(t.prompt))] for t in tasks]
-    write_jsonl(samples_path, [dict(task_id=s["task_id"], solution=s["prompt"] + s["completion"]) for _, s in ordered])
+    write_jsonl(samples_path, [dict(task_id=s["task_id"], solution=program_of(t, s["completion"]))
+                               for t, (_, s) in zip(tasks, ordered)])  # fmt: skip
     rows = [dict(variant=variant, task_id=s["task_id"], sample=s["sample"], completion=s["completion"],
                  token_ids=s["token_ids"], prompt_tokens=s["prompt_tokens"], tokens_generated=len(s["token_ids"]),
                  finish_reason=s["finish_reason"], wall_s=b["wall_s"], batch_size=b["batch_size"]) for b, s in ordered]
@@ -352,6 +352,7 @@ def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir
         experts_per_token=sum(b["kept"] for b in used) / token_layers if token_layers else float("nan"),
         dense_experts_per_token=int(config["num_experts_per_tok"]),
         moe_layers=max((b["moe_layers"] for b in used), default=0), resumed_samples=resumed,
+        prompt_protocol=tasks[0].protocol if tasks else "completion",
     )
     write_table(summary_path, [summary], INFER_SUMMARY_SCHEMA)
     log.info("infer %s: %d samples, %.1f tok/s, %.2f experts/token (dense %d)", variant, len(rows),

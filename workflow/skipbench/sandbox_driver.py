@@ -310,7 +310,7 @@ def _runner(job, w):
                 __import__(name)
             except BaseException:  # noqa: BLE001 - the candidate's own import reports it
                 pass
-    _guard(job["limits"]["memory_mb"] << 20, job["code"])
+    _guard(job["limits"]["memory_mb"] << 20, job["code"], job.get("guard", "evalplus"))
     env = {}  # as EvalPlus: no __name__ == "__main__", so main blocks do not run
     try:
         exec(compile(job["code"], "<candidate>", "exec"), env)
@@ -342,17 +342,25 @@ def _runner(job, w):
         _frame(w, b"V", body)
 
 
-def _guard(memory_bytes, code):
+def _guard(memory_bytes, code, flavour):
     """EvalPlus 0.3.1's `reliability_guard` (evalplus/eval/utils.py), applied before the
-    candidate loads as EvalPlus does, so the same honest programs fail or pass."""
+    candidate loads as EvalPlus does, so the same honest programs fail or pass. Flavour
+    "livecodebench": LiveCodeBench's (lcb_runner/evaluation/testing_util.py:491-574, called
+    without a memory limit) leaves `exit()` and `open()` alone."""
     import builtins
 
-    if sys.platform != "darwin":
-        resource.setrlimit(resource.RLIMIT_STACK, (memory_bytes, memory_bytes))
+    if flavour == "livecodebench":
+        def exit(code=None):  # what site's exit() does; `-S` leaves it undefined
+            raise SystemExit(code)
+
+        builtins.exit, builtins.quit, builtins.help = exit, None, None
+    else:
+        if sys.platform != "darwin":
+            resource.setrlimit(resource.RLIMIT_STACK, (memory_bytes, memory_bytes))
+        builtins.exit = builtins.quit = builtins.help = builtins.open = None
     import faulthandler
 
     faulthandler.disable()
-    builtins.exit = builtins.quit = builtins.help = builtins.open = None
     os.environ["OMP_NUM_THREADS"] = "1"
     for name in ("kill system putenv remove removedirs rmdir fchdir setuid fork forkpty killpg rename "
                  "renames truncate replace unlink fchmod fchown chmod chown chroot lchflags lchmod "
