@@ -42,10 +42,30 @@ SCORED = [
 ]
 
 
-def lib(*modules):
-    """Library sources a rule's results depend on: editing them reruns the rule."""
-    # local(): sources are read here, never staged through a storage provider (Kubernetes).
-    return [local(f"{LIB}/{m}.py") for m in modules]
+def code(*modules, files=()):
+    """Content hash of the library modules (and other sources under the repository root) a
+    rule's results depend on. A param, not an input: editing a source reruns the rule
+    (Snakemake's params trigger), while a clone, which gives every file a new mtime, does not."""
+    from skipbench.io import content_hash
+
+    return content_hash([f"{LIB}/{m}.py" for m in modules] + [f"{workflow.basedir}/{f}" for f in files])
+
+
+def memorised_tasks():
+    """What the synthetic model is trained on (prompt + canonical solution), in config order:
+    the tasks of every benchmark it generates for. A download trains on nothing. A param:
+    an added benchmark retrains only if it brings tasks not memorised yet."""
+    if MODEL["source"] != "synthetic":
+        return []
+    from skipbench.benchmarks import load_tasks
+
+    tasks = {}
+    for name, bench in BENCHMARKS.items():
+        if generated_variants(name):
+            for t in load_tasks(bench):
+                tasks.setdefault(t.task_id, dict(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point,
+                                                 canonical_solution=t.canonical_solution))
+    return list(tasks.values())
 
 
 def engine_model_dir(wildcards=None):

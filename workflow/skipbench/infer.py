@@ -31,7 +31,7 @@ from tqdm import tqdm
 from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
-from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write_table
+from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
 from skipbench.traffic import TRACE_SCHEMA
@@ -83,12 +83,16 @@ INFER_SUMMARY_SCHEMA = pa.schema([
 
 
 def model_fingerprint(model_dir: Path) -> dict:
-    """Identity of a checkpoint without reading its weights: small files by content, big by size and mtime."""
+    """Identity of a checkpoint by content, never by mtime (a copy or `snakemake --touch` keeps
+    the cache): small files whole, big ones by size and a sampled content digest. Hidden files
+    are bookkeeping (Snakemake's .snakemake_timestamp, download state), not the model."""
     files = {}
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        st = f.stat()
-        rel = str(f.relative_to(model_dir))
-        files[rel] = f.read_text() if st.st_size < (1 << 20) and f.suffix in (".json", ".txt", ".model") else [st.st_size, st.st_mtime_ns]
+        rel = f.relative_to(model_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        size = f.stat().st_size
+        files[str(rel)] = f.read_text() if size < (1 << 20) and f.suffix in (".json", ".txt", ".model") else [size, sampled_digest(f)]
     return files
 
 

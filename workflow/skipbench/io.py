@@ -106,3 +106,29 @@ def stable_hash(obj: Any) -> str:
     """Short hash of a JSON-serialisable object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_hash(paths: Iterable[str | os.PathLike]) -> str:
+    """Short hash of the bytes of `paths` (each named by its file name), not of their mtimes."""
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sampled_digest(path: str | os.PathLike, samples: int = 16, chunk: int = 1 << 16) -> str:
+    """Digest of `samples` evenly spaced chunks of a file: tells retrained weights apart without
+    reading hundreds of GB (any training step changes every chunk); files up to
+    samples * chunk bytes are read whole."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= samples * chunk:
+            h.update(f.read())
+        else:
+            for i in range(samples):
+                f.seek((size - chunk) * i // (samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest()[:16]
