@@ -127,15 +127,28 @@ for _name, _bench in BENCHMARKS.items():
         raise ValueError(f"benchmarks.{_name}.variants names unknown variants: {sorted(_unknown)}")
 
 
-def _check_variants():
-    """Fail before any compute on a variant whose strategy parameters are wrong."""
+def _check_config():
+    """Reject every config mistake before any compute (skipbench.config_check): duplicate
+    keys, strategy parameters that do not fit the model, datasets, calibration, external
+    samples. Downloaded models' routing is checked after the download, before an engine starts."""
+    from skipbench import config_check
     from skipbench.strategies import SkipRule
 
+    config_check.check_unique_keys(workflow.configfiles)
     for name, variant in VARIANTS.items():
         try:
             SkipRule.from_config(variant)
         except ValueError as e:
-            raise ValueError(f"variants.{name}: {e}") from None
+            raise config_check.ConfigError(f"variants.{name}: {e}") from None
+    if MODEL["source"] == "synthetic":
+        shape = config_check.RoutingShape.from_config_json(MODEL["synthetic"]["architecture"])
+        config_check.check_variants(VARIANTS, shape)
+    task_ids = config_check.check_benchmarks(BENCHMARKS)
+    for name, bench in BENCHMARKS.items():
+        if "samples" in bench:
+            config_check.check_samples_file(bench["samples"], task_ids[name], f"benchmarks.{name}")
+    if any(calibration_of([v]) for b in BENCHMARKS for v in generated_variants(b)):
+        config_check.check_calibration(config.get("calibration", {}), BENCHMARKS)
 
 
-_check_variants()
+_check_config()

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
+from skipbench.config_check import check_variants_against_checkpoint
 from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
@@ -213,6 +214,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     choice (engines.py: where the skip kernel runs)."""
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
+    check_variants_against_checkpoint({variant: variant_cfg}, model_dir)  # before any engine start
     gen = GenerationSettings.from_config(generation_cfg)
     tracing = trace_path is not None
     cache = open_cache(model_dir, tasks, variant, variant_rule(variant_cfg, calibration_path), engine_cfg, gen,
@@ -268,6 +270,7 @@ def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, di
     """
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
+    check_variants_against_checkpoint(variants, model_dir)  # a downloaded model: before any engine start
     gen = GenerationSettings.from_config(generation_cfg)
     caches = [open_cache(model_dir, tasks, name, variant_rule(cfg, calibration_path), engine_cfg, gen,
                          cache_dir / name, tracing, kernel) for name, cfg in variants.items()]
