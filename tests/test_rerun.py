@@ -2,7 +2,11 @@
 Snakemake's own files, leftovers of killed jobs."""
 
 import os
+import subprocess
+import sys
 import time
+
+import pytest
 
 from skipbench.infer import model_fingerprint
 from skipbench.io import content_hash, sampled_digest
@@ -42,3 +46,54 @@ def test_model_fingerprint_ignores_snakemake_files_and_mtimes(tmp_path):
     assert model_fingerprint(tmp_path) == before
     (tmp_path / "model.safetensors").write_bytes(os.urandom(3 << 20))  # retrained weights
     assert model_fingerprint(tmp_path) != before
+
+
+def test_atomic_dir_removes_staging_folders_of_a_killed_job(tmp_path):
+    from skipbench.io import atomic_dir
+
+    stale = tmp_path / ".checkpoint.abc123.tmp"  # what a kill -9 inside atomic_dir leaves
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "w.safetensors").write_bytes(b"x")
+    other = tmp_path / ".converted.abc.tmp"  # another output's staging: not ours to remove
+    other.mkdir()
+    with atomic_dir(tmp_path / "checkpoint") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert not stale.exists() and other.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".checkpoint")] == []
+    assert (tmp_path / "checkpoint" / "config.json").exists()
+
+
+CHILD = """
+import multiprocessing, sys, time
+from skipbench.lifetime import register
+
+def grandchild(pid_file):
+    register()  # as vLLM's plugin loader does in EngineCore and its workers
+    open(pid_file, "w").write(str(multiprocessing.current_process().pid))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[2])
+    ctx.Process(target=grandchild, args=(sys.argv[1],)).start()
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
+    psutil = pytest.importorskip("psutil")
+    script, pid_file = tmp_path / "job.py", tmp_path / "child.pid"
+    script.write_text(CHILD)
+    job = subprocess.Popen([sys.executable, str(script), str(pid_file), start_method])
+    try:
+        deadline = time.monotonic() + 120  # a spawned child imports torch-free code: seconds
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        child = psutil.Process(int(pid_file.read_text()))  # written after register()
+        assert child.is_running()
+        job.kill()  # kill -9: no cleanup code runs in the job
+        job.wait()
+        gone, alive = psutil.wait_procs([child], timeout=60)
+        assert not alive, f"{child} outlived its killed parent"
+    finally:
+        job.kill()
