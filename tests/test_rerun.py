@@ -97,3 +97,36 @@ def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
         assert not alive, f"{child} outlived its killed parent"
     finally:
         job.kill()
+
+
+def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
+    from skipbench import infer
+    from skipbench.benchmarks import Task
+    from skipbench.strategies import SkipRule
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    tasks = [Task(f"T/{i}", f"def f{i}():\n", f"f{i}", "") for i in range(3)]
+    gen = infer.GenerationSettings.from_config({"max_new_tokens": 8, "batch_size": 1})
+
+    def cache():
+        return infer.open_cache(model, tasks, "dense", SkipRule.from_config({"strategy": "dense"}), {"name": "x"},
+                                gen, tmp_path / "cache", False, None)
+
+    run_dir = cache().run_dir
+    for i, t in enumerate(tasks):
+        infer._save_batch(run_dir, f"k{i}", {"wall_s": 0.5, "samples": [
+            {"task_id": t.task_id, "prompt_sha": infer.stable_hash(t.prompt), "completion": f"  return {i}\n"}]})
+    assert cache().todo == []
+    truncated, altered = run_dir / "batch-k0.json", run_dir / "batch-k1.json"
+    truncated.write_text(truncated.read_text()[:40])  # disk full mid-write outside atomic writes
+    altered.write_text(altered.read_text().replace("return 1", "return 7"))  # valid JSON, wrong content
+    (run_dir / "trace-k1.parquet").write_bytes(b"trace")
+    with caplog.at_level("WARNING"):
+        again = cache()
+    assert [t.task_id for t in again.todo] == ["T/0", "T/1"]
+    assert [s["completion"] for b in again.done for s in b["samples"]] == ["  return 2\n"]
+    assert not truncated.exists() and not altered.exists() and not (run_dir / "trace-k1.parquet").exists()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "batch-k0.json is corrupt" in warned and "JSONDecodeError" in warned and "checksum mismatch" in warned

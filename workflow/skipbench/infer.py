@@ -18,6 +18,7 @@ A variant's cache key does not depend on which of the two generated it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -101,9 +102,35 @@ def _batches(todo: list[Task], size: int) -> list[list[Task]]:
     return [todo[i : i + size] for i in range(0, len(todo), size)]
 
 
+def _record_sha(record: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def _save_batch(run_dir: Path, batch_key: str, record: dict) -> None:
+    """Checkpoint one batch record with the checksum _load_done verifies."""
+    write_json(run_dir / f"batch-{batch_key}.json", record | {"sha256": _record_sha(record)})
+
+
 def _load_done(run_dir: Path) -> list[dict]:
-    """Finished batch records in run_dir (unreadable partial files cannot exist: writes are atomic)."""
-    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("batch-*.json"))]
+    """Finished batch records in run_dir. A record that does not parse or whose checksum does
+    not match (a truncated disk, an edited file) is removed with a warning: its tasks are
+    generated again. Its trace goes with it."""
+    done = []
+    for path in sorted(run_dir.glob("batch-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            ok = isinstance(record, dict) and record.get("sha256") == _record_sha(record)
+        except (OSError, ValueError) as e:
+            ok, record = False, {"error": f"{type(e).__name__}: {e}"}
+        if ok:
+            done.append(record)
+            continue
+        log.warning("cache entry %s is corrupt or has no checksum (%s): removed, its tasks are generated again",
+                    path, record.get("error", "checksum mismatch"))
+        (run_dir / f"trace-{path.stem.removeprefix('batch-')}.parquet").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    return done
 
 
 # One row per variant of a benchmark: how the shared-engine job `generate` filled its cache.
@@ -198,7 +225,7 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
                           finish_reason=g.finish_reason) for t, g in zip(batch, gens)],
         )
         record["trace"] = f"trace-{batch_key}.parquet" if tracing else None
-        write_json(cache.run_dir / f"batch-{batch_key}.json", record)
+        _save_batch(cache.run_dir, batch_key, record)
         fresh.append(record)
     return fresh
 
