@@ -4,9 +4,12 @@ PY := $(VENV)/bin/python
 EXTRAS ?= cpu,test
 CORES ?= all
 
-.PHONY: setup run test test-fast report figures lint clean
+comma := ,
+LOCK := requirements/lock-$(subst $(comma),-,$(EXTRAS)).txt
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: setup run test test-fast report figures lint clean lock
+
+$(VENV)/.installed: pyproject.toml $(wildcard $(LOCK))
 	bash workflow/setup.sh "$(VENV)" "$(EXTRAS)"
 	touch $@
 
@@ -30,6 +33,13 @@ report: setup
 
 lint: setup
 	$(VENV)/bin/snakemake --lint
+
+# Re-pin every dependency: set up a scratch venv with open ranges, freeze it (keeps the header).
+lock:
+	mv -f $(LOCK) $(LOCK).old 2>/dev/null || true
+	tmp=$$(mktemp -d) && bash workflow/setup.sh "$$tmp/venv" "$(EXTRAS)" \
+	  && { grep '^#' $(LOCK).old 2>/dev/null; "$$tmp/venv/bin/pip" freeze --exclude-editable; } > $(LOCK) \
+	  && rm -rf "$$tmp" $(LOCK).old
 
 clean:
 	rm -rf results/*/ .snakemake

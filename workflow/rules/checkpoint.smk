@@ -3,7 +3,6 @@
 
 rule checkpoint:
     input:
-        lib("checkpoint", "tinymodel", "fp8", "layout", "adapters"),
     output:
         checkpoint=directory(f"{RUN}/model/checkpoint"),
         manifest=report(
@@ -13,8 +12,10 @@ rule checkpoint:
         ),
         training=f"{RUN}/model/training.parquet",
     params:
-        model=MODEL,
-        benchmarks=BENCHMARKS,
+        code=code("checkpoint", "tinymodel", "fp8", "layout", "adapters"),
+        # `convert` is the next stage's business: changing it keeps the checkpoint.
+        model={k: v for k, v in MODEL.items() if k != "convert"},
+        tasks=memorised_tasks(),
     log:
         f"{RUN}/logs/checkpoint.log",
     threads: workflow.cores

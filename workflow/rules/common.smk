@@ -42,10 +42,30 @@ SCORED = [
 ]
 
 
-def lib(*modules):
-    """Library sources a rule's results depend on: editing them reruns the rule."""
-    # local(): sources are read here, never staged through a storage provider (Kubernetes).
-    return [local(f"{LIB}/{m}.py") for m in modules]
+def code(*modules, files=()):
+    """Content hash of the library modules (and other sources under the repository root) a
+    rule's results depend on. A param, not an input: editing a source reruns the rule
+    (Snakemake's params trigger), while a clone, which gives every file a new mtime, does not."""
+    from skipbench.io import content_hash
+
+    return content_hash([f"{LIB}/{m}.py" for m in modules] + [f"{workflow.basedir}/{f}" for f in files])
+
+
+def memorised_tasks():
+    """What the synthetic model is trained on (prompt + canonical solution), in config order:
+    the tasks of every benchmark it generates for. A download trains on nothing. A param:
+    an added benchmark retrains only if it brings tasks not memorised yet."""
+    if MODEL["source"] != "synthetic":
+        return []
+    from skipbench.benchmarks import load_tasks
+
+    tasks = {}
+    for name, bench in BENCHMARKS.items():
+        if generated_variants(name) and bench["dataset"] != "livecodebench":  # LCB: no solutions to learn
+            for t in load_tasks(bench):
+                tasks.setdefault(t.task_id, dict(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point,
+                                                 canonical_solution=t.canonical_solution))
+    return list(tasks.values())
 
 
 def engine_model_dir(wildcards=None):
@@ -107,15 +127,28 @@ for _name, _bench in BENCHMARKS.items():
         raise ValueError(f"benchmarks.{_name}.variants names unknown variants: {sorted(_unknown)}")
 
 
-def _check_variants():
-    """Fail before any compute on a variant whose strategy parameters are wrong."""
+def _check_config():
+    """Reject every config mistake before any compute (skipbench.config_check): duplicate
+    keys, strategy parameters that do not fit the model, datasets, calibration, external
+    samples. Downloaded models' routing is checked after the download, before an engine starts."""
+    from skipbench import config_check
     from skipbench.strategies import SkipRule
 
+    config_check.check_unique_keys(workflow.configfiles)
     for name, variant in VARIANTS.items():
         try:
             SkipRule.from_config(variant)
         except ValueError as e:
-            raise ValueError(f"variants.{name}: {e}") from None
+            raise config_check.ConfigError(f"variants.{name}: {e}") from None
+    if MODEL["source"] == "synthetic":
+        shape = config_check.RoutingShape.from_config_json(MODEL["synthetic"]["architecture"])
+        config_check.check_variants(VARIANTS, shape)
+    task_ids = config_check.check_benchmarks(BENCHMARKS)
+    for name, bench in BENCHMARKS.items():
+        if "samples" in bench:
+            config_check.check_samples_file(bench["samples"], task_ids[name], f"benchmarks.{name}")
+    if any(calibration_of([v]) for b in BENCHMARKS for v in generated_variants(b)):
+        config_check.check_calibration(config.get("calibration", {}), BENCHMARKS)
 
 
-_check_variants()
+_check_config()

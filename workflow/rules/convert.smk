@@ -3,7 +3,6 @@
 
 rule fp8_convert:
     input:
-        lib("fp8", "layout"),
         checkpoint=f"{RUN}/model/checkpoint",
     output:
         converted=directory(f"{RUN}/model/converted"),
@@ -13,6 +12,7 @@ rule fp8_convert:
             category="1. Model",
         ),
     params:
+        code=code("fp8", "layout"),
         direction=MODEL.get("convert", "none"),
     log:
         f"{RUN}/logs/fp8_convert.log",

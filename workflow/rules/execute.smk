@@ -3,11 +3,11 @@
 
 rule execute:
     input:
-        lib("execute", "sandbox", "sandbox_driver", "benchmarks", "harness", "groundtruth", "compare", "proctable"),
         samples=samples_for,
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
     params:
+        code=code("execute", "sandbox", "sandbox_driver", "benchmarks", "harness", "groundtruth", "compare", "proctable"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
         execution=config["execution"],
     log:

@@ -3,7 +3,6 @@
 
 rule figures:
     input:
-        lib("figures", "figures_traffic", "summary", "report"),
         tables=report_inputs(),
         attached=attached_tables(),  # whichever rule wrote them; score and throughput flag their own
     output:
@@ -13,6 +12,7 @@ rule figures:
         summary_md=report(f"{RUN}/figures/summary.md", caption="../report/summary.rst", category="0. Summary",
                           subcategory="summary table", labels={"table": "summary", "format": "Markdown"}),
     params:
+        code=code("figures", "figures_traffic", "summary", "report"),
         runs=REPORT_RUNS,
         benchmarks=list(BENCHMARKS),
         deployment_batch=DEPLOYMENT_BATCH,

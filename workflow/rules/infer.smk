@@ -11,12 +11,12 @@
 rule generate:
     input:
         unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
-        lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:
         report=f"{RUN}/generate/{{benchmark}}.parquet",
     params:
+        code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
         variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
         engine=config["engine"],
@@ -40,7 +40,6 @@ rule infer:
     input:
         unpack(calibration_for),
         unpack(generated_for),
-        lib("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:
@@ -49,6 +48,7 @@ rule infer:
         summary=f"{RUN}/infer/{{benchmark}}/{{variant}}/summary.parquet",
         trace=f"{RUN}/infer/{{benchmark}}/{{variant}}/trace.parquet" if TRACING else [],
     params:
+        code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
         variant=lambda wc: VARIANTS[wc.variant],
         engine=config["engine"],

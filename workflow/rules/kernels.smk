@@ -3,8 +3,6 @@
 
 rule build_kernels:
     input:
-        lib("kernel_build"),
-        [local(f"{workflow.basedir}/kernels/{m}.py") for m in ("reference", "layout", "moe_triton", "tune")],
         model=engine_model_dir,
     output:
         manifest=report(
@@ -13,6 +11,7 @@ rule build_kernels:
             category="2. Kernels",
         ),
     params:
+        code=code("kernel_build", files=[f"kernels/{m}.py" for m in ("reference", "layout", "moe_triton", "tune")]),
         kernels=config["kernels"],
         # tuned and self-tested at the expert shapes one tensor-parallel rank runs
         tensor_parallel_size=config["engine"].get("tensor_parallel_size", 1),

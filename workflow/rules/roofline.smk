@@ -12,12 +12,12 @@ if TRACING:
 
     rule traffic:
         input:
-            lib("traffic", "specs"),
             model=engine_model_dir,
             traces=lambda wc: [f"{RUN}/infer/{wc.benchmark}/{v}/trace.parquet" for v in generated_variants(wc.benchmark)],
         output:
             f"{RUN}/traffic/{{benchmark}}.parquet",
         params:
+            code=code("traffic", "specs"),
             variants=lambda wc: generated_variants(wc.benchmark),
             concurrency=TRAFFIC_CONCURRENCY,
             weight_dtype=ROOFLINE["weight_dtype"],
@@ -31,8 +31,6 @@ if TRACING:
 
     rule roofline:
         input:
-            lib("roofline", "specs", "traffic"),
-            [local(f"{workflow.basedir}/config/hardware/{h}.yaml") for h in ROOFLINE["hardware"] if "/" not in h],
             model=engine_model_dir,
             traffic=f"{RUN}/traffic/{THROUGHPUT_BENCHMARK}.parquet",
             throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
@@ -40,6 +38,7 @@ if TRACING:
             predictions=f"{RUN}/roofline/predictions.parquet",
             validation=f"{RUN}/roofline/validation.parquet",
         params:
+            code=code("roofline", "specs", "traffic", files=[f"config/hardware/{h}.yaml" for h in ROOFLINE["hardware"] if "/" not in h]),
             roofline=ROOFLINE,
             # KV-cache reads at the mean context of a generated token: prompt + half the output.
             context_len=config["generation"]["max_new_tokens"] // 2 + 256,

@@ -3,7 +3,6 @@
 
 rule score:
     input:
-        lib("score"),
         runs=[path for entry in SCORED for key, path in entry.items() if key not in ("benchmark", "variant")],
     output:
         scores=report(
@@ -12,6 +11,7 @@ rule score:
             category="3. Scores",
         ),
     params:
+        code=code("score"),
         entries=SCORED,
     log:
         f"{RUN}/logs/score.log",

@@ -12,7 +12,6 @@ THROUGHPUT_BENCHMARK = next((b for b in BENCHMARKS if generated_variants(b)), ne
 rule throughput:
     input:
         unpack(lambda wc: calibration_of(THROUGHPUT_VARIANTS)),
-        lib("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:  # one file per variant, in THROUGHPUT_VARIANTS order
@@ -26,6 +25,7 @@ rule throughput:
             for v in THROUGHPUT_VARIANTS
         ],
     params:
+        code=code("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
         variants={v: VARIANTS[v] for v in THROUGHPUT_VARIANTS},
         engine=config["engine"],
         benchmark=BENCHMARKS[THROUGHPUT_BENCHMARK],

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from skipbench.adapters import check_routing
-from skipbench.benchmarks import load_tasks
+from skipbench.benchmarks import Task
 from skipbench.checkpoint import run_checkpoint
 from skipbench.logs import log_to
 
@@ -17,14 +17,9 @@ if __name__ == "__main__":
     torch.set_num_threads(snakemake.threads)  # training: use the cores the rule was given
     model_cfg = snakemake.params.model
     # The memorisation demo trains on the tasks it is then evaluated on (said in the README).
-    tasks = {}
-    if model_cfg["source"] == "synthetic":
-        for bench_cfg in snakemake.params.benchmarks.values():
-            if bench_cfg["dataset"] != "livecodebench":  # no reference solutions to memorise
-                tasks |= {t.task_id: t for t in load_tasks(bench_cfg)}
     run_checkpoint(
         model_cfg=model_cfg,
-        tasks=list(tasks.values()),
+        tasks=[Task(**t) for t in snakemake.params.tasks],
         out_dir=Path(snakemake.output.checkpoint),
         manifest_path=Path(snakemake.output.manifest),
         training_report_path=Path(snakemake.output.training),

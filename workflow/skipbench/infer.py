@@ -18,6 +18,7 @@ A variant's cache key does not depend on which of the two generated it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,8 @@ from tqdm import tqdm
 from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
-from skipbench.io import read_table, stable_hash, write_json, write_jsonl, write_table
+from skipbench.config_check import check_variants_against_checkpoint
+from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.prompts import HUMANEVAL_STOP, program_of
 from skipbench.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
@@ -82,12 +84,16 @@ INFER_SUMMARY_SCHEMA = pa.schema([
 
 
 def model_fingerprint(model_dir: Path) -> dict:
-    """Identity of a checkpoint without reading its weights: small files by content, big by size and mtime."""
+    """Identity of a checkpoint by content, never by mtime (a copy or `snakemake --touch` keeps
+    the cache): small files whole, big ones by size and a sampled content digest. Hidden files
+    are bookkeeping (Snakemake's .snakemake_timestamp, download state), not the model."""
     files = {}
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        st = f.stat()
-        rel = str(f.relative_to(model_dir))
-        files[rel] = f.read_text() if st.st_size < (1 << 20) and f.suffix in (".json", ".txt", ".model") else [st.st_size, st.st_mtime_ns]
+        rel = f.relative_to(model_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        size = f.stat().st_size
+        files[str(rel)] = f.read_text() if size < (1 << 20) and f.suffix in (".json", ".txt", ".model") else [size, sampled_digest(f)]
     return files
 
 
@@ -95,9 +101,35 @@ def _batches(todo: list[Task], size: int) -> list[list[Task]]:
     return [todo[i : i + size] for i in range(0, len(todo), size)]
 
 
+def _record_sha(record: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def _save_batch(run_dir: Path, batch_key: str, record: dict) -> None:
+    """Checkpoint one batch record with the checksum _load_done verifies."""
+    write_json(run_dir / f"batch-{batch_key}.json", record | {"sha256": _record_sha(record)})
+
+
 def _load_done(run_dir: Path) -> list[dict]:
-    """Finished batch records in run_dir (unreadable partial files cannot exist: writes are atomic)."""
-    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("batch-*.json"))]
+    """Finished batch records in run_dir. A record that does not parse or whose checksum does
+    not match (a truncated disk, an edited file) is removed with a warning: its tasks are
+    generated again. Its trace goes with it."""
+    done = []
+    for path in sorted(run_dir.glob("batch-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            ok = isinstance(record, dict) and record.get("sha256") == _record_sha(record)
+        except (OSError, ValueError) as e:
+            ok, record = False, {"error": f"{type(e).__name__}: {e}"}
+        if ok:
+            done.append(record)
+            continue
+        log.warning("cache entry %s is corrupt or has no checksum (%s): removed, its tasks are generated again",
+                    path, record.get("error", "checksum mismatch"))
+        (run_dir / f"trace-{path.stem.removeprefix('batch-')}.parquet").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    return done
 
 
 # One row per variant of a benchmark: how the shared-engine job `generate` filled its cache.
@@ -192,7 +224,7 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
                           finish_reason=g.finish_reason) for t, g in zip(batch, gens)],
         )
         record["trace"] = f"trace-{batch_key}.parquet" if tracing else None
-        write_json(cache.run_dir / f"batch-{batch_key}.json", record)
+        _save_batch(cache.run_dir, batch_key, record)
         fresh.append(record)
     return fresh
 
@@ -208,6 +240,7 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
     choice (engines.py: where the skip kernel runs)."""
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
+    check_variants_against_checkpoint({variant: variant_cfg}, model_dir)  # before any engine start
     gen = GenerationSettings.from_config(generation_cfg)
     tracing = trace_path is not None
     cache = open_cache(model_dir, tasks, variant, variant_rule(variant_cfg, calibration_path), engine_cfg, gen,
@@ -263,6 +296,7 @@ def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, di
     """
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
+    check_variants_against_checkpoint(variants, model_dir)  # a downloaded model: before any engine start
     gen = GenerationSettings.from_config(generation_cfg)
     caches = [open_cache(model_dir, tasks, name, variant_rule(cfg, calibration_path), engine_cfg, gen,
                          cache_dir / name, tracing, kernel) for name, cfg in variants.items()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +18,8 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -36,9 +39,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory next to `path`; it replaces `path` on success."""
+    """Yield a temporary directory next to `path`; it replaces `path` on success. Staging
+    folders of a killed earlier job (same name pattern: one job writes `path` at a time)
+    are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.warning("removing %s, left by a killed job", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -106,3 +114,29 @@ def stable_hash(obj: Any) -> str:
     """Short hash of a JSON-serialisable object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_hash(paths: Iterable[str | os.PathLike]) -> str:
+    """Short hash of the bytes of `paths` (each named by its file name), not of their mtimes."""
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sampled_digest(path: str | os.PathLike, samples: int = 16, chunk: int = 1 << 16) -> str:
+    """Digest of `samples` evenly spaced chunks of a file: tells retrained weights apart without
+    reading hundreds of GB (any training step changes every chunk); files up to
+    samples * chunk bytes are read whole."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= samples * chunk:
+            h.update(f.read())
+        else:
+            for i in range(samples):
+                f.seek((size - chunk) * i // (samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest()[:16]

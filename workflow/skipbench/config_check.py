@@ -1,0 +1,165 @@
+"""Config mistakes caught before any compute (the Snakefile calls these while planning).
+
+Every message names the field, the value and what is allowed. Strategy parameters are checked
+against the model's routing shape: from the config for the synthetic model (planning time),
+from the downloaded config.json before an engine starts (skipbench.infer).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value the workflow cannot run with; the message says which and why."""
+
+
+# --- duplicate YAML keys (PyYAML keeps the last one silently) ---------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: duplicate key {key!r} "
+                    f"(first at line {seen[key] + 1}); YAML would keep only the last one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_unique_keys(paths: Iterable[str | Path]) -> None:
+    """Reject a config file in which a mapping repeats a key (e.g. two variants of one name)."""
+    for path in paths:
+        with open(path) as f:
+            try:
+                yaml.load(f, Loader=_UniqueKeyLoader)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+# --- strategy parameters against the model's routing shape -----------------------------
+
+
+@dataclass(frozen=True)
+class RoutingShape:
+    experts: int  # routed experts per MoE layer
+    top_k: int  # slots per token
+    groups: int  # expert groups (n_group)
+    topk_group: int  # groups kept per token
+    layers: int  # decoder layers
+    first_moe: int  # layers before it are dense
+
+    @classmethod
+    def from_config_json(cls, cfg: dict) -> "RoutingShape":
+        """From a DeepSeek-V3 config.json (or the synthetic model's architecture block)."""
+        return cls(int(cfg["n_routed_experts"]), int(cfg["num_experts_per_tok"]), int(cfg.get("n_group") or 1),
+                   int(cfg.get("topk_group") or 1), int(cfg["num_hidden_layers"]),
+                   int(cfg.get("first_k_dense_replace", 0)))
+
+    @property
+    def moe_layers(self) -> range:
+        return range(self.first_moe, self.layers)
+
+
+def _at_most(field: str, value, limit: int, what: str) -> list[str]:
+    if value is not None and not isinstance(value, str) and value > limit:
+        return [f"{field} = {value!r}: at most {limit} ({what})"]
+    return []
+
+
+def _check_layers(v: dict, s: RoutingShape) -> list[str]:
+    moe = s.moe_layers
+    bad = [layer for layer in v.get("layers") or [] if layer not in moe]
+    errors = [f"layers = {v['layers']!r}: {bad} are not MoE layers; allowed {moe.start}..{moe.stop - 1}"] if bad else []
+    return errors + _at_most("cheapest", v.get("cheapest"), len(moe), "the model's MoE layers")
+
+
+# Strategy name -> its checks against the routing shape. A new strategy adds one entry.
+STRATEGY_CHECKS: dict[str, Callable[[dict, RoutingShape], list[str]]] = {
+    "topk": lambda v, s: _at_most("k", v.get("k"), s.top_k, "the model's num_experts_per_tok"),
+    "group": lambda v, s: _at_most("topk_group", v.get("topk_group"), s.groups, "the model's n_group"),
+    "layers": _check_layers,
+    "batch_aware": lambda v, s: _at_most("k0", v.get("k0"), s.top_k, "the model's num_experts_per_tok"),
+}
+
+
+def check_variants(variants: dict[str, dict], shape: RoutingShape, where: str = "variants") -> None:
+    """Every variant's parameters fit the model: raise one ConfigError listing all misfits."""
+    errors = [f"{where}.{name}.{msg}" for name, v in variants.items()
+              for msg in STRATEGY_CHECKS.get(v.get("strategy"), lambda v, s: [])(v, shape)]
+    if errors:
+        raise ConfigError("strategy parameters do not fit the model's routing:\n  " + "\n  ".join(errors))
+
+
+def check_variants_against_checkpoint(variants: dict[str, dict], model_dir: Path) -> None:
+    """check_variants with the shape of a checkpoint on disk (downloaded models, before an engine start)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    check_variants(variants, RoutingShape.from_config_json(cfg))
+
+
+# --- benchmarks, calibration, external samples ----------------------------------------
+
+
+def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str]]:
+    """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids per benchmark."""
+    from skipbench.benchmarks import load_tasks
+
+    ids = {}
+    for name, bench in benchmarks.items():
+        try:
+            ids[name] = {t.task_id for t in load_tasks(bench)}
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"benchmarks.{name} (dataset {bench.get('dataset')!r}, path {bench.get('path')!r}): {e}") from None
+    return ids
+
+
+def check_calibration(calibration: dict, benchmarks: dict[str, dict]) -> None:
+    """Calibration tasks exist, are held out, and are enough (else calibrate fails after training)."""
+    from skipbench.benchmarks import load_tasks
+    from skipbench.calibrate import DEFAULT_CALIBRATION, calibration_tasks
+
+    cfg = DEFAULT_CALIBRATION | dict(calibration)
+    if isinstance(cfg["tasks"], list):
+        pool = {t.task_id for t in load_tasks({k: v for k, v in cfg.items() if k != "tasks"})}
+        if unknown := [t for t in cfg["tasks"] if t not in pool]:
+            raise ConfigError(f"calibration.tasks = {cfg['tasks']!r}: {unknown} are not tasks of {cfg['dataset']}")
+    try:
+        calibration_tasks(calibration, benchmarks)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"calibration (dataset {cfg['dataset']!r}, tasks {cfg['tasks']!r}): {e}") from None
+
+
+def check_samples_file(path: str | Path, task_ids: set[str], where: str) -> None:
+    """External samples: one JSON object per line with a known task_id and a string
+    `solution` or `completion`. Raises with file:line of every bad line (up to 10)."""
+    errors = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}.samples = {str(path)!r}: cannot read it ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)
+        except ValueError as e:
+            errors.append(f"{path}:{n}: not JSON ({e})")
+            continue
+        if not isinstance(s, dict):
+            errors.append(f"{path}:{n}: a {type(s).__name__}, not an object")
+        elif s.get("task_id") not in task_ids:
+            errors.append(f"{path}:{n}: task_id {s.get('task_id')!r} is not a task of this benchmark")
+        elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
+            got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}
+            errors.append(f"{path}:{n}: needs a string 'solution' or 'completion', got {got or 'neither'}")
+    if errors:
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise ConfigError(f"{where}.samples: bad lines:\n  " + "\n  ".join(errors[:10]) + more)
