@@ -69,6 +69,9 @@ SCORES_SCHEMA = pa.schema([
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
+    ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
+    ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
+    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs (other batching): "identical"
     ("first_diff_token", pa.float64()),  # mean over ALL pairs of tokens agreed before the first difference (identical: its length)
     ("time_factor", pa.float64()),  # EvalPlus time-limit settings the execute stage used
     ("min_time_limit_s", pa.float64()),
@@ -84,6 +87,7 @@ class VariantInputs:
     execution: str  # execute stage Parquet (EXECUTE_SCHEMA)
     generations: str | None = None  # infer stage generations Parquet; None for external samples
     summary: str | None = None  # infer stage summary Parquet
+    fidelity: str | None = None  # fidelity stage Parquet of the benchmark (FIDELITY_SCHEMA)
 
 
 def first_difference(a: list, b: list) -> int | None:
@@ -138,6 +142,22 @@ def fidelity(gen: pd.DataFrame, dense: pd.DataFrame) -> tuple[float, float]:
     return (sum(d is None for d in diffs) / len(diffs), sum(agreed) / len(agreed))
 
 
+def teacher_forced(fid: pd.DataFrame | None, variant: str) -> dict:
+    """kl_to_dense, top1_agree (0 and 1 for dense itself) and the benchmark's noise floor."""
+    out = dict(kl_to_dense=None, top1_agree=None, kl_noise_floor=None)
+    if fid is None or fid.empty:
+        return out
+    floor = fid[fid["variant"] == DENSE]
+    if len(floor):
+        out["kl_noise_floor"] = float(floor["kl_mean"].iloc[0])
+    if variant == DENSE:
+        return out | dict(kl_to_dense=0.0, top1_agree=1.0)
+    mine = fid[fid["variant"] == variant]
+    if len(mine) and pd.notna(mine["kl_mean"].iloc[0]):
+        out |= dict(kl_to_dense=float(mine["kl_mean"].iloc[0]), top1_agree=float(mine["top1_agree"].iloc[0]))
+    return out
+
+
 def _paired_columns(split: str) -> tuple[str, ...]:
     """Score columns of paired_test's (difference, lo, hi, p) for one split."""
     return (f"delta_{split}", f"delta_{split}_lo", f"delta_{split}_hi", f"mcnemar_p_{split}")
@@ -179,7 +199,7 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
         pass1_base=base[0], pass1_base_lo=base[1], pass1_base_hi=base[2],
         pass1_plus=plus[0], pass1_plus_lo=plus[1], pass1_plus_hi=plus[2],
         paired=None, holm_p_base=None, holm_p_plus=None, **{c: None for sp in SPLITS for c in _paired_columns(sp)},
-        identical_to_dense=None, first_diff_token=None,
+        identical_to_dense=None, first_diff_token=None, **teacher_forced(_read(v.fidelity), v.variant),
         time_factor=float(ex["time_factor"].iloc[0]), min_time_limit_s=float(ex["min_time_limit_s"].iloc[0]),
         sandbox=",".join(sorted(set(ex["sandbox"]))),
         status_counts=json.dumps({k: int(c) for k, c in ex["status"].value_counts().sort_index().items()}),

@@ -73,6 +73,10 @@ SUMMARY_SCHEMA = pa.schema([
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
+    ("first_diff_token", pa.float64()),  # mean over all pairs of tokens agreed before the first difference
+    ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
+    ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
+    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs: what "identical" means
     ("pareto", pa.bool_()),  # on the quality vs experts-per-token Pareto front of its run and benchmark
     ("pareto_within_ci", pa.bool_()),  # off the front, but its pass@1 interval overlaps every dominating point's
 ])  # fmt: skip
@@ -244,6 +248,13 @@ def _delta(row, split: str) -> str:
     return f"{d:+.3f}{ci} (p={row[f'mcnemar_p_{split}']:.3g}{adj})"
 
 
+def _kl(row) -> str:
+    kl, floor = row.get("kl_to_dense"), row.get("kl_noise_floor")
+    if kl is None or (isinstance(kl, float) and math.isnan(kl)):
+        return ""
+    return f"{kl:.3g}" + ("" if floor is None or (isinstance(floor, float) and math.isnan(floor)) else f" ({floor:.1g})")
+
+
 def markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table, with the provenance of every throughput column."""
     batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
@@ -265,6 +276,8 @@ def markdown(summary: pd.DataFrame) -> str:
         "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
+        "KL to dense, nats (noise floor)": lambda r: _kl(r),
+        "top-1 agreement": lambda r: _num(r.get("top1_agree"), ".3f"),
     }
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, r in summary.iterrows():
@@ -279,6 +292,10 @@ def markdown(summary: pd.DataFrame) -> str:
         else f"Measured @{batch}: no throughput sweep at this batch size.",
         f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert costs nothing): "
         "a prediction, not a measurement." if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
+        "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
+        "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between two "
+        "dense runs with different batching; top-1 agreement: share of positions where the variant's "
+        "most likely token is dense's.",
         "Δ: difference in pass rate to dense over the same (task, sample) pairs, with its 95% interval "
         "(Newcombe 1998 paired hybrid score); p: exact two-sided McNemar test, raw; Holm p: adjusted by "
         "Holm's step-down method over all variants of the run's benchmark (one family per benchmark and "
