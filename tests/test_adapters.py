@@ -98,6 +98,9 @@ def rules_for(layer: int) -> list[SkipRule]:
         SkipRule("topk", k=1, renormalise=True),
         SkipRule("threshold", beta=0.6),
         SkipRule("top_p", p=0.5),
+        SkipRule("top_p_within_k", p=0.5),
+        SkipRule("router_topk", k=1),
+        SkipRule("entropy_k", thresholds=(0.5, 0.9)),
         SkipRule("layers", layers=(layer,)),
         SkipRule("batch_aware", k0=1),
         SkipRule("prune", fraction=0.25, criterion="frequency", pruned={layer: (0, 1, 2, 3)}),
@@ -141,6 +144,9 @@ def test_check_routing_names_every_mismatch():
         adapters.routing_of({"model_type": "llama"})
     with pytest.raises(ValueError, match="vLLM and transformers"):
         adapters.routing_of(tiny_config("olmoe", norm_topk_prob=True).to_dict())
+    # transformers' DeepseekV2TopkRouter ignores norm_topk_prob, vLLM's DeepseekV2MoE honours it
+    with pytest.raises(ValueError, match="deepseek_v2 with norm_topk_prob true.*vLLM and transformers"):
+        adapters.routing_of(tiny_config("deepseek_v2", norm_topk_prob=True).to_dict())
 
 
 # --- the real routers of both engines -----------------------------------------------------

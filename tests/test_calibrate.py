@@ -76,3 +76,61 @@ def test_bind_calibration(table):
     with pytest.raises(ValueError, match="calibration"):
         bind_calibration(SkipRule("layers", cheapest=1), None)
     assert bind_calibration(SkipRule("topk", k=2), None) == SkipRule("topk", k=2)
+
+
+def _task(tid, prompt, solution="    return x\n"):
+    from skipbench.benchmarks import Task
+
+    return Task(task_id=tid, prompt=prompt, entry_point="f", canonical_solution=solution)
+
+
+EVAL = _task("E/0", 'def f(x):\n    """Return x, unchanged.\n\n    >>> f(1)\n    1\n    """\n')
+NEAR_COPY = _task("C/9", 'def f(x):  # same task\n  """Return x,\n  unchanged.\n\n  >>> f(1)\n  1\n  """\n')
+OTHER = _task("C/1", "def g(items):\n    '''Sort the items in reverse order and drop duplicates.'''\n",
+              "    return sorted(set(items), reverse=True)\n")
+
+
+def fake_datasets(monkeypatch, datasets):
+    """load_tasks(cfg) -> datasets[cfg['dataset']] (whole dataset, or the first `tasks` ids)."""
+    import skipbench.calibrate as cal
+
+    def load(cfg):
+        pool = datasets[cfg["dataset"]]
+        n = cfg.get("tasks")
+        return pool[:n] if isinstance(n, int) else pool
+
+    monkeypatch.setattr(cal, "load_tasks", load)
+
+
+def test_normalised_text_and_near_duplicates():
+    from skipbench.disjoint import EvaluatedTexts, normalise
+
+    # comments, indentation and docstring wrapping do not matter
+    assert normalise(EVAL.prompt) == normalise(NEAR_COPY.prompt)
+    assert normalise("x = 1  # one\n\n\ny =  2\n") == normalise("x = 1\ny = 2")
+    assert normalise("not python ( at all # c\n  text") == "not python ( at all text"  # fallback path
+    ev = EvaluatedTexts([("E/0", EVAL.prompt)])
+    assert ev.clash(NEAR_COPY.prompt) == ("E/0", 1.0)
+    assert ev.clash(OTHER.prompt) is None
+    # one changed word in a long prompt is still a near duplicate
+    long = "def h(a, b):\n    '''" + " ".join(f"word{i}" for i in range(60)) + "'''\n"
+    label, sim = EvaluatedTexts([("L", long)]).clash(long.replace("word30", "other"))
+    assert label == "L" and 0.8 <= sim < 1
+
+
+def test_calibration_rejects_near_duplicates_across_datasets_and_names_the_task(monkeypatch):
+    fake_datasets(monkeypatch, {"mbpp_plus": [EVAL], "humaneval": [NEAR_COPY, OTHER]})
+    bench = {"mbpp": {"dataset": "mbpp_plus", "tasks": 1}}
+    # a count skips the near duplicate found in ANOTHER dataset (HumanEval vs MBPP+)
+    assert [t.task_id for t in calibration_tasks({"dataset": "humaneval", "tasks": 1}, bench)] == ["C/1"]
+    with pytest.raises(ValueError, match=r"'C/9' duplicates evaluated task E/0 \(benchmark 'mbpp'\)"):
+        calibration_tasks({"dataset": "humaneval", "tasks": ["C/9"]}, bench)
+    with pytest.raises(ValueError, match=r"only 1 are held out"):
+        calibration_tasks({"dataset": "humaneval", "tasks": 2}, bench)
+    with pytest.raises(ValueError, match=r"more than once: \['C/1'\]"):
+        calibration_tasks({"dataset": "humaneval", "tasks": ["C/1", "C/1"]}, bench)
+    with pytest.raises(ValueError, match=r"calibration task 'C/404' is not in dataset 'humaneval'"):
+        calibration_tasks({"dataset": "humaneval", "tasks": ["C/404"]}, bench)
+    fake_datasets(monkeypatch, {"mbpp_plus": [EVAL], "humaneval": [OTHER, OTHER]})
+    with pytest.raises(ValueError, match=r"calibration dataset 'humaneval' lists task ids more than once"):
+        calibration_tasks({"dataset": "humaneval", "tasks": 1}, bench)

@@ -90,8 +90,11 @@ def test_run_score_end_to_end(tmp_path):
     # paired with dense: base b=0, c=2 -> p = 2 * 1/4 = 0.5; plus c=3 -> 2/8 = 0.25
     assert t["delta_base"] == -0.5 and t["mcnemar_p_base"] == pytest.approx(0.5)
     assert t["delta_plus"] == -0.75 and t["mcnemar_p_plus"] == pytest.approx(0.25)
-    # fidelity: T/0 and T/3 identical; T/1 differs at 2, T/2 at 0
-    assert t["identical_to_dense"] == 0.5 and t["first_diff_token"] == 1.0
+    # fidelity: T/0 and T/3 identical (4 tokens each); T/1 differs at 2, T/2 at 0: mean over all pairs
+    assert t["identical_to_dense"] == 0.5 and t["first_diff_token"] == (4 + 2 + 0 + 4) / 4
+    # Newcombe interval around each difference; Holm over the one non-dense variant = raw p
+    assert t["delta_base_lo"] < t["delta_base"] < t["delta_base_hi"] and t["delta_base_hi"] <= 1
+    assert t["holm_p_base"] == t["mcnemar_p_base"] and d["holm_p_base"] is None
     assert t["tokens_per_s"] == 150.0 and t["experts_per_token"] == 1.0
     assert t["dense_experts_per_token"] is None  # optional column absent from this summary
     assert t["time_factor"] == 4.0 and t["sandbox"] == "bwrap"
@@ -105,6 +108,41 @@ def test_external_variant_without_generations(tmp_path):
     (row,) = pq.read_table(out).to_pylist()
     assert row["pass1_base"] == 0.5 and row["samples"] == 2 and row["tasks"] == 1
     assert row["tokens_per_s"] is None and row["delta_base"] is None
+
+
+def test_newcombe_paired_matches_the_reference_examples():
+    from skipbench.stats import newcombe_paired
+
+    # Fagerland, Lydersen & Laake's examples (contingencytables R/Newcombe_square_and_add_CI_paired_2x2.R):
+    # Bentur et al. 2009 (1, 1, 7, 12): -0.2857 (-0.5069 to -0.0256), psi = 0 branch
+    lo, hi = newcombe_paired(1, 1, 7, 12)
+    assert (lo, hi) == pytest.approx((-0.5069, -0.0256), abs=1e-4)
+    # Cavo et al. 2012 (59, 6, 16, 80): -0.0621 (-0.1186 to -0.0046), psi = (A - N/2)/sqrt(...) branch
+    assert newcombe_paired(59, 6, 16, 80) == pytest.approx((-0.1186, -0.0046), abs=1e-4)
+    # no discordant pairs: the interval holds 0 and stays inside [-1, 1]
+    lo, hi = newcombe_paired(10, 0, 0, 0)
+    assert lo < 0 < hi and -1 <= lo and hi <= 1
+    assert all(math.isnan(x) for x in newcombe_paired(0, 0, 0, 0))
+
+
+def test_holm_hand_computed():
+    from skipbench.stats import holm
+
+    # m = 4 (NaN not counted): sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    got = holm([0.03, 0.5, float("nan"), 0.01, 0.02])
+    assert got[0] == pytest.approx(0.06) and got[1] == pytest.approx(0.5) and math.isnan(got[2])
+    assert got[3] == pytest.approx(0.04) and got[4] == pytest.approx(0.06)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_pass_at_k_unbiased():
+    from skipbench.stats import pass_at_k
+
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
+    assert pass_at_k(5, 4, 2) == 1.0 and pass_at_k(5, 0, 3) == 0.0
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
 
 
 def test_wilson_is_exact_at_the_ends():

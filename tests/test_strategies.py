@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skipbench.routing import LayerRule, RouterSpec, route
-from skipbench.strategies import STRATEGIES, SkipRule
+from skipbench.strategies import REROUTE, STRATEGIES, SkipRule
 
 E, G, TOPK_GROUP = 16, 4, 2  # the tiny model's router: 16 experts in 4 groups, 2 groups per token
 
@@ -45,13 +45,17 @@ def routings(draw, max_t=6):
 
 def rules_for(k: int):
     """One rule per strategy at a drawn setting (calibration values drawn directly)."""
-    r = st.booleans()
+    r = st.sampled_from([None, False, True])
     return st.one_of(
         st.just(SkipRule("dense")),
         st.builds(lambda k_, r: SkipRule("topk", k=k_, renormalise=r), st.integers(1, k + 1), r),
         st.builds(lambda b, r: SkipRule("threshold", beta=b, renormalise=r), st.floats(0, 1), r),
         st.builds(lambda b, r: SkipRule("threshold", beta="calibrated", layer_beta={1: b}, renormalise=r), st.floats(0, 1), r),
         st.builds(lambda p, r: SkipRule("top_p", p=p, renormalise=r), st.floats(1e-3, 1), r),
+        st.builds(lambda p, r: SkipRule("top_p_within_k", p=p, renormalise=r), st.floats(1e-3, 1), r),
+        st.builds(lambda k_, r: SkipRule("router_topk", k=k_, renormalise=r), st.integers(1, k + 1), r),
+        st.builds(lambda t, r: SkipRule("entropy_k", thresholds=t, renormalise=r),
+                  st.lists(st.floats(0, 1), min_size=1, max_size=4, unique=True).map(lambda x: tuple(sorted(x))), r),
         st.builds(lambda g, r: SkipRule("group", topk_group=g, renormalise=r), st.integers(1, G), r),
         st.builds(lambda ls, r: SkipRule("layers", layers=ls, renormalise=r), st.sampled_from([(), (1,), (2,)]), r),
         st.builds(lambda ex, r: SkipRule("prune", fraction=0.25, criterion="reap", pruned={1: ex}, renormalise=r),
@@ -69,9 +73,12 @@ def test_naee_top2_dynamic_skipping():
     ids = torch.tensor([[3, 7], [1, 4]])
     new, out_ids, keep = apply(SkipRule("threshold", beta=0.5), w, ids)
     assert keep.tolist() == [[True, True], [False, True]] and torch.equal(out_ids, ids)
-    assert new.tolist() == [[1.5, 1.0], [0.0, 2.0]]  # default: no renormalisation
-    new, _, _ = apply(SkipRule("threshold", beta=0.5, renormalise=True), w, ids)
-    assert new.tolist() == [[1.5, 1.0], [0.0, 2.5]]  # token 1 keeps the full 2.5 mass
+    # default = NAEE's forward, Lucky-Lance/Expert_Sparsity model/modeling_mixtral.py line 58:
+    # `routing_weights /= routing_weights.sum(dim=-1, keepdim=True)` after zeroing the 2nd weight,
+    # so token 1 keeps the row's full mass (1 on Mixtral, the 2.5 here)
+    assert new.tolist() == [[1.5, 1.0], [0.0, 2.5]]
+    new, _, _ = apply(SkipRule("threshold", beta=0.5, renormalise=False), w, ids)
+    assert new.tolist() == [[1.5, 1.0], [0.0, 2.0]]  # the ablation: the skipped term only removed
     # boundary: w2 == beta * w1 is not "below", so it stays; beta = 1 keeps only the max
     assert apply(SkipRule("threshold", beta=0.5), torch.tensor([[2.0, 1.0]]))[2].tolist() == [[True, True]]
     assert apply(SkipRule("threshold", beta=1.0), w, ids)[2].tolist() == [[True, False], [False, True]]
@@ -81,15 +88,112 @@ def test_naee_top2_dynamic_skipping():
     assert apply(rule, w, ids, s=spec(k=2, layer=2))[2].tolist() == [[True, True], [False, True]]
 
 
-def test_top_p_keeps_the_crossing_expert():
-    # Huang et al. 2024: smallest weight-ordered prefix with mass >= p. Shares 0.1, 0.5, 0.15, 0.25.
+def test_top_p_within_k_keeps_the_crossing_expert():
+    # top-p within the top-K (ablation): smallest weight-ordered prefix of the K slots with
+    # mass >= p. Shares 0.1, 0.5, 0.15, 0.25.
     w = torch.tensor([[0.25, 1.25, 0.375, 0.625]])
-    keep = lambda p: apply(SkipRule("top_p", p=p), w)[2].tolist()[0]  # noqa: E731
+    keep = lambda p: apply(SkipRule("top_p_within_k", p=p), w)[2].tolist()[0]  # noqa: E731
     assert keep(0.5) == [False, True, False, False]  # 0.5 reached by the first expert exactly
     assert keep(0.7) == [False, True, False, True]  # 0.5 < 0.7: the 0.25 expert crosses it
     assert keep(0.75) == [False, True, False, True]  # 0.75 reached exactly, no further expert
     assert keep(0.8) == [False, True, True, True]
     assert keep(1.0) == [True, True, True, True]
+    # an exact tie reached by float sums: ten weights of 0.1, p = 0.3 keeps 3 (not 4)
+    ten = torch.full((1, 10), 0.1)
+    assert int(LayerRule(SkipRule("top_p_within_k", p=0.3), spec(k=10)).apply(ten, torch.arange(10)[None], None)[2].sum()) == 3
+
+
+def softmax_spec(e: int, k: int, norm: bool = False) -> RouterSpec:
+    return RouterSpec(layer=1, n_experts=e, top_k=k, n_group=1, topk_group=1, scoring="softmax",
+                      routed_scaling_factor=1.0, norm_topk_prob=norm)
+
+
+def test_top_p_is_huangs_over_all_experts():
+    # Huang et al. 2024, ZhenweiAn/Dynamic_MoE modeling/modeling_moe.py,
+    # top_p_sampling_batched_all_sequence: softmax over ALL experts, sort, cumsum, drop
+    # ranks with cumsum > p except the first; SwitchMLP weighs experts by those
+    # probabilities (no renormalisation).
+    probs = torch.tensor([[0.06, 0.4, 0.04, 0.25, 0.15, 0.1]])
+    logits = probs.log()
+    s = softmax_spec(6, 4)  # top-4 router without renormalisation (OLMoE-like)
+    w, ids = probs.topk(4)  # the router's own output: experts 1, 3, 4, 5
+
+    def run(p, sp=s, w=w, ids=ids):
+        new, out, keep = LayerRule(SkipRule("top_p", p=p), sp).apply(w, ids, logits)
+        return {int(i): round(float(x), 6) for i, x, k in zip(out[0], new[0], keep[0]) if k}
+
+    assert run(0.5) == {1: 0.4, 3: 0.25}  # cumsum 0.4 <= 0.5, then 0.65 is the first > p
+    assert run(0.3) == {1: 0.4}  # the first expert alone crosses p
+    assert run(0.65) == {1: 0.4, 3: 0.25, 4: 0.15}  # cumsum == p is not > p: one more, as their code
+    # p is over all experts, not the top-K's renormalised mass: a Mixtral-like router
+    # (renormalised top-4) gives the same set and the same (probability) weights
+    wn = w / w.sum(-1, keepdim=True)
+    assert run(0.5, softmax_spec(6, 4, norm=True), wn) == {1: 0.4, 3: 0.25}
+    # the hook carries K slots: a set larger than K keeps its K most probable experts
+    assert set(run(0.95)) == {1, 3, 4, 5}
+    # ten equal probabilities, p = 0.3: cumsum 0.3 is not > 0.3, so 4 experts, as their code
+    ten = torch.zeros(1, 10)
+    w10, ids10 = ten.softmax(-1).topk(6)
+    assert int(LayerRule(SkipRule("top_p", p=0.3), softmax_spec(10, 6)).apply(w10, ids10, ten)[2].sum()) == 4
+    # sigmoid router (DeepSeek-V3): probabilities = sigmoid scores / their sum over all E;
+    # weights = probability times routed_scaling_factor, ranked without the selection bias
+    sc = torch.tensor([[0.9, 0.1, 0.5, 0.3] + [0.05] * 12])
+    sp = spec(k=4, bias=torch.linspace(0.5, -0.5, E))
+    w, ids = dense_router(torch.logit(sc), sp)
+    new, out, keep = LayerRule(SkipRule("top_p", p=0.5), sp).apply(w, ids, torch.logit(sc))
+    total = float(sc.sum())
+    got = {int(i): float(x) for i, x, k in zip(out[0], new[0], keep[0]) if k}
+    assert set(got) == {0, 2}  # 0.9/2.4 = 0.375 <= 0.5, then 0.5/2.4 crosses
+    assert got[0] == pytest.approx(0.9 / total * 2.5) and got[2] == pytest.approx(0.5 / total * 2.5)
+
+
+def test_router_topk_is_the_router_with_fewer_slots():
+    # vLLM hf_overrides num_experts_per_tok / llama.cpp expert_used_count re-run the router
+    # with K' = k: transformers' DeepseekV3TopkRouter (modeling_deepseek_v3.py) ranks by
+    # scores + e_score_correction_bias and normalises over the K' chosen, times the 2.5
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=32, n_routed_experts=E, n_group=G, topk_group=TOPK_GROUP, routed_scaling_factor=2.5,
+               norm_topk_prob=True)
+    full = DeepseekV3TopkRouter(DeepseekV3Config(num_experts_per_tok=4, **cfg))
+    small = DeepseekV3TopkRouter(DeepseekV3Config(num_experts_per_tok=2, **cfg))
+    with torch.no_grad():
+        full.weight.normal_(0, 0.3)
+        full.e_score_correction_bias.normal_(0, 0.1)
+        small.load_state_dict(full.state_dict())
+    x = torch.randn(400, 32)
+    logits, w, ids = full(x)
+    _, w2, ids2 = small(x)
+    sp = RouterSpec(layer=1, n_experts=E, top_k=4, n_group=G, topk_group=TOPK_GROUP, scoring="sigmoid",
+                    routed_scaling_factor=2.5, bias=full.e_score_correction_bias)
+    new, out, keep = LayerRule(SkipRule("router_topk", k=2), sp).apply(w, ids, logits)
+    assert bool((keep.sum(-1) == 2).all())
+    got = torch.stack([out[i][keep[i]] for i in range(len(out))])  # [T,2]
+    order_got, order_want = got.sort(-1), ids2.sort(-1)
+    assert torch.equal(order_got.values, order_want.values.to(got.dtype))
+    gw = torch.stack([new[i][keep[i]] for i in range(len(out))]).gather(1, order_got.indices)
+    torch.testing.assert_close(gw, w2.gather(1, order_want.indices))
+    # the mask of the 2 heaviest unbiased weights picks another set for some tokens
+    mask_keep = LayerRule(SkipRule("topk", k=2), sp).apply(w, ids, logits)[2]
+    masked = torch.stack([ids[i][mask_keep[i]] for i in range(len(ids))]).sort(-1).values
+    assert 0 < int((masked != order_want.values).any(-1).sum()) < len(ids)
+
+
+def test_entropy_k_by_hand():
+    # Adaptive-K: k = 1 + number of thresholds the normalised router entropy reaches
+    s = softmax_spec(4, 3, norm=True)
+    logits = torch.tensor([[10.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.5, 0.0, -9.0]])
+    probs = logits.softmax(-1)
+    h = -(probs * probs.log()).sum(-1) / torch.log(torch.tensor(4.0))  # ~0.002, 1, ~0.70
+    assert h[0] < 0.3 and h[1] == pytest.approx(1.0) and 0.6 < h[2] < 0.8
+    w, ids = probs.topk(3)
+    w = w / w.sum(-1, keepdim=True)
+    new, _, keep = LayerRule(SkipRule("entropy_k", thresholds=(0.3, 0.75)), s).apply(w, ids, logits)
+    assert keep.sum(-1).tolist() == [1, 3, 2]
+    assert keep[2].tolist() == [True, True, False]  # the 2 heaviest
+    torch.testing.assert_close(new.sum(-1), torch.ones(3))  # renormalised like the (norm_topk_prob) router
 
 
 def test_topk_keeps_heaviest_with_stable_ties():
@@ -111,11 +215,14 @@ def test_group_limited_routing_by_hand():
     assert sorted(ids[0].tolist()) == [0, 4]
     new, out_ids, keep = apply(SkipRule("group", topk_group=1), w, ids, logits, sp)
     assert sorted(out_ids[0].tolist()) == [4, 5] and bool(keep.all())  # only group 1 left
-    # no renormalisation: the dense normaliser (0.95 + 0.60) and the 2.5 stay
+    # default: what DeepSeek-V3's router configured with topk_group 1 gives (transformers
+    # DeepseekV3TopkRouter: topk_weights /= denominator over the new pair, times 2.5)
+    want = {4: 0.60 / 1.18 * 2.5, 5: 0.58 / 1.18 * 2.5}
+    assert {i: round(x, 5) for i, x in zip(out_ids[0].tolist(), new[0].tolist())} == {i: round(x, 5) for i, x in want.items()}
+    # ablation renormalise false: the dense selection's normaliser (0.95 + 0.60) stays
+    new, out_ids, _ = apply(SkipRule("group", topk_group=1, renormalise=False), w, ids, logits, sp)
     want = {4: 0.60 / 1.55 * 2.5, 5: 0.58 / 1.55 * 2.5}
     assert {i: round(x, 5) for i, x in zip(out_ids[0].tolist(), new[0].tolist())} == {i: round(x, 5) for i, x in want.items()}
-    new, out_ids, _ = apply(SkipRule("group", topk_group=1, renormalise=True), w, ids, logits, sp)
-    torch.testing.assert_close(new.sum(), torch.tensor(2.5))  # re-normalised among the new pair
     new, _, _ = apply(SkipRule("group", topk_group=1, renormalise=True, routed_scaling_factor=1.0), w, ids, logits, sp)
     torch.testing.assert_close(new.sum(), torch.tensor(1.0))  # the config's factor replaces the 2.5
 
@@ -162,6 +269,13 @@ def test_layers_and_batch_aware_by_hand():
     {"strategy": "threshold", "beta": 1.5},
     {"strategy": "threshold", "beta": "median"},
     {"strategy": "top_p", "p": 0.0},
+    {"strategy": "top_p_within_k", "p": 1.5},
+    {"strategy": "router_topk"},
+    {"strategy": "entropy_k", "thresholds": []},
+    {"strategy": "entropy_k", "thresholds": [0.5, 0.2]},
+    {"strategy": "entropy_k", "thresholds": [0.5, 1.2]},
+    {"strategy": "entropy_k", "thresholds": "0.5"},
+    {"strategy": "topk", "k": 2, "thresholds": [0.5]},
     {"strategy": "dense", "renormalise": "yes"},
     {"strategy": "group"},
     {"strategy": "group", "topk_group": 0},
@@ -183,7 +297,8 @@ def test_config_round_trip_and_calibration_needs():
             {"strategy": "top_p", "p": 0.9, "renormalise": True}, {"strategy": "group", "topk_group": 1},
             {"strategy": "layers", "layers": [3, 1]}, {"strategy": "batch_aware", "k0": 2, "routed_scaling_factor": 2},
             {"strategy": "prune", "fraction": 0.5, "criterion": "reap", "pruned": {"1": [3, 0]}},
-            {"strategy": "threshold", "beta": "calibrated", "layer_beta": {"1": 0.5}}]
+            {"strategy": "threshold", "beta": "calibrated", "layer_beta": {"1": 0.5}},
+            {"strategy": "entropy_k", "thresholds": [0.2, 1]}, {"strategy": "router_topk", "k": 1, "renormalise": False}]
     for cfg in cfgs:
         rule = SkipRule.from_config(cfg)
         assert SkipRule.from_config(json.loads(rule.to_json())) == rule
@@ -208,7 +323,8 @@ def test_identity_settings_equal_dense_exactly(r):
     k = w.shape[-1]
     for ren in (False, True):
         for rule in (SkipRule("dense"), SkipRule("topk", k=k, renormalise=ren),
-                     SkipRule("threshold", beta=0.0, renormalise=ren), SkipRule("top_p", p=1.0, renormalise=ren),
+                     SkipRule("threshold", beta=0.0, renormalise=ren), SkipRule("top_p_within_k", p=1.0, renormalise=ren),
+                     SkipRule("router_topk", k=k, renormalise=ren),
                      SkipRule("group", topk_group=TOPK_GROUP, renormalise=ren), SkipRule("layers", layers=[]),
                      SkipRule("prune", fraction=0.0, criterion="reap", pruned={1: ()}, renormalise=ren),
                      SkipRule("batch_aware", k0=k, renormalise=ren)):
@@ -230,7 +346,7 @@ def test_monotone_in_strictness(r, data):
     p1, p2 = sorted(data.draw(st.lists(st.floats(1e-3, 1), min_size=2, max_size=2)))
     pairs = [(SkipRule("topk", k=k1), SkipRule("topk", k=k2)),
              (SkipRule("threshold", beta=b2), SkipRule("threshold", beta=b1)),
-             (SkipRule("top_p", p=p1), SkipRule("top_p", p=p2)),
+             (SkipRule("top_p_within_k", p=p1), SkipRule("top_p_within_k", p=p2)),
              (SkipRule("batch_aware", k0=k1), SkipRule("batch_aware", k0=k2)),
              (SkipRule("layers", layers=[1]), SkipRule("layers", layers=[2]))]
     for strict, loose in pairs:
@@ -240,6 +356,12 @@ def test_monotone_in_strictness(r, data):
     # re-routing: fewer groups / more experts pruned => allowed sets shrink; a token's
     # experts under the strict rule that the loose rule could also use stay chosen
     g1, g2 = sorted(data.draw(st.lists(st.integers(1, G), min_size=2, max_size=2)))
+    ks = kept_set(*LayerRule(SkipRule("top_p", p=p1), s).apply(w, ids, logits)[1:])
+    kl = kept_set(*LayerRule(SkipRule("top_p", p=p2), s).apply(w, ids, logits)[1:])
+    assert not bool((ks & ~kl).any()), "Huang top-p: a smaller p keeps a subset"
+    ks = kept_set(*LayerRule(SkipRule("router_topk", k=k1), s).apply(w, ids, logits)[1:])
+    kl = kept_set(*LayerRule(SkipRule("router_topk", k=k2), s).apply(w, ids, logits)[1:])
+    assert bool((ks.sum(-1) <= kl.sum(-1)).all())
     for strict, loose in [(SkipRule("group", topk_group=g1), SkipRule("group", topk_group=g2))]:
         assert bool((kept_set(*LayerRule(strict, s).apply(w, ids, logits)[1:]).sum(-1) <= k).all())
         assert bool((kept_set(*LayerRule(loose, s).apply(w, ids, logits)[1:]).sum(-1) <= k).all())
@@ -252,17 +374,18 @@ def test_rule_properties(data):
     rule = data.draw(rules_for(w.shape[-1]))
     if rule.strategy == "prune" and E - len(rule.pruned[1]) < s.top_k:
         return
-    new, out_ids, keep = LayerRule(rule, s).apply(w, ids, logits)
+    layer_rule = LayerRule(rule, s)
+    new, out_ids, keep = layer_rule.apply(w, ids, logits)
     assert keep.dtype == torch.bool and keep.shape == w.shape and new.dtype == w.dtype and out_ids.dtype == ids.dtype
     if rule.strategy != "layers":
         assert bool(keep.any(-1).all()), "every token keeps at least one expert"
     assert bool((new[~keep] == 0).all())
     kept = kept_set(out_ids, keep)
     assert bool((kept.sum(-1) == keep.sum(-1)).all()), "no expert twice in a token"
-    if rule.renormalise:
+    if layer_rule.renormalise:
         rows = keep.any(-1)
         torch.testing.assert_close(new.sum(-1)[rows], w.sum(-1)[rows], rtol=1e-5, atol=0)
-    elif rule.strategy not in ("group", "prune"):
+    elif rule.strategy not in REROUTE:
         assert torch.equal(new[keep], w[keep]) and torch.equal(out_ids, ids)
     n_kept = keep.sum(-1)
     if rule.strategy == "topk":
@@ -273,7 +396,7 @@ def test_rule_properties(data):
     if rule.strategy == "threshold":
         beta = rule.layer_beta[1] if rule.beta == "calibrated" else rule.beta
         assert torch.equal(keep, w >= beta * w.amax(-1, keepdim=True))
-    if rule.strategy == "top_p" and rule.p < 1:
+    if rule.strategy == "top_p_within_k" and rule.p < 1:
         share = (w * keep).sum(-1) / w.sum(-1)
         assert bool((share >= rule.p * (1 - 1e-6)).all()), "kept mass reaches p"
         without_lightest = share - w.masked_fill(~keep, float("inf")).amin(-1) / w.sum(-1)
@@ -298,11 +421,13 @@ def test_rules_trace_without_graph_breaks(name):
     # fullgraph dynamo tracing fails on .item(), data-dependent shapes or Python loops over
     # tensor values: the rules stay CUDA-graph safe.
     params = {"dense": {}, "topk": {"k": 2}, "threshold": {"beta": 0.5}, "top_p": {"p": 0.6},
+              "top_p_within_k": {"p": 0.6}, "router_topk": {"k": 2}, "entropy_k": {"thresholds": (0.5, 0.9)},
               "group": {"topk_group": 1}, "layers": {"layers": [1]}, "batch_aware": {"k0": 1},
               "prune": {"fraction": 0.25, "criterion": "reap", "pruned": {1: (0, 1, 2, 3)}}}[name]
     layer_rule = LayerRule(SkipRule(name, **params), spec(bias=torch.linspace(-0.1, 0.1, E)))
     logits = torch.randn(5, E)
     w, ids = dense_router(logits, layer_rule.spec)
+    torch._dynamo.reset()  # one compile cache per strategy: more strategies than the recompile limit
     compiled = torch.compile(layer_rule.apply, fullgraph=True, backend="eager")
     for got, want in zip(compiled(w, ids, logits), layer_rule.apply(w, ids, logits)):
         assert torch.equal(got, want)

@@ -92,3 +92,14 @@ def test_combined_runs_keep_their_order_and_own_dense(tmp_path):
     s = build_summary([a, b], 1, ["h200"])
     assert list(dict.fromkeys(s["run"])) == ["model-b", "model-a"]  # this run first, as given
     assert s.groupby("run")["pareto"].sum().tolist() == [len(FRONT_PLUS_VS_EPT)] * 2
+
+
+def test_within_ci_of_front_marks_points_the_front_does_not_beat_significantly():
+    from skipbench.summary import within_ci_of_front
+
+    # experts (lower better), quality with intervals: A (4, 0.9 [0.8, 1.0]) and B (1, 0.5 [0.4, 0.6]) form the
+    # front; C (2, 0.45 [0.3, 0.65]) is dominated by B only, overlapping it; D (4, 0.2 [0.1, 0.3]) is
+    # dominated by A (no overlap) and B (overlap): not within
+    xs, ys = [4, 1, 2, 4], [0.9, 0.5, 0.45, 0.2]
+    los, his = [0.8, 0.4, 0.3, 0.1], [1.0, 0.6, 0.65, 0.3]
+    assert within_ci_of_front(xs, ys, los, his, x_higher_better=False) == [2]

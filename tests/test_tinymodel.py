@@ -80,3 +80,24 @@ def test_load_release_state_dict_rejects_incomplete():
     del state["model.layers.0.self_attn.o_proj.weight"]
     with pytest.raises(RuntimeError, match="o_proj"):
         tinymodel.load_release_state_dict(model, state)
+
+
+def test_selection_bias_is_seeded_and_changes_some_rankings():
+    from skipbench.routing import RouterSpec, route
+
+    config = tinymodel.release_config(MICRO_ARCH, 300)
+    model = tinymodel.build_model(config, 0)
+    assert tinymodel.set_selection_bias(model, 0.05, 1) == 1
+    gate = model.model.layers[1].mlp.gate
+    again = tinymodel.build_model(config, 0)
+    tinymodel.set_selection_bias(again, 0.05, 1)
+    assert torch.equal(gate.e_score_correction_bias, again.model.layers[1].mlp.gate.e_score_correction_bias)
+    assert 0.02 < float(gate.e_score_correction_bias.std()) < 0.1
+    with torch.no_grad():
+        gate.weight.normal_(0, 0.05)
+        logits, _, ids = gate(torch.randn(200, MICRO_ARCH["hidden_size"]))
+    spec = RouterSpec(layer=1, n_experts=8, top_k=2, n_group=2, topk_group=1, scoring="sigmoid",
+                      routed_scaling_factor=2.5, bias=None)
+    unbiased = route(logits, spec, 1)[0].sort(-1).values
+    differ = int((unbiased != ids.sort(-1).values).any(-1).sum())
+    assert 0 < differ < 200  # biased (the router) and unbiased rankings differ for some tokens

@@ -30,7 +30,11 @@ RULES = [
     SkipRule("topk", k=1, renormalise=True),
     SkipRule("threshold", beta=0.95),
     SkipRule("threshold", beta="calibrated", layer_beta={1: 0.97, 2: 0.9}, renormalise=True),
-    SkipRule("top_p", p=0.5),
+    SkipRule("top_p", p=0.3),  # Huang et al.: p over all 16 experts' probabilities
+    SkipRule("top_p_within_k", p=0.5),
+    SkipRule("router_topk", k=2),  # the router re-run with K' = 2, biased ranking
+    SkipRule("entropy_k", thresholds=(0.85, 0.87, 0.9)),  # the tiny model's entropies lie in 0.8-0.93
+    SkipRule("threshold", beta=0.95, renormalise=False),
     SkipRule("group", topk_group=1),
     SkipRule("group", topk_group=1, renormalise=True, routed_scaling_factor=1.5),
     SkipRule("layers", layers=(2,)),
@@ -82,20 +86,27 @@ def test_wrapped_router_applies_rule_and_counts(restore_router):
     assert (int(stats.tokens), int(stats.kept), stats.calls) == (0, 0, 0)
 
 
-def test_group_reroute_on_cpu_router_matches_router_with_fewer_groups(restore_router):
-    # group re-routing from the logits must pick what vLLM's own router picks when built
-    # with topk_group=1 (weights: the dense normaliser unless renormalised; here renormalised)
+@pytest.mark.parametrize("rule,change", [
+    (SkipRule("group", topk_group=1), {"topk_group": 1}),  # default weights = the router's own
+    (SkipRule("group", topk_group=1, renormalise=True), {"topk_group": 1}),
+    (SkipRule("router_topk", k=2), {"top_k": 2}),  # vLLM's num_experts_per_tok = 2
+])
+def test_reroute_on_cpu_router_matches_the_router_configured_that_way(restore_router, rule, change):
+    # re-routing from the logits must pick, and weigh, what vLLM's own router picks when
+    # built with fewer groups / fewer slots, with a nonzero selection bias
+    bias = torch.linspace(-0.1, 0.1, 16)[torch.randperm(16, generator=torch.Generator().manual_seed(0))]
     router, fewer = cpu_router(), cpu_router()
-    fewer.topk_group = 1
-    logits = torch.randn(64, 16)
+    router.e_score_correction_bias = fewer.e_score_correction_bias = bias
+    for k, v in change.items():
+        setattr(fewer, k, v)
+    logits = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         dense_w, dense_ids = router._select_experts(None, logits)
         want_w, want_ids = fewer._select_experts(None, logits)
-        rule = LayerRule(SkipRule("group", topk_group=1, renormalise=True), router_spec(router, 1, 2.5))
-        w, ids, keep = rule.apply(dense_w, dense_ids, logits)
-    assert bool(keep.all())
+        w, ids, keep = LayerRule(rule, router_spec(router, 1, 2.5)).apply(dense_w, dense_ids, logits)
+    assert bool((keep.sum(-1) == want_ids.shape[1]).all())
     as_dense = lambda w, i: torch.zeros(64, 16).scatter_(1, i.long(), w)  # noqa: E731
-    torch.testing.assert_close(as_dense(w, ids), as_dense(want_w, want_ids), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(as_dense(w * keep, ids), as_dense(want_w, want_ids), rtol=1e-6, atol=1e-6)
 
 
 # --- engines -----------------------------------------------------------------------------

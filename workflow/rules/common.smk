@@ -34,6 +34,8 @@ def variant_files(benchmark, variant):
     if variant != EXTERNAL:  # external samples have no generation record
         infer = f"{RUN}/infer/{benchmark}/{variant}"
         files |= {"generations": f"{infer}/generations.parquet", "summary": f"{infer}/summary.parquet"}
+        if "dense" in generated_variants(benchmark):  # teacher-forced on dense's completions
+            files["fidelity"] = f"{RUN}/fidelity/{benchmark}.parquet"
     return files
 
 

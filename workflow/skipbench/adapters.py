@@ -81,6 +81,11 @@ def _deepseek_v3(c: dict) -> Routing:
 
 
 def _deepseek_v2(c: dict) -> Routing:
+    if c.get("norm_topk_prob"):
+        # transformers' DeepseekV2TopkRouter never renormalises (modeling_deepseek_v2.py:
+        # topk_weights * routed_scaling_factor only); vLLM's DeepseekV2MoE passes
+        # renormalize=config.norm_topk_prob: the engines would disagree
+        raise ValueError("deepseek_v2 with norm_topk_prob true is routed differently by vLLM and transformers")
     # "greedy" is plain top-k over all experts whatever n_group says (V2-Lite: n_group 1)
     grouped = c.get("topk_method", "greedy") == "group_limited_greedy"
     return Routing(
@@ -128,20 +133,23 @@ def _gate_deepseek_v3(gate, layer: int) -> RouterSpec:
     # DeepseekV3TopkRouter applies routed_scaling_factor itself
     return RouterSpec(layer=layer, n_experts=gate.num_experts, top_k=gate.top_k, n_group=gate.num_group,
                       topk_group=gate.topk_group, scoring="sigmoid",
-                      routed_scaling_factor=float(gate.routed_scaling_factor), bias=gate.e_score_correction_bias)
+                      routed_scaling_factor=float(gate.routed_scaling_factor), bias=gate.e_score_correction_bias,
+                      norm_topk_prob=bool(gate.norm_topk_prob))
 
 
 def _gate_deepseek_v2(gate, layer: int) -> RouterSpec:
     n_group, topk_group = (gate.num_group, gate.topk_group) if gate.topk_method == "group_limited_greedy" else (1, 1)
     return RouterSpec(layer=layer, n_experts=gate.num_experts, top_k=gate.top_k, n_group=n_group,
                       topk_group=topk_group, scoring="softmax",
-                      routed_scaling_factor=float(gate.routed_scaling_factor), bias=None)
+                      routed_scaling_factor=float(gate.routed_scaling_factor), bias=None, norm_topk_prob=False)
 
 
 def _gate_softmax(gate, layer: int) -> RouterSpec:
-    # Qwen2/3-MoE, Mixtral, OLMoE TopKRouter: softmax top-k, no groups, no factor
+    # Qwen2/3-MoE, Mixtral, OLMoE TopKRouter: softmax top-k, no groups, no factor;
+    # Mixtral's router has no norm_topk_prob attribute: it always renormalises
     return RouterSpec(layer=layer, n_experts=gate.num_experts, top_k=gate.top_k, n_group=1, topk_group=1,
-                      scoring="softmax", routed_scaling_factor=1.0, bias=None)
+                      scoring="softmax", routed_scaling_factor=1.0, bias=None,
+                      norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)))
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,8 @@ def router_spec(config: dict, layer: int, bias: torch.Tensor | None = None) -> R
     if r.selection_bias != (bias is not None):
         raise ValueError(f"{r.family}: selection bias {'missing' if r.selection_bias else 'unexpected'} at layer {layer}")
     return RouterSpec(layer=layer, n_experts=r.experts, top_k=r.top_k, n_group=r.n_group, topk_group=r.topk_group,
-                      scoring=r.scoring, routed_scaling_factor=r.routed_scaling_factor, bias=bias)
+                      scoring=r.scoring, routed_scaling_factor=r.routed_scaling_factor, bias=bias,
+                      norm_topk_prob=r.norm_topk_prob)
 
 
 def gate_spec(gate: torch.nn.Module, layer: int) -> RouterSpec:

@@ -3,7 +3,8 @@
 Calibration text: prompt + canonical solution of benchmark tasks that NO configured
 benchmark evaluates (default: HumanEval tasks after the evaluated ones; HumanEval and
 HumanEval+ share task ids, so both are excluded). `calibration_tasks` refuses any
-overlap, by task id and by prompt text.
+overlap: by task id, and by normalised or nearly equal text across every benchmark's
+dataset (disjoint.py).
 
 The dense model runs teacher-forced over each text (one text per forward, no padding)
 with transformers and eager experts: the oracle with the dense rule, plus hooks that
@@ -31,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from skipbench.benchmarks import Task, load_tasks
+from skipbench.disjoint import EvaluatedTexts
 from skipbench.io import read_table, stable_hash, write_table
 from skipbench.strategies import CALIBRATED, SkipRule
 
@@ -59,29 +61,66 @@ def _family(dataset: str) -> str:
     return {"humaneval": "humaneval", "humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}[dataset]
 
 
+def _no_duplicate_ids(ids, where: str) -> None:
+    seen, dup = set(), []
+    for i in ids:
+        if i in seen:
+            dup.append(i)
+        seen.add(i)
+    if dup:
+        raise ValueError(f"{where} lists task ids more than once: {sorted(set(dup))}")
+
+
 def calibration_tasks(calibration_cfg: dict, benchmarks_cfg: dict) -> list[Task]:
     """Calibration tasks of `calibration_cfg` ({dataset, tasks: n or [ids], path?}) that no
-    benchmark in `benchmarks_cfg` evaluates. A count takes the first n tasks not evaluated;
-    explicit ids that are evaluated are an error."""
+    benchmark in `benchmarks_cfg` evaluates. A count takes the first n tasks that are held
+    out; explicit ids that are not are an error naming the task.
+
+    Held out means: not an evaluated id of the same dataset family (HumanEval and
+    HumanEval+ share ids), and neither its prompt nor its prompt + solution equal or
+    nearly equal (disjoint.py: normalised text, token 3-gram Jaccard >= 0.8) those of an
+    evaluated task of ANY benchmark (MBPP+ too)."""
     cfg = DEFAULT_CALIBRATION | dict(calibration_cfg)
-    evaluated_ids, evaluated_prompts = set(), set()
-    for bench in benchmarks_cfg.values():
-        if _family(bench["dataset"]) == _family(cfg["dataset"]):
-            for t in load_tasks(bench):
+    evaluated_ids, prompts, fulls = set(), [], []
+    for name, bench in benchmarks_cfg.items():
+        for t in load_tasks(bench):
+            label = f"{t.task_id} (benchmark {name!r})"
+            prompts.append((label, t.prompt))
+            fulls.append((label, t.prompt + t.canonical_solution))
+            if _family(bench["dataset"]) == _family(cfg["dataset"]):
                 evaluated_ids.add(t.task_id)
-                evaluated_prompts.add(t.prompt.strip())
+    by_prompt, by_text = EvaluatedTexts(prompts), EvaluatedTexts(fulls)
+
+    def clash(t: Task) -> str | None:
+        if t.task_id in evaluated_ids:
+            return "is evaluated by a benchmark"
+        found = by_prompt.clash(t.prompt) or by_text.clash(t.prompt + t.canonical_solution)
+        return None if found is None else f"duplicates evaluated task {found[0]} (similarity {found[1]:.2f})"
+
     pool = load_tasks({k: v for k, v in cfg.items() if k != "tasks"})  # the whole dataset
-    free = [t for t in pool if t.task_id not in evaluated_ids and t.prompt.strip() not in evaluated_prompts]
+    _no_duplicate_ids([t.task_id for t in pool], f"calibration dataset {cfg['dataset']!r}")
     want = cfg["tasks"]
     if isinstance(want, int):
-        if len(free) < want:
-            raise ValueError(f"calibration wants {want} tasks, only {len(free)} are not evaluated")
-        return free[:want]
-    clash = sorted(set(want) & evaluated_ids)
-    if clash:
-        raise ValueError(f"calibration tasks {clash} are evaluated by a benchmark: calibration must be held out")
-    by_id = {t.task_id: t for t in free}
-    return [by_id[i] for i in want]
+        free = []
+        for t in pool:
+            why = clash(t)
+            if why is None:
+                free.append(t)
+                if len(free) == want:
+                    return free
+            elif t.task_id not in evaluated_ids:
+                log.info("calibration skips %s: it %s", t.task_id, why)
+        raise ValueError(f"calibration wants {want} tasks, only {len(free)} are held out from the benchmarks")
+    _no_duplicate_ids(want, "calibration.tasks")
+    by_id = {t.task_id: t for t in pool}
+    out = []
+    for i in want:
+        if i not in by_id:
+            raise ValueError(f"calibration task {i!r} is not in dataset {cfg['dataset']!r}")
+        if why := clash(by_id[i]):
+            raise ValueError(f"calibration task {i!r} {why}: calibration must be held out")
+        out.append(by_id[i])
+    return out
 
 
 class _LayerStats:

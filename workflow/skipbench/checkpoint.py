@@ -138,6 +138,7 @@ def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> d
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size {synth['vocab_size']}")
     config = tinymodel.release_config(synth["architecture"], synth["vocab_size"])
     model = tinymodel.build_model(config, synth["seed"])
+    tinymodel.set_selection_bias(model, synth.get("selection_bias_std", 0.0), synth["seed"] + 1)
     mem = synth.get("memorise", {})
     row = {"source": "synthetic", "seed": synth["seed"], "parameters": sum(p.numel() for p in model.parameters()),
            "memorise_enabled": bool(mem.get("enabled")), "steps": 0, "target_loss": None, "final_loss": None,

@@ -5,7 +5,10 @@ A sample passes "base" when its base split passed, "plus" when base and plus bot
 (EvalPlus's rule). pass@1 is the mean over tasks of the share of passing samples (with one
 greedy sample per task: the share of tasks passed); its 95% Wilson interval treats the
 N tasks as Bernoulli trials. The difference to the dense baseline is tested with an exact
-McNemar test over (task, sample) pairs present in both: only discordant pairs count.
+McNemar test over (task, sample) pairs present in both: only discordant pairs count; its
+95% interval is Newcombe's paired hybrid score interval (stats.newcombe_paired). Every
+variant of a benchmark is compared with the same dense run, so the p-values of one
+(benchmark, split) form a family: `holm_p_*` is the Holm-adjusted p beside the raw one.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skipbench.io import write_table
+from skipbench.stats import Z95, holm, mcnemar_exact, newcombe_paired, wilson  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 DENSE = "dense"
-Z95 = 1.959963984540054
+SPLITS = ("base", "plus")
 
 SCORES_SCHEMA = pa.schema([
     ("benchmark", pa.string()),  # config key of the benchmark
@@ -45,9 +49,15 @@ SCORES_SCHEMA = pa.schema([
     ("pass1_plus_hi", pa.float64()),
     ("paired", pa.int32()),  # (task, sample) pairs shared with dense; null without a dense run
     ("delta_base", pa.float64()),  # pass rate minus dense's over the paired samples
+    ("delta_base_lo", pa.float64()),  # its 95% interval (Newcombe 1998 paired hybrid score)
+    ("delta_base_hi", pa.float64()),
     ("mcnemar_p_base", pa.float64()),  # exact two-sided McNemar p-value of that difference
+    ("holm_p_base", pa.float64()),  # Holm-adjusted over the variants of this benchmark (one family)
     ("delta_plus", pa.float64()),
+    ("delta_plus_lo", pa.float64()),
+    ("delta_plus_hi", pa.float64()),
     ("mcnemar_p_plus", pa.float64()),
+    ("holm_p_plus", pa.float64()),
     ("tokens_per_s", pa.float64()),  # from the infer summary; null for external samples
     ("batch_size", pa.int32()),  # prompts generated together when tokens_per_s was measured
     ("engine", pa.string()),  # infer summary: engine name and version, device, dtype, skip path
@@ -59,7 +69,10 @@ SCORES_SCHEMA = pa.schema([
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
-    ("first_diff_token", pa.float64()),  # mean index of the first differing token, over differing pairs
+    ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
+    ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
+    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs (other batching): "identical"
+    ("first_diff_token", pa.float64()),  # mean over ALL pairs of tokens agreed before the first difference (identical: its length)
     ("time_factor", pa.float64()),  # EvalPlus time-limit settings the execute stage used
     ("min_time_limit_s", pa.float64()),
     ("sandbox", pa.string()),  # bwrap | none (none: ran WITHOUT isolation)
@@ -74,29 +87,7 @@ class VariantInputs:
     execution: str  # execute stage Parquet (EXECUTE_SCHEMA)
     generations: str | None = None  # infer stage generations Parquet; None for external samples
     summary: str | None = None  # infer stage summary Parquet
-
-
-def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # exact at the ends (the float formula lands a hair inside 0 and 1 there)
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return (lo, hi)
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts b and c (binomial, p=1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    fidelity: str | None = None  # fidelity stage Parquet of the benchmark (FIDELITY_SCHEMA)
 
 
 def first_difference(a: list, b: list) -> int | None:
@@ -124,26 +115,62 @@ def pass_at_1(passes: pd.Series) -> tuple[float, float, float, int]:
     return (float(per_task.mean()) if n else math.nan, lo, hi, n)
 
 
-def paired_test(mine: pd.Series, dense: pd.Series) -> tuple[int, float, float]:
-    """(pairs, difference of pass rates, exact McNemar p) over shared (task, sample) pairs."""
+def paired_test(mine: pd.Series, dense: pd.Series) -> tuple[int, float, float, float, float]:
+    """(pairs, difference of pass rates, its 95% interval lo, hi, exact McNemar p) over
+    shared (task, sample) pairs."""
     both = pd.concat([mine.rename("m"), dense.rename("d")], axis=1, join="inner").dropna().astype(bool)
     if both.empty:
-        return (0, math.nan, math.nan)
+        return (0, math.nan, math.nan, math.nan, math.nan)
+    a = int((both.m & both.d).sum())
     b = int((both.m & ~both.d).sum())
     c = int((~both.m & both.d).sum())
-    return (len(both), (b - c) / len(both), mcnemar_exact(b, c))
+    lo, hi = newcombe_paired(a, b, c, len(both) - a - b - c)
+    return (len(both), (b - c) / len(both), lo, hi, mcnemar_exact(b, c))
 
 
 def fidelity(gen: pd.DataFrame, dense: pd.DataFrame) -> tuple[float, float]:
-    """(share of completions identical to dense, mean first differing token position)."""
+    """(share of completions identical to dense, mean over all pairs of the first differing
+    token's index; an identical pair counts its full length, so the mean is the number of
+    tokens generated before the variant left dense's path, not only over pairs that left)."""
     key = ["task_id", "sample_id"]
     col = "token_ids" if "token_ids" in gen and "token_ids" in dense else "completion"
     joined = gen[key + [col]].merge(dense[key + [col]], on=key, suffixes=("", "_dense"))
     if joined.empty:
         return (math.nan, math.nan)
     diffs = [first_difference(list(a), list(b)) for a, b in zip(joined[col], joined[col + "_dense"])]
-    differing = [d for d in diffs if d is not None]
-    return (1 - len(differing) / len(diffs), sum(differing) / len(differing) if differing else math.nan)
+    agreed = [len(a) if d is None else d for d, a in zip(diffs, joined[col])]
+    return (sum(d is None for d in diffs) / len(diffs), sum(agreed) / len(agreed))
+
+
+def teacher_forced(fid: pd.DataFrame | None, variant: str) -> dict:
+    """kl_to_dense, top1_agree (0 and 1 for dense itself) and the benchmark's noise floor."""
+    out = dict(kl_to_dense=None, top1_agree=None, kl_noise_floor=None)
+    if fid is None or fid.empty:
+        return out
+    floor = fid[fid["variant"] == DENSE]
+    if len(floor):
+        out["kl_noise_floor"] = float(floor["kl_mean"].iloc[0])
+    if variant == DENSE:
+        return out | dict(kl_to_dense=0.0, top1_agree=1.0)
+    mine = fid[fid["variant"] == variant]
+    if len(mine) and pd.notna(mine["kl_mean"].iloc[0]):
+        out |= dict(kl_to_dense=float(mine["kl_mean"].iloc[0]), top1_agree=float(mine["top1_agree"].iloc[0]))
+    return out
+
+
+def _paired_columns(split: str) -> tuple[str, ...]:
+    """Score columns of paired_test's (difference, lo, hi, p) for one split."""
+    return (f"delta_{split}", f"delta_{split}_lo", f"delta_{split}_hi", f"mcnemar_p_{split}")
+
+
+def holm_by_family(rows: list[dict]) -> None:
+    """Fill holm_p_<split>: Holm over the variants of one benchmark (dense itself excluded)."""
+    for split in SPLITS:
+        for bench in dict.fromkeys(r["benchmark"] for r in rows):
+            family = [r for r in rows if r["benchmark"] == bench and r["variant"] != DENSE]
+            raw = [math.nan if r[f"mcnemar_p_{split}"] is None else r[f"mcnemar_p_{split}"] for r in family]
+            for r, adj in zip(family, holm(raw)):
+                r[f"holm_p_{split}"] = None if math.isnan(adj) else adj
 
 
 def _read(path: str | None) -> pd.DataFrame | None:
@@ -171,8 +198,8 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
         tasks=base[3], samples=len(passes),
         pass1_base=base[0], pass1_base_lo=base[1], pass1_base_hi=base[2],
         pass1_plus=plus[0], pass1_plus_lo=plus[1], pass1_plus_hi=plus[2],
-        paired=None, delta_base=None, mcnemar_p_base=None, delta_plus=None, mcnemar_p_plus=None,
-        identical_to_dense=None, first_diff_token=None,
+        paired=None, holm_p_base=None, holm_p_plus=None, **{c: None for sp in SPLITS for c in _paired_columns(sp)},
+        identical_to_dense=None, first_diff_token=None, **teacher_forced(_read(v.fidelity), v.variant),
         time_factor=float(ex["time_factor"].iloc[0]), min_time_limit_s=float(ex["min_time_limit_s"].iloc[0]),
         sandbox=",".join(sorted(set(ex["sandbox"]))),
         status_counts=json.dumps({k: int(c) for k, c in ex["status"].value_counts().sort_index().items()}),
@@ -185,9 +212,10 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
         row[col] = _summary_value(summary, col, str)
     if dense is not None:
         dpass = sample_passes(_read(dense.execution))
-        row["paired"], row["delta_base"], row["mcnemar_p_base"] = paired_test(passes["base"], dpass["base"])
-        if has_plus:
-            _, row["delta_plus"], row["mcnemar_p_plus"] = paired_test(passes["plus"], dpass["plus"])
+        for split in SPLITS[: 1 + has_plus]:
+            n, *stats = paired_test(passes[split], dpass[split])
+            row["paired"] = n if split == "base" else row["paired"]
+            row.update(zip(_paired_columns(split), stats))
         gen, dgen = _read(v.generations), _read(dense.generations)
         if gen is not None and dgen is not None:
             row["identical_to_dense"], row["first_diff_token"] = fidelity(gen, dgen)
@@ -205,4 +233,5 @@ def run_score(inputs: list[VariantInputs], out_path: Path) -> None:
         r = rows[-1]
         log.info("%s/%s: pass@1 base %.3f [%.3f, %.3f], delta vs dense %s (p=%s)", v.benchmark, v.variant,
                  r["pass1_base"], r["pass1_base_lo"], r["pass1_base_hi"], r["delta_base"], r["mcnemar_p_base"])  # fmt: skip
+    holm_by_family(rows)
     write_table(out_path, rows, SCORES_SCHEMA)

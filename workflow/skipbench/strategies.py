@@ -6,25 +6,27 @@ holds the rule's parameters, their checks, and the per-token keep functions of t
 strategies that only mask the router's own choice. Shapes: T tokens, K routed slots
 per token, E experts.
 
-| strategy    | decides from                    | parameters                              |
-|-------------|---------------------------------|-----------------------------------------|
-| dense       | nothing (unchanged routing)     |                                         |
-| topk        | slot weights                    | k                                       |
-| threshold   | slot weights (NAEE)             | beta, or "calibrated" (per-layer median w2/w1) |
-| top_p       | slot weights                    | p                                       |
-| group       | router scores (re-routes)       | topk_group                              |
-| layers      | layer index                     | layers, or cheapest (n, by calibration) |
-| prune       | router scores (re-routes)       | fraction, criterion (frequency | reap)  |
-| batch_aware | slot weights + the whole batch  | k0                                      |
+| strategy       | decides from                      | parameters                       | source of the rule                   |
+|----------------|-----------------------------------|----------------------------------|--------------------------------------|
+| dense          | nothing (unchanged routing)       |                                  |                                      |
+| topk           | slot weights (mask of the top-K)  | k                                | ablation: unbiased ranking           |
+| router_topk    | router re-run with K' = k         | k                                | vLLM num_experts_per_tok, llama.cpp expert_used_count |
+| threshold      | slot weights (NAEE)               | beta, or "calibrated"            | Lu et al. 2024 dynamic skipping      |
+| top_p          | probabilities of ALL experts      | p                                | Huang et al. 2024 (Dynamic_MoE)      |
+| top_p_within_k | slot weights                      | p                                | ablation: p within the top-K         |
+| entropy_k      | router entropy -> k per token     | thresholds                       | Adaptive-K routing                   |
+| group          | router scores (re-routes)         | topk_group                       | DeepSeek-V3 topk_group               |
+| layers         | layer index                       | layers, or cheapest (n)          |                                      |
+| prune          | router scores (re-routes)         | fraction, criterion              | NAEE pruning / REAP                  |
+| batch_aware    | slot weights + the whole batch    | k0                               | OEA                                  |
 
-Weights, for every strategy (both are config options):
-- renormalise (default false): false leaves each kept expert the weight the dense
-  router's formula gives it (for masking rules: exactly the dense weight), so a skipped
-  expert only removes its own term: NAEE's definition and the cleanest measure of what
-  an expert contributes. true rescales each token's kept weights to the dense router's
-  total for that token, which includes routed_scaling_factor (what llama.cpp
-  --moe-n-expert, hf_overrides num_experts_per_tok and a pruned model's own
-  norm_topk_prob do).
+Weights (routing.LayerRule has the per-strategy defaults and their source lines):
+- renormalise (default null = the strategy's source: NAEE renormalises, Huang's top-p
+  does not, every other strategy weighs the kept set as the model's own router would,
+  i.e. renormalised iff the router has norm_topk_prob). true / false are ablations:
+  true rescales each token's kept weights to the dense row's total (routed_scaling_
+  factor included), false keeps the dense row's normaliser (a skipped expert only
+  removes its own term).
 - routed_scaling_factor (default null = the model's, 2.5 on DeepSeek-V3): a number
   replaces the model's factor; kept weights are multiplied by new / model's. Every
   decision is invariant to a per-token positive scale, so the factor never changes
@@ -41,7 +43,7 @@ import torch
 
 CALIBRATED = "calibrated"  # threshold beta taken per layer from the calibration table
 CRITERIA = ("frequency", "reap")  # prune: what ranks experts (lowest are removed)
-REROUTE = ("group", "prune")  # strategies that re-run the router on its scores
+REROUTE = ("group", "prune", "router_topk", "top_p")  # strategies that re-run the router on its logits
 
 
 def _rank(w: torch.Tensor) -> torch.Tensor:
@@ -60,16 +62,20 @@ def keep_threshold(beta: float, w: torch.Tensor) -> torch.Tensor:
     return w >= beta * w.amax(dim=-1, keepdim=True)
 
 
-def keep_top_p(p: float, w: torch.Tensor) -> torch.Tensor:
-    """Smallest weight-ordered prefix whose share of the row's mass reaches p.
+def keep_top_p_within_k(p: float, w: torch.Tensor) -> torch.Tensor:
+    """Smallest weight-ordered prefix of the K slots whose share of the row's mass reaches p
+    (top-p within the model's top-K: not Huang et al.'s rule, see routing.keep_huang_top_p).
 
     A slot is kept iff the mass of the strictly heavier slots is still below p, which
-    keeps the slot that crosses p. p = 1 keeps every slot by definition (a float cumsum
-    can round to the total before the lightest slot).
+    keeps the slot that crosses p. A prefix that reaches p exactly counts as reaching it:
+    the comparison is in float64 with 1e-6 of the row's mass given to the tie (ten
+    weights of 0.1 at p = 0.3 keep 3, not 4). p = 1 keeps every slot.
     """
     sorted_w, order = torch.sort(w, dim=-1, descending=True, stable=True)  # [T,K]
-    before = torch.cumsum(sorted_w, dim=-1) - sorted_w  # [T,K] mass ahead of rank r
-    keep_sorted = (before < p * sorted_w.sum(dim=-1, keepdim=True)) | (p >= 1.0)
+    sorted_d = sorted_w.double()
+    before = torch.cumsum(sorted_d, dim=-1) - sorted_d  # [T,K] mass ahead of rank r
+    total = sorted_d.sum(dim=-1, keepdim=True)  # [T,1]
+    keep_sorted = (before < (p - 1e-6) * total) | (p >= 1.0)
     return torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
@@ -94,15 +100,18 @@ class _Strategy:
 
 STRATEGIES: dict[str, _Strategy] = {
     "dense": _Strategy((), "unchanged routing"),
-    "topk": _Strategy(("k",), "keep the k heaviest slots"),
+    "topk": _Strategy(("k",), "keep the k heaviest slots of the router's top-K (unbiased weights)"),
+    "router_topk": _Strategy(("k",), "the router re-run with K' = k (biased selection score)"),
     "threshold": _Strategy(("beta",), "drop slot i if w_i < beta * w_max"),
-    "top_p": _Strategy(("p",), "keep the smallest weight-ordered prefix with mass >= p"),
+    "top_p": _Strategy(("p",), "Huang et al.: most probable experts of all E until their mass crosses p"),
+    "top_p_within_k": _Strategy(("p",), "keep the smallest weight-ordered prefix of the top-K with mass >= p"),
+    "entropy_k": _Strategy(("thresholds",), "k = 1 + thresholds reached by the router's normalised entropy"),
     "group": _Strategy(("topk_group",), "DeepSeek group-limited routing with fewer groups"),
     "layers": _Strategy(("layers|cheapest",), "no routed experts in chosen layers (shared stays)"),
     "prune": _Strategy(("fraction", "criterion"), "remove experts offline, re-route to the rest"),
     "batch_aware": _Strategy(("k0",), "top-k0 per token plus experts the batch loads anyway (OEA)"),
 }
-_PARAMS = ("k", "beta", "p", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
+_PARAMS = ("k", "beta", "p", "thresholds", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
 _CALIBRATION = ("layer_beta", "pruned")  # filled by calibrate.bind_calibration, never by hand
 
 
@@ -117,14 +126,15 @@ class SkipRule:
     strategy: str = "dense"
     k: int | None = None  # topk: slots kept per token
     beta: float | str | None = None  # threshold: fraction of the token's largest weight, or "calibrated"
-    p: float | None = None  # top_p: share of the token's routed mass
+    p: float | None = None  # top_p: share of the probability over all E; top_p_within_k: of the top-K mass
+    thresholds: tuple[float, ...] | None = None  # entropy_k: increasing normalised-entropy cut points in [0, 1]
     topk_group: int | None = None  # group: expert groups a token may use (DeepSeek-V3: 4 of 8)
     layers: tuple[int, ...] | None = None  # layers: model layer indices without routed experts
     cheapest: int | None = None  # layers: that many layers, least routed contribution in calibration
     fraction: float | None = None  # prune: share of each layer's experts removed
     criterion: str | None = None  # prune: "frequency" or "reap" (saliency), lowest removed
     k0: int | None = None  # batch_aware: slots a token always keeps
-    renormalise: bool = False
+    renormalise: bool | None = None  # None: the strategy's source (routing.LayerRule)
     routed_scaling_factor: float | None = None  # None: the model's
     # from the calibration table (calibrate.bind_calibration):
     layer_beta: dict[int, float] | None = None  # threshold "calibrated": layer -> median w2/w1
@@ -145,6 +155,8 @@ class SkipRule:
         # JSON has string keys and lists: normalise so equality and hashing of to_json hold
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", tuple(float(x) for x in self.thresholds))
         if self.layer_beta is not None:
             object.__setattr__(self, "layer_beta", {int(l): float(b) for l, b in self.layer_beta.items()})
         if self.pruned is not None:
@@ -171,8 +183,14 @@ class SkipRule:
             bad("layers", "a list of layer indices >= 0")
         if self.layers is not None and self.cheapest is not None and len(self.layers) != self.cheapest:
             bad("layers", f"{self.cheapest} layers (the resolved cheapest), or absent")
-        if not isinstance(self.renormalise, bool):
-            bad("renormalise", "true or false")
+        if self.renormalise is not None and not isinstance(self.renormalise, bool):
+            bad("renormalise", "true, false, or null for the strategy's source")
+        if self.thresholds is not None:
+            ts = self.thresholds
+            ok = isinstance(ts, (list, tuple)) and len(ts) > 0 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in ts)
+            if not ok or any(a >= b for a, b in zip(ts, ts[1:])):
+                bad("thresholds", "a non-empty increasing list of numbers in [0, 1]")
         if self.routed_scaling_factor is not None and not (
             isinstance(self.routed_scaling_factor, float) and self.routed_scaling_factor > 0
         ):
@@ -190,8 +208,9 @@ class SkipRule:
         for name in ("beta", "p", "fraction", "routed_scaling_factor"):  # YAML writes 1 for 1.0
             if _is_int(cfg.get(name)):
                 cfg[name] = float(cfg[name])
-        if isinstance(cfg.get("layers"), list):
-            cfg["layers"] = tuple(cfg["layers"])
+        for name in ("layers", "thresholds"):
+            if isinstance(cfg.get(name), list):
+                cfg[name] = tuple(cfg[name])
         return cls(**cfg)
 
     def to_json(self) -> str:
@@ -201,8 +220,9 @@ class SkipRule:
     def params(self) -> dict:
         """The rule's parameters without `strategy`, None fields left out (JSON-ready)."""
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "strategy"}
-        if "layers" in out:
-            out["layers"] = list(out["layers"])
+        for name in ("layers", "thresholds"):
+            if name in out:
+                out[name] = list(out[name])
         if "pruned" in out:
             out["pruned"] = {str(l): list(ids) for l, ids in out["pruned"].items()}
         if "layer_beta" in out:
@@ -229,14 +249,15 @@ class SkipRule:
 
     def mask_fn(self, layer: int, n_experts: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """keep(w [T,K], ids [T,K]) -> [T,K] bool for masking strategies at one layer;
-        None for dense and the re-routing strategies. Layer lookups happen here, once."""
+        None for dense, the re-routing strategies and entropy_k (they read the logits:
+        routing.LayerRule). Layer lookups happen here, once."""
         if self.strategy == "topk":
             return lambda w, ids: keep_topk(self.k, w)
         if self.strategy == "threshold":
             beta = self.layer_beta[layer] if self.beta == CALIBRATED else self.beta
             return lambda w, ids: keep_threshold(beta, w)
-        if self.strategy == "top_p":
-            return lambda w, ids: keep_top_p(self.p, w)
+        if self.strategy == "top_p_within_k":
+            return lambda w, ids: keep_top_p_within_k(self.p, w)
         if self.strategy == "layers":
             off = layer in self.layers
             return lambda w, ids: torch.full_like(w, not off, dtype=torch.bool)

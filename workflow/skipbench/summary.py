@@ -47,9 +47,15 @@ SUMMARY_SCHEMA = pa.schema([
     ("pass1_plus_hi", pa.float64()),
     ("paired", pa.int32()),  # (task, sample) pairs shared with dense
     ("delta_base", pa.float64()),  # pass rate minus dense's over those pairs
+    ("delta_base_lo", pa.float64()),  # its 95% interval (Newcombe's paired hybrid score)
+    ("delta_base_hi", pa.float64()),
     ("mcnemar_p_base", pa.float64()),  # exact two-sided McNemar p of that difference
+    ("holm_p_base", pa.float64()),  # Holm-adjusted over the run's variants of this benchmark
     ("delta_plus", pa.float64()),
+    ("delta_plus_lo", pa.float64()),
+    ("delta_plus_hi", pa.float64()),
     ("mcnemar_p_plus", pa.float64()),
+    ("holm_p_plus", pa.float64()),
     ("tokens_per_s", pa.float64()),  # measured by the infer stage at infer_batch
     ("infer_batch", pa.int32()),
     ("engine", pa.string()),  # engine name and version of the infer stage
@@ -67,7 +73,12 @@ SUMMARY_SCHEMA = pa.schema([
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
+    ("first_diff_token", pa.float64()),  # mean over all pairs of tokens agreed before the first difference
+    ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
+    ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
+    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs: what "identical" means
     ("pareto", pa.bool_()),  # on the quality vs experts-per-token Pareto front of its run and benchmark
+    ("pareto_within_ci", pa.bool_()),  # off the front, but its pass@1 interval overlaps every dominating point's
 ])  # fmt: skip
 
 
@@ -114,6 +125,19 @@ def pareto_front(xs, ys, x_higher_better: bool = True) -> list[int]:
     pts = [(sign * x, y, i) for i, (x, y) in enumerate(zip(xs, ys))]
     front = [i for x, y, i in pts if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2, _ in pts)]
     return sorted(front, key=lambda i: xs[i])
+
+
+def within_ci_of_front(xs, ys, los, his, x_higher_better: bool = True) -> list[int]:
+    """Indices of dominated points whose interval [lo, hi] overlaps the interval of every
+    point that dominates them: off the front, but not distinguishable from it."""
+    sign = 1 if x_higher_better else -1
+    out = []
+    for i in range(len(xs)):
+        dom = [j for j in range(len(xs)) if sign * xs[j] >= sign * xs[i] and ys[j] >= ys[i]
+               and (sign * xs[j] > sign * xs[i] or ys[j] > ys[i])]
+        if dom and all(los[j] <= his[i] and los[i] <= his[j] for j in dom):
+            out.append(i)
+    return out
 
 
 def quality_split(scores: pd.DataFrame) -> str:
@@ -184,11 +208,15 @@ def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) 
     s["distinct_experts"] = [distinct_at(tables.traffic.get(b), deployment_batch).get(v, math.nan)
                              for b, v in zip(s["benchmark"], s["variant"])]  # fmt: skip
     s["pareto"] = False
+    s["pareto_within_ci"] = False
     for _, g in s.groupby("benchmark"):
         q = f"pass1_{quality_split(g)}"
         g = g.dropna(subset=["experts_per_token", q])
         front = pareto_front(g["experts_per_token"].tolist(), g[q].tolist(), x_higher_better=False)
         s.loc[g.index[front], "pareto"] = True
+        near = within_ci_of_front(g["experts_per_token"].tolist(), g[q].tolist(), g[f"{q}_lo"].tolist(),
+                                  g[f"{q}_hi"].tolist(), x_higher_better=False)
+        s.loc[g.index[near], "pareto_within_ci"] = True
     return s[SUMMARY_SCHEMA.names]
 
 
@@ -212,7 +240,19 @@ def _interval(row, split: str) -> str:
 
 def _delta(row, split: str) -> str:
     d = row[f"delta_{split}"]
-    return "" if d is None or math.isnan(d) else f"{d:+.3f} (p={row[f'mcnemar_p_{split}']:.3g})"
+    if d is None or math.isnan(d):
+        return ""
+    lo, hi, holm_p = row.get(f"delta_{split}_lo"), row.get(f"delta_{split}_hi"), row.get(f"holm_p_{split}")
+    ci = "" if lo is None or math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]"
+    adj = "" if holm_p is None or math.isnan(holm_p) else f", Holm {holm_p:.3g}"
+    return f"{d:+.3f}{ci} (p={row[f'mcnemar_p_{split}']:.3g}{adj})"
+
+
+def _kl(row) -> str:
+    kl, floor = row.get("kl_to_dense"), row.get("kl_noise_floor")
+    if kl is None or (isinstance(kl, float) and math.isnan(kl)):
+        return ""
+    return f"{kl:.3g}" + ("" if floor is None or (isinstance(floor, float) and math.isnan(floor)) else f" ({floor:.1g})")
 
 
 def markdown(summary: pd.DataFrame) -> str:
@@ -224,11 +264,11 @@ def markdown(summary: pd.DataFrame) -> str:
     columns = {
         "run": lambda r: r["run"],
         "benchmark": lambda r: r["benchmark"],
-        "variant": lambda r: r["variant"] + (" *" if r["pareto"] else ""),
+        "variant": lambda r: r["variant"] + (" *" if r["pareto"] else " ~" if r.get("pareto_within_ci") else ""),
         "pass@1 base [95% CI]": lambda r: _interval(r, "base"),
         "pass@1 plus [95% CI]": lambda r: _interval(r, "plus"),
-        "Δ base vs dense (McNemar p)": lambda r: _delta(r, "base"),
-        "Δ plus vs dense (McNemar p)": lambda r: _delta(r, "plus"),
+        "Δ base vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "base"),
+        "Δ plus vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "plus"),
         "tok/s (infer, measured)": lambda r: _num(r["tokens_per_s"], ".1f"),
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
@@ -236,20 +276,30 @@ def markdown(summary: pd.DataFrame) -> str:
         "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
+        "KL to dense, nats (noise floor)": lambda r: _kl(r),
+        "top-1 agreement": lambda r: _num(r.get("top1_agree"), ".3f"),
     }
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, r in summary.iterrows():
         lines.append("| " + " | ".join(str(f(r)).replace("|", "\\|") for f in columns.values()) + " |")
     notes = [
         "",
-        "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token.",
+        "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token; `~`: off the "
+        "front, but its pass@1 interval overlaps that of every point dominating it (not distinguishable from it).",
         f"tok/s (infer, measured): the infer stage's own batch, on {infer_on or 'n/a'}.",
         f"Measured @{batch}: throughput sweep on {measured_on}; under the weight0 skip path the skipped "
         "experts are still computed, so no speedup is expected there." if measured_on
         else f"Measured @{batch}: no throughput sweep at this batch size.",
         f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert costs nothing): "
         "a prediction, not a measurement." if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
-        "Δ: difference in pass rate to dense over the same (task, sample) pairs; p: exact McNemar test.",
+        "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
+        "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between two "
+        "dense runs with different batching; top-1 agreement: share of positions where the variant's "
+        "most likely token is dense's.",
+        "Δ: difference in pass rate to dense over the same (task, sample) pairs, with its 95% interval "
+        "(Newcombe 1998 paired hybrid score); p: exact two-sided McNemar test, raw; Holm p: adjusted by "
+        "Holm's step-down method over all variants of the run's benchmark (one family per benchmark and "
+        "split), the value to read when asking whether ANY variant differs from dense.",
     ]
     return "\n".join(lines + notes) + "\n"
 

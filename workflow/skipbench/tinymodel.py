@@ -96,6 +96,25 @@ def build_model(config: dict, seed: int) -> DeepseekV3ForCausalLM:
     return DeepseekV3ForCausalLM._from_config(cfg, experts_implementation="eager", dtype=torch.float32)
 
 
+def set_selection_bias(model: DeepseekV3ForCausalLM, std: float, seed: int) -> int:
+    """Fill every router's e_score_correction_bias with N(0, std) draws (seeded), before
+    training; returns the number of routers set.
+
+    DeepSeek-V3 adds this bias to the scores for SELECTION only (the weights use the
+    unbiased scores); a zero bias would never exercise that difference, so rules that
+    rank by weight (topk mask) and rules that re-run the router (router_topk, group,
+    prune) would agree on the demo model. The bias is a fixed buffer: training adapts
+    the model to it, as DeepSeek-V3's own training adapts to its balancing bias.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    routers = [m for m in model.modules() if type(m).__name__ == "DeepseekV3TopkRouter"]
+    with torch.no_grad():
+        for gate in routers:
+            bias = gate.e_score_correction_bias
+            bias.copy_(torch.randn(bias.shape, generator=gen, dtype=torch.float32).to(bias.dtype) * std)
+    return len(routers)
+
+
 def encode_pair(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: str) -> tuple[list[int], int]:
     """Tokens of BOS + prompt + completion + EOS, and how many belong to BOS + prompt.
 

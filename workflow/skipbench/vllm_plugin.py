@@ -87,7 +87,8 @@ def router_spec(router, layer: int, model_scale: float) -> RouterSpec:
     return RouterSpec(layer=layer, n_experts=router.global_num_experts, top_k=router.top_k, n_group=n_group,
                       topk_group=getattr(router, "topk_group", None) or n_group,
                       scoring=getattr(router, "scoring_func", "softmax"), routed_scaling_factor=model_scale,
-                      bias=getattr(router, "e_score_correction_bias", None))
+                      bias=getattr(router, "e_score_correction_bias", None),
+                      norm_topk_prob=bool(getattr(router, "renormalize", True)))
 
 
 class SkipHook:

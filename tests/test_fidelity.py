@@ -1,0 +1,50 @@
+"""Teacher-forced fidelity: KL and top-1 agreement to dense on dense's own completions."""
+
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from skipbench.benchmarks import Task
+from skipbench.fidelity import FIDELITY_SCHEMA, compare, run_fidelity
+from tiny_models import write_tiny_dsv3
+
+
+def test_compare_by_hand():
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+    q = torch.tensor([[0.5, 0.5], [0.2, 0.8]]).log()
+    out = compare([p], [q])
+    kl2 = 0.9 * math.log(0.9 / 0.2) + 0.1 * math.log(0.1 / 0.8)
+    assert out["positions"] == 2 and out["kl_mean"] == pytest.approx(kl2 / 2)
+    assert out["top1_agree"] == 0.5  # position 0: both argmax 0; position 1 differs
+    assert compare([p], [p])["kl_mean"] == 0.0 and compare([], [])["positions"] == 0
+
+
+def test_run_fidelity_on_a_tiny_model(tmp_path):
+    from transformers import AutoTokenizer
+
+    model = write_tiny_dsv3(tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(model)
+    tasks = [Task(f"T/{i}", f"def f{i}(x):\n    return x", "f", "") for i in range(3)]
+    gen = torch.Generator().manual_seed(0)
+    rows = [dict(task_id=t.task_id, sample=0, prompt_tokens=len(tok(t.prompt).input_ids),
+                 token_ids=torch.randint(2, 200, (6,), generator=gen).tolist()) for t in tasks]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dense.parquet")
+    variants = {"dense": {"strategy": "dense"}, "nothing": {"strategy": "layers", "layers": []},
+                "top1": {"strategy": "router_topk", "k": 1}}
+    out = tmp_path / "fidelity.parquet"
+    run_fidelity(model, tasks, "he", tmp_path / "dense.parquet", variants, out, batch_size=2)
+    table = pq.read_table(out)
+    assert table.schema == FIDELITY_SCHEMA
+    got = {r["variant"]: r for r in table.to_pylist()}
+    assert list(got) == ["dense", "nothing", "top1"]  # noise floor first, dense itself not repeated
+    assert got["dense"]["reference"] == "dense, batch 1" and got["dense"]["positions"] == 18
+    assert got["dense"]["kl_mean"] < 1e-6 and got["dense"]["top1_agree"] == 1.0  # fp32: batching noise only
+    assert got["nothing"]["kl_mean"] == 0.0 and got["nothing"]["top1_agree"] == 1.0  # same batches: exact
+    assert got["top1"]["kl_mean"] > 1e-4 > got["dense"]["kl_mean"]
+    rows[1]["prompt_tokens"] += 1
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dense.parquet")
+    with pytest.raises(ValueError, match="task T/1: prompt is"):
+        run_fidelity(model, tasks, "he", tmp_path / "dense.parquet", variants, out)

@@ -1,0 +1,23 @@
+"""Stage 6b entry point: teacher-forced KL and top-1 agreement of every variant to dense."""
+
+from pathlib import Path
+
+import torch
+
+from skipbench.benchmarks import load_tasks
+from skipbench.fidelity import run_fidelity
+from skipbench.logs import log_to
+
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    torch.set_num_threads(snakemake.threads)
+    run_fidelity(
+        model_dir=Path(snakemake.input.model),
+        tasks=load_tasks(snakemake.params.benchmark),
+        benchmark=snakemake.wildcards.benchmark,
+        dense_generations=Path(snakemake.input.dense),
+        variants=snakemake.params.variants,
+        out_path=Path(snakemake.output[0]),
+        batch_size=snakemake.params.batch_size,
+        calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
+    )
