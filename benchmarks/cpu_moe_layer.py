@@ -30,10 +30,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rules", nargs="+", default=["dense", "topk:4", "topk:2", "threshold:0.5"])
     ap.add_argument("--calls", type=int, default=7, help="timed calls per (batch, rule), fresh routing each")
     ap.add_argument("--dtype", default="float32", help="float32: this CPU has no native bf16 matmul")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed on a shared machine)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     shape = MoeShape(dtype=args.dtype)
     profile = measure_profile("this-machine", copy_mib=256, matmul_n=1024, repeats=5)
     layer = EagerMoE(shape)

@@ -117,31 +117,35 @@ def route(rng: np.random.Generator, batch: int, shape: MoeShape) -> tuple[np.nda
 
 
 def bench_layer(layer: EagerMoE, batches, rules, calls: int = 7, seed: int = 0) -> pd.DataFrame:
-    """CPU_MOE_SCHEMA rows: every (batch, rule) timed over `calls` fresh routings."""
+    """CPU_MOE_SCHEMA rows: every (batch, rule) timed over `calls` fresh routings.
+
+    Rules are interleaved: each routing is run under every rule in turn (order reversed
+    every other call), so load from other processes and drift hit every rule alike."""
     import torch
 
     shape, rows = layer.shape, []
     dt = getattr(torch, shape.dtype)
     for batch in batches:
-        for rule in rules:
-            rng = np.random.default_rng([seed, batch])  # same routings for every rule at a batch
-            times, slots, distinct = [], [], []
-            for call in range(calls + 1):
-                ids, w = route(rng, batch, shape)
+        rng = np.random.default_rng([seed, batch])  # same routings for every rule at a batch
+        times, slots, distinct = ({r: [] for r in rules} for _ in range(3))
+        for call in range(calls + 1):
+            ids, w = route(rng, batch, shape)
+            x = torch.randn(batch, shape.hidden, generator=torch.Generator().manual_seed(call)).to(dt)
+            for rule in rules if call % 2 else rules[::-1]:
                 kept = keep_mask(w, rule)
-                x = torch.randn(batch, shape.hidden, generator=torch.Generator().manual_seed(call)).to(dt)
                 t0 = time.perf_counter()
                 layer.forward(x, ids, w, kept)
                 if call:  # call 0 warms up
-                    times.append((time.perf_counter() - t0) * 1e3)
-                    slots.append(kept.sum())
-                    distinct.append(len(np.unique(ids[kept])))
-            rows.append(dict(batch=batch, rule=rule, slots=float(np.mean(slots)),
-                             distinct_experts=float(np.mean(distinct)),
-                             bytes=float(np.mean(distinct)) * shape.expert_bytes, ms=float(np.median(times)),
-                             ms_p10=float(np.percentile(times, 10)), ms_p90=float(np.percentile(times, 90)),
-                             calls=calls, dtype=shape.dtype, threads=torch.get_num_threads()))  # fmt: skip
-            log.info("cpu moe b=%d %s: %.2f experts, %.2f ms", batch, rule, rows[-1]["distinct_experts"], rows[-1]["ms"])
+                    times[rule].append((time.perf_counter() - t0) * 1e3)
+                    slots[rule].append(kept.sum())
+                    distinct[rule].append(len(np.unique(ids[kept])))
+        for rule in rules:
+            t, d = times[rule], float(np.mean(distinct[rule]))
+            rows.append(dict(batch=batch, rule=rule, slots=float(np.mean(slots[rule])), distinct_experts=d,
+                             bytes=d * shape.expert_bytes, ms=float(np.median(t)), ms_p10=float(np.percentile(t, 10)),
+                             ms_p90=float(np.percentile(t, 90)), calls=calls, dtype=shape.dtype,
+                             threads=torch.get_num_threads()))  # fmt: skip
+            log.info("cpu moe b=%d %s: %.2f experts, %.2f ms", batch, rule, d, rows[-1]["ms"])
     return pd.DataFrame(rows)[CPU_MOE_SCHEMA.names]
 
 
