@@ -31,8 +31,10 @@ if TRACING:
 
     rule roofline:
         input:
-            lib("roofline", "specs", "traffic"),
+            lib("roofline", "specs", "traffic", "costmodel", "cpu_moe"),
             [local(f"{workflow.basedir}/config/hardware/{h}.yaml") for h in ROOFLINE["hardware"] if "/" not in h],
+            # calibration data the profiles name (measured kernel times, committed with their source)
+            [local(str(p)) for p in sorted(Path(workflow.basedir, "config", "hardware").glob("*.csv"))],
             model=engine_model_dir,
             traffic=f"{RUN}/traffic/{THROUGHPUT_BENCHMARK}.parquet",
             throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
