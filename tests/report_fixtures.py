@@ -4,7 +4,7 @@ Pareto fronts and speedups are computed by hand in the tests that use them."""
 from pathlib import Path
 
 from skipbench.io import write_table
-from skipbench.roofline import PREDICTION_SCHEMA
+from skipbench.roofline import PREDICTION_SCHEMA, VALIDATION_SCHEMA
 from skipbench.score import SCORES_SCHEMA
 from skipbench.throughput import THROUGHPUT_SCHEMA
 from skipbench.traffic import TRAFFIC_SCHEMA
@@ -72,19 +72,33 @@ def write_throughput(run_dir: Path) -> list[Path]:
     return paths
 
 
+IDEAL_STRETCH = 1.5  # ideal (bytes floor) speedup - 1 = 1.5 x the calibrated one's
+VALIDATION_ERROR = -0.4  # this-machine's predicted step time vs the engine's, every row
+
+
 def write_predictions(path: Path) -> Path:
+    """Predictions of three profiles: h200 and this-machine calibrated (band), h800 ideal only;
+    and the validation table next to them (this-machine vs the engine, off by 40%)."""
     rows = []
-    for hw, scale in (("h200", 1.0), ("measured", 0.5)):
+    for hw, scale, cals in (("h200", 1.0, ("calibrated", "ideal")), ("this-machine", 0.5, ("calibrated", "ideal")),
+                            ("h800", 1.0, ("ideal",))):  # fmt: skip
         for v, speedup in PREDICTED_H200.items():
             for batch in (1, 4):
-                s = 1 + (speedup - 1) * scale / batch  # savings shrink with batch
-                for skip_path, sp in (("skip_kernel", s), ("weight0", 1.0)):
-                    for layer in (-1, 1):
-                        rows.append(dict(source="predicted", model="tiny", hardware=hw, device=hw, n_devices=1,
-                                         weight_dtype="bf16", variant=v, skip_path=skip_path, calibration="none",
-                                         batch=batch, layer=layer, step_ms=1.0 / sp, speedup=sp,
-                                         tokens_per_s=None if layer != -1 else 1000.0 * batch * sp))  # fmt: skip
+                for cal in cals:
+                    s = 1 + (speedup - 1) * scale / batch * (IDEAL_STRETCH if cal == "ideal" else 1)
+                    for skip_path, sp in (("skip_kernel", s), ("weight0", 1.0)):
+                        for layer in (-1, 1):
+                            rows.append(dict(source="predicted", model="tiny", hardware=hw, device=hw, n_devices=1,
+                                             weight_dtype="bf16", variant=v, skip_path=skip_path, calibration=cal,
+                                             calibration_source=f"{hw} fit" if cal == "calibrated" else "",
+                                             batch=batch, layer=layer, step_ms=1.0 / sp, speedup=sp,
+                                             tokens_per_s=1000.0 * batch * sp))  # fmt: skip
     write_table(path, rows, PREDICTION_SCHEMA)
+    val = [dict(kind="engine", hardware="this-machine", calibration=cal, device="cpu:x86_64x2", variant=v, batch=b,
+                distinct_experts=1.0, predicted_ms=0.6 if cal == "calibrated" else 0.1, measured_ms=1.0,
+                rel_error=VALIDATION_ERROR if cal == "calibrated" else -0.9, measured_by="vllm 0.32.0")
+           for cal in ("ideal", "calibrated") for v in ("dense", "top1") for b in (1, 4)]  # fmt: skip
+    write_table(path.with_name("validation.parquet"), val, VALIDATION_SCHEMA)
     return path
 
 

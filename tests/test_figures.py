@@ -51,9 +51,22 @@ def points(names, x, split):
     return [(VARIANTS[n][col], VARIANTS[n][y]) for n in names]
 
 
+def test_tradeoff_no_front_over_weight0_throughput(tmp_path):
+    files = write_run(tmp_path, optional=False)  # fixture: non-dense variants ran on the weight0 path
+    fig, fronts = tradeoff_figure([load_run("tiny", files["scores"])], "he")
+    tps_base, ept_base = fig.axes[:2]
+    assert fronts[("tiny", "base", "tokens_per_s")] == [] and fronts[("tiny", "plus", "tokens_per_s")] == []
+    assert not [l for l in tps_base.get_lines() if l.get_label() == "Pareto front"]
+    assert "nothing skipped on this path" in tps_base.get_xlabel() and "weight0" in tps_base.get_xlabel()
+    assert fronts[("tiny", "base", "experts_per_token")] == FRONT_BASE_VS_EPT  # experts/token still ranks them
+    plt.close(fig)
+
+
 def test_tradeoff_draws_the_hand_computed_front(tmp_path):
     files = write_run(tmp_path, optional=False)
-    fig, fronts = tradeoff_figure([load_run("tiny", files["scores"])], "he")
+    run = load_run("tiny", files["scores"])
+    run.scores["skip_path"] = run.scores["skip_path"].replace("weight0", "skip_kernel")  # a real skip path
+    fig, fronts = tradeoff_figure([run], "he")
     expected = [("base", "tokens_per_s", FRONT_BASE_VS_TPS), ("base", "experts_per_token", FRONT_BASE_VS_EPT),
                 ("plus", "tokens_per_s", FRONT_PLUS_VS_TPS), ("plus", "experts_per_token", FRONT_PLUS_VS_EPT)]  # fmt: skip
     assert len(fig.axes) == 4  # rows (base, plus) x columns (tokens/s, experts/token), row-major
@@ -66,14 +79,15 @@ def test_tradeoff_draws_the_hand_computed_front(tmp_path):
 def test_predicted_figure_separates_measured_and_predicted(tmp_path):
     f = write_run(tmp_path)
     run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
-    columns = speedup_columns([run], ["h200", "measured"])
-    assert columns == [MEASURED, "h200", "measured"]  # the engine sweep, then profiles in config order
+    columns = speedup_columns([run], ["h200", "h800", "this-machine"])
+    assert columns == [MEASURED, "h200", "this-machine"]  # the engine sweep, then CALIBRATED profiles in config order
     fig, fronts = predicted_figure([run], "he", batch=1, hardware=columns)
-    assert fronts[("tiny", "plus", MEASURED)] == FRONT_PLUS_VS_MEASURED
+    assert fronts[("tiny", "plus", MEASURED)] == []  # weight0: nothing skipped, no front
     assert fronts[("tiny", "plus", "h200")] == FRONT_PLUS_VS_PREDICTED
-    plus_measured, plus_h200 = fig.axes[3], fig.axes[4]  # row 2 = plus tests
-    want = [(SWEEP[v][1] / SWEEP["dense"][1], VARIANTS[v][4]) for v in FRONT_PLUS_VS_MEASURED]
-    assert front_line(plus_measured) == pytest.approx(flat(want))
+    plus_measured, plus_h200, plus_here = fig.axes[3], fig.axes[4], fig.axes[5]  # row 2 = plus tests
+    assert "nothing skipped on this path" in plus_measured.get_xlabel()
+    assert "calibrated" in plus_h200.get_xlabel() and "h200 fit" in plus_h200.get_title()
+    assert "validation vs engine here -40%" in plus_here.get_title()
     want = [(PREDICTED_H200[v], VARIANTS[v][4]) for v in FRONT_PLUS_VS_PREDICTED]
     assert front_line(plus_h200) == pytest.approx(flat(want))
     assert "measured" in plus_measured.get_title() and "cpu:x86_64x2" in plus_measured.get_title()

@@ -24,13 +24,30 @@ def quantile(xs, q):
 
 
 def brute_force(rows: list[dict], c: int) -> dict:
-    """{layer: (tokens/step, slots/step, distinct mean, p50, p90, experts/token)}, layer -1 = layer mean."""
+    """{layer: (tokens/step, slots/step, distinct mean, p50, p90, experts/token)}, layer -1 = layer mean.
+
+    Continuous batching written out: c slots, tick by tick; a slot whose sequence ended
+    takes the next sample (cycling) at that tick; ceil(decode tokens / c) ticks."""
     order = {}
     for r in rows:
         order.setdefault((r["task_id"], r["sample_id"]), len(order))
-    steps = defaultdict(list)  # (batch, position, layer) -> rows of the tokens in that step
+    seqs = defaultdict(dict)  # sample -> {decode position: [rows of its layers]}
     for r in rows:
-        steps[(order[(r["task_id"], r["sample_id"])] // c, r["position"], r["layer"])].append(r)
+        if r["position"] >= 1:
+            seqs[order[(r["task_id"], r["sample_id"])]].setdefault(r["position"] - 1, []).append(r)
+    queue = [s for s in range(len(order)) if s in seqs]
+    n_ticks = -(-sum(len(v) for v in seqs.values()) // c)
+    slots, nxt = [None] * c, 0  # slot -> (sample, next decode position)
+    steps = defaultdict(list)  # (tick, layer) -> rows of the tokens in that step
+    for tick in range(n_ticks):
+        for i in range(c):
+            if slots[i] is None or slots[i][1] >= len(seqs[slots[i][0]]):
+                slots[i] = (queue[nxt % len(queue)], 0)
+                nxt += 1
+            sample, pos = slots[i]
+            for r in seqs[sample][pos]:
+                steps[(tick, r["layer"])].append(r)
+            slots[i] = (sample, pos + 1)
 
     def kept(r):
         return [e for k, e in enumerate(r["expert_ids"]) if r["keep"] >> k & 1]
@@ -39,15 +56,15 @@ def brute_force(rows: list[dict], c: int) -> dict:
                 for key, rs in steps.items()}  # fmt: skip
     by_layer = defaultdict(list)
     by_step = defaultdict(list)
-    for (b, pos, layer), v in per_step.items():
+    for (tick, layer), v in per_step.items():
         by_layer[layer].append(v)
-        by_step[(b, pos)].append(v)
+        by_step[tick].append(v)
     layer_mean = {ALL_LAYERS: [tuple(sum(x) / len(vs) for x in zip(*vs)) for vs in by_step.values()]}
     out = {}
     for layer, vs in (by_layer | layer_mean).items():
-        tokens, slots, distinct = zip(*vs)
-        out[layer] = (sum(tokens) / len(vs), sum(slots) / len(vs), sum(distinct) / len(vs),
-                      quantile(distinct, 0.5), quantile(distinct, 0.9), sum(slots) / sum(tokens))  # fmt: skip
+        tokens, slots_, distinct = zip(*vs)
+        out[layer] = (sum(tokens) / len(vs), sum(slots_) / len(vs), sum(distinct) / len(vs),
+                      quantile(distinct, 0.5), quantile(distinct, 0.9), sum(slots_) / sum(tokens))  # fmt: skip
     return out
 
 
@@ -59,7 +76,7 @@ def traces(draw):
     rows = []
     for s in range(draw(st.integers(1, 5))):
         task, sample = f"T/{s % 3}", s // 3  # two samples of one task must stay distinct samples
-        for pos in range(draw(st.integers(1, 6))):
+        for pos in range(draw(st.integers(2 if s == 0 else 1, 6))):  # sample 0 has a decode token
             for layer in layers:
                 ids = draw(st.permutations(range(n_exp)))[:k]
                 rows.append(dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids,
@@ -93,37 +110,52 @@ def _row(task, pos, layer, ids, keep, sample=0):
     return dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids, keep=keep)
 
 
-def test_hand_computed_union_and_ragged_batch():
-    # sample A: 2 tokens, sample B: 1 token; top-2 of 4 experts, one MoE layer (3)
+def test_hand_computed_refill_keeps_load_constant():
+    # decode tokens (position >= 1): A has 2, B has 1; top-2 of 4 experts, one MoE layer (3)
     rows = [
-        _row("A", 0, 3, [0, 1], 0b11),
-        _row("A", 1, 3, [2, 3], 0b01),  # slot 1 (expert 3) skipped
-        _row("B", 0, 3, [1, 2], 0b11),
+        _row("A", 0, 3, [0, 1], 0b11),  # prefill: not a decode token
+        _row("A", 1, 3, [0, 1], 0b11),
+        _row("A", 2, 3, [2, 3], 0b01),  # slot 1 (expert 3) skipped
+        _row("B", 0, 3, [3, 2], 0b01),  # prefill
+        _row("B", 1, 3, [1, 2], 0b11),
     ]
     got = traffic_table(pd.DataFrame(rows), "v", [1, 2], bytes_per_expert=10).set_index(["concurrency", "layer"])
-    # c=1: steps {0,1} | {0,1}, {2} | {1,2} -> distinct 2, 1, 2
+    # c=1: steps {0,1} | {2} | {1,2} -> distinct 2, 1, 2
     assert got.loc[(1, 3), "steps"] == 3
     assert got.loc[(1, 3), "distinct_mean"] == pytest.approx(5 / 3)
-    # c=2: step 0 = A0 + B0 -> {0,1,2}; step 1 = A1 alone (B finished) -> {2}
+    # c=2, 2 steps: step 0 = A1 + B1 -> {0,1,2}; step 1: B ended, its slot refills with A
+    # (cycling): A2 + A1 -> {2} | {0,1} = 3 distinct, 2 tokens (no drain to 1 token)
     assert got.loc[(2, 3), "steps"] == 2
-    assert got.loc[(2, 3), "distinct_mean"] == pytest.approx(2.0)
-    assert got.loc[(2, 3), "tokens_per_step"] == pytest.approx(1.5)
-    assert got.loc[(2, 3), "experts_per_token"] == pytest.approx(5 / 3)
-    assert got.loc[(2, 3), "bytes_per_step"] == pytest.approx(20.0)
+    assert got.loc[(2, 3), "tokens_per_step"] == 2.0
+    assert got.loc[(2, 3), "distinct_mean"] == pytest.approx(3.0)
+    assert got.loc[(2, 3), "experts_per_token"] == pytest.approx(7 / 4)
+    assert got.loc[(2, 3), "bytes_per_step"] == pytest.approx(30.0)
+    assert (got["decode_tokens"] == 3).all()
+    assert (got["prefill_experts_per_token"] == 1.5).all()  # prefill rows: 2 and 1 kept slots
+
+
+def test_refill_load_is_constant_whatever_the_lengths():
+    # eight samples of very different lengths: every step holds exactly c tokens
+    rows = [_row(f"T{s}", p, 1, [p % 5, 5 + s], 0b11) for s in range(8) for p in range(1 + 3 * s + 1)]
+    got = traffic_table(pd.DataFrame(rows), "v", [1, 3, 16], bytes_per_expert=1)
+    assert (got["tokens_per_step"] == got["concurrency"]).all()
+    assert got.set_index("concurrency").loc[3, "steps"].iloc[0] == -(-sum(3 * s + 1 for s in range(8)) // 3)
 
 
 def test_all_skipped_step_counts_zero_distinct():
-    rows = [_row("A", 0, 1, [0, 1], 0), _row("A", 1, 1, [0, 1], 0b10)]
+    rows = [_row("A", 0, 1, [0, 1], 0b11), _row("A", 1, 1, [0, 1], 0), _row("A", 2, 1, [0, 1], 0b10)]
     got = traffic_table(pd.DataFrame(rows), "v", [1], bytes_per_expert=1)
     row = got[got["layer"] == 1].iloc[0]
     assert row["steps"] == 2 and row["distinct_mean"] == 0.5 and row["skip_rate"] == 0.75
 
 
-def test_samples_batch_in_order_of_first_appearance():
-    # C appears first, so at c=2 the batches are (C, A) and (B): A and B never share a step
-    rows = [_row("C", 0, 1, [5], 1), _row("A", 0, 1, [6], 1), _row("B", 0, 1, [7], 1)]
+def test_samples_refill_in_order_of_first_appearance():
+    # C appears first, so at c=2 the slots take C and A first; B enters when C ends
+    rows = [_row(n, p, 1, [e + p], 1) for n, e, length in (("C", 10, 1), ("A", 20, 2), ("B", 30, 1))
+            for p in range(length + 1)]  # fmt: skip
     got = traffic_table(pd.DataFrame(rows), "v", [2], bytes_per_expert=1)
-    assert got[got["layer"] == 1]["distinct_mean"].iloc[0] == pytest.approx(1.5)  # {5,6}, {7}
+    # step 0: C1 (11), A1 (21); step 1: B1 (31), A2 (22) -> 2 distinct each
+    assert got[got["layer"] == 1]["distinct_mean"].iloc[0] == pytest.approx(2.0)
 
 
 def test_rejects_ragged_slots_and_empty():
@@ -132,7 +164,9 @@ def test_rejects_ragged_slots_and_empty():
     with pytest.raises(ValueError, match="empty"):
         traffic_table(TRACE_SCHEMA.empty_table(), "v", [1], 1)
     with pytest.raises(ValueError, match="concurrency"):
-        traffic_table(pd.DataFrame([_row("A", 0, 1, [0], 1)]), "v", [0], 1)
+        traffic_table(pd.DataFrame([_row("A", 0, 1, [0], 1), _row("A", 1, 1, [0], 1)]), "v", [0], 1)
+    with pytest.raises(ValueError, match="no decode tokens"):
+        traffic_table(pd.DataFrame([_row("A", 0, 1, [0], 1)]), "v", [1], 1)
 
 
 def test_write_traffic_schema(tmp_path):

@@ -38,7 +38,10 @@ if TRACING:
             predictions=f"{RUN}/roofline/predictions.parquet",
             validation=f"{RUN}/roofline/validation.parquet",
         params:
-            code=code("roofline", "specs", "traffic", files=[f"config/hardware/{h}.yaml" for h in ROOFLINE["hardware"] if "/" not in h]),
+            # the hardware profiles and the calibration data they name (measured kernel times, with their source)
+            code=code("roofline", "specs", "traffic", "costmodel", "cpu_moe",
+                      files=[f"config/hardware/{h}.yaml" for h in ROOFLINE["hardware"] if "/" not in h]
+                      + [f"config/hardware/{p.name}" for p in sorted(Path(workflow.basedir, "config", "hardware").glob("*.csv"))]),
             roofline=ROOFLINE,
             # KV-cache reads at the mean context of a generated token: prompt + half the output.
             context_len=config["generation"]["max_new_tokens"] // 2 + 256,

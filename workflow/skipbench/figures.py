@@ -31,10 +31,12 @@ from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for ca
     pareto_front,
     predicted_whole_model,
     quality_split,
+    validation_error,
 )
 
 log = logging.getLogger(__name__)
 
+NOTHING_SKIPPED = {"none", "weight0"}  # skip paths where a skipped expert is still computed (or none is skipped)
 MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
 STYLE = {"svg.hashsalt": "skipbench", "figure.dpi": 100, "font.size": 8, "axes.titlesize": 8}
 STRATEGY_COLOURS = plt.get_cmap("tab10").colors
@@ -105,18 +107,25 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
 
 
 def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str, colours: dict,
-                  hollow: bool = False) -> list[str]:  # fmt: skip
+                  hollow: bool = False, front: bool = True) -> list[str]:  # fmt: skip
     """pass@1 (95% CI) vs `x`, curves per strategy, the Pareto front dashed.
-    Returns the variants on the front, in the order the front line is drawn (by x)."""
+    Returns the variants on the front, in the order the front line is drawn (by x).
+    front=False: `x` does not rank the variants (e.g. throughput where nothing was skipped):
+    points grey, no front, returns []."""
     y = f"pass1_{split}"
     data = df.dropna(subset=[x, y]).sort_values("variant").reset_index(drop=True)
     if data.empty:
         no_data(ax, f"no variant has both pass@1 ({split}) and {x_label}")
         return []
-    strategy_curves(ax, data, x, y, colours, hollow)
+    strategy_curves(ax, data, x, y, colours if front else {s: (0.6, 0.6, 0.6) for s in colours}, hollow)
+    ax.set_xlabel(x_label)
+    if not front:
+        ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        return []
     front = pareto_front(data[x].tolist(), data[y].tolist(), x_higher)
     ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color="tab:green", lw=1.5, zorder=0, label="Pareto front")
-    ax.set_xlabel(x_label)
     ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
@@ -152,17 +161,27 @@ def tradeoff_figure(runs: list[RunTables], benchmark: str):
     fronts = {}
     for r, (t, df, split) in enumerate(rows):
         for c, (x, label, higher) in enumerate(COST_AXES):
+            skipped = True
             if x == "tokens_per_s":
-                label = f"{label} ({_measured_on(df)})"
-            fronts[(t.run, split, x)] = quality_panel(axes[r][c], df, x, label, higher, split, colours)
+                paths = set(df.loc[df["variant"] != DENSE, "skip_path"].dropna()) if "skip_path" in df else set()
+                skipped = bool(paths - NOTHING_SKIPPED)
+                label = (f"{label} ({_measured_on(df)}; skip path {', '.join(sorted(paths)) or 'n/a'}, measured)"
+                         + ("" if skipped else "\nnothing skipped on this path: no Pareto front, points grey"))  # fmt: skip
+            fronts[(t.run, split, x)] = quality_panel(axes[r][c], df, x, label, higher, split, colours,
+                                                      front=skipped)  # fmt: skip
             axes[r][c].set_title(f"{t.run}: {benchmark}, {split} tests")
     fig.suptitle(f"{benchmark}: quality vs cost per skip variant (throughput measured; see axis)")
     return fig, fronts
 
 
 def speedup_columns(runs: list[RunTables], hardware: list[str]) -> list[str]:
-    """MEASURED and the hardware profiles predicted in any run (config order first)."""
-    predicted = {h for t in runs for h in predicted_whole_model(t.predictions)["hardware"]}
+    """MEASURED and the CALIBRATED hardware profiles predicted in any run (config order first).
+    An uncalibrated profile's ideal prediction is an upper bound: summary.md lists it as such,
+    no panel draws it as a speedup (a tiny model would get launch-bound GPU "speedups")."""
+    predicted = set()
+    for t in runs:
+        p = predicted_whole_model(t.predictions)
+        predicted |= set(p.loc[p["calibration"] == "calibrated", "hardware"])
     return [MEASURED] + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
 
 
@@ -180,8 +199,15 @@ def speedup_at(t: RunTables, column: str, batch: int) -> tuple[pd.Series, str]:
         return m.set_index("variant")["speedup"], f"measured ({sweep_source(m)})"
     p = predicted_whole_model(t.predictions)
     p = p[(p["hardware"] == column) & (p["batch"] == batch)]
-    cal = ", ".join(sorted(set(p["calibration"]))) or "none"
-    return p.set_index("variant")["speedup"], f"predicted (roofline, hardware {column}, skip kernel, calibration {cal})"
+    return p.set_index("variant")["speedup"], f"predicted ({prediction_source(t, column, p)})"
+
+
+def prediction_source(t: RunTables, hardware: str, p: pd.DataFrame) -> str:
+    """Skip path, calibration and (where checked) validation error of a profile's predictions."""
+    cal = "; ".join(sorted(set(p["calibration_source"].dropna()) - {""})) or "uncalibrated: upper bound"
+    hw, err = validation_error(t.validation)
+    checked = f"; validation vs engine here {100 * err:+.0f}%" if hw == hardware and not np.isnan(err) else ""
+    return f"roofline, hardware {hardware}, skip kernel (skipped expert never loaded), calibrated on {cal}{checked}"
 
 
 def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware: list[str]):
@@ -202,9 +228,23 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 fronts[(t.run, split, column)] = []
                 continue
             d = df.assign(speedup=df["variant"].map(speedup))
-            label = f"speedup over dense at batch {batch}, {source.split(' (')[0]}"
+            if column == MEASURED:
+                m = measured_speedup(t.throughput)
+                paths = set(m.loc[(m["concurrency"] == batch) & (m["variant"] != DENSE), "skip_path"])
+                skipped = bool(paths - NOTHING_SKIPPED)
+                label = (f"output tok/s ratio over dense at batch {batch}, measured, skip path "
+                         f"{', '.join(sorted(paths))}" + ("" if skipped else "\nnothing skipped on this path"))  # fmt: skip
+            else:
+                skipped = True
+                label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
+                         "(grey bar: up to the ideal bytes-floor prediction)")  # fmt: skip
             fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
-                                                           hollow=column != MEASURED)  # fmt: skip
+                                                           hollow=column != MEASURED, front=skipped)  # fmt: skip
+            if column != MEASURED:  # the band: calibrated (point) to ideal (end of the grey bar)
+                p = predicted_whole_model(t.predictions)
+                ideal = p[(p["hardware"] == column) & (p["batch"] == batch)].set_index("variant")["speedup_ideal"]
+                d = d.assign(ideal=d["variant"].map(ideal)).dropna(subset=["speedup", "ideal", f"pass1_{split}"])
+                ax.hlines(d[f"pass1_{split}"], d["speedup"], d["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
             ax.axvline(1.0, color="0.5", lw=0.8)
             ax.set_title(f"{t.run}: {split} tests\n{source}", fontsize=7)
     fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
@@ -244,7 +284,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
         return fig
     batch = int(rows["deployment_batch"].iloc[0])
     header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "experts/token",
-              "tok/s infer (meas.)", f"speedup @{batch} meas.", f"speedup @{batch} pred."]  # fmt: skip
+              "tok/s infer (meas.)", f"tok/s ratio @{batch} meas.", f"tok/s ratio @{batch} pred. (cal. / ideal)"]  # fmt: skip
 
     def fmt(x, spec):
         return "" if pd.isna(x) else format(x, spec)
@@ -253,7 +293,9 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
     for r in rows.itertuples():
         split = "plus" if not pd.isna(r.delta_plus) else "base"
         delta, p = getattr(r, f"delta_{split}"), getattr(r, f"mcnemar_p_{split}")
-        pred = "" if pd.isna(r.predicted_speedup) else f"{r.predicted_speedup:.2f} ({r.predicted_hardware})"
+        ideal = "" if pd.isna(r.predicted_speedup_ideal) else f"{r.predicted_speedup_ideal:.2f}"
+        pred = (f"{fmt(r.predicted_speedup, '.2f') or '≤'} / {ideal} ({r.predicted_hardware})" if ideal
+                else "")  # fmt: skip
         cells.append([r.run, r.variant, r.strategy or "", fmt(r.pass1_base, ".3f"), fmt(r.pass1_plus, ".3f"),
                       "" if pd.isna(delta) else f"{delta:+.3f} ({split}, p={p:.2g})", fmt(r.experts_per_token, ".2f"),
                       fmt(r.tokens_per_s, ".1f"), fmt(r.measured_speedup, ".2f"), pred])  # fmt: skip

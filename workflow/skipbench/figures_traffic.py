@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
 
-from skipbench.figures import MEASURED, grid, no_data, sweep_source
+from skipbench.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source
 from skipbench.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
 
 VARIANT_COLOURS = "tab20"
@@ -51,21 +51,28 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
                 g = g.sort_values("batch")
                 ax.plot(g["batch"], g["speedup"], "-o" if measured else "--o", color=colours[variant],
                         mfc=colours[variant] if measured else "none", ms=5, lw=1.2, label=variant)  # fmt: skip
+                if not measured:  # the band: calibrated (line) to ideal bytes floor (shade)
+                    ax.fill_between(g["batch"], g["speedup"], g["speedup_ideal"], color=colours[variant], alpha=0.12)
             ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("batch size (concurrent sequences)")
-            ax.set_ylabel("speedup over dense (output tokens/s ratio)")
+            ax.set_xlabel("batch size (concurrent sequences, constant load)")
             if measured:
+                paths = set(d["skip_path"])
+                nothing = "" if paths - NOTHING_SKIPPED else "\nnothing skipped on this path"
+                ax.set_ylabel(f"output tok/s ratio over dense, measured,\nskip path {', '.join(sorted(paths))}{nothing}",
+                              fontsize=7)  # fmt: skip
                 ax.set_title(f"{t.run}: measured\n({sweep_source(d)})", fontsize=7)
             else:
-                cal = ", ".join(sorted(set(d["calibration"])))
-                ax.set_title(f"{t.run}: predicted\n(roofline, hardware {column}, skip kernel, calibration {cal})", fontsize=7)
+                ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to ideal)",
+                              fontsize=7)  # fmt: skip
+                ax.set_title(f"{t.run}: predicted\n({prediction_source(t, column, d)})", fontsize=7, wrap=True)
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=6, ncols=2)
     style = [Line2D([], [], color="k", ls="-", marker="o", label="measured (engine, device)"),
              Line2D([], [], color="k", ls="--", marker="o", mfc="none", label="predicted (hardware profile)")]  # fmt: skip
     fig.legend(handles=style, loc="outside lower center", ncols=2)
-    fig.suptitle("speedup over dense vs batch size (weight0 skipping computes the expert: predicted 1 by construction)")
+    fig.suptitle("tokens/s over dense vs batch size at equal load (weight0 skipping computes the expert: "
+                 "1 by construction; uncalibrated profiles: no panel, upper bounds in summary.md)")  # fmt: skip
     return fig
 
 

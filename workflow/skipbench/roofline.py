@@ -19,9 +19,17 @@ computed (the hypothetical this model is for); `weight0` is what the vLLM plugin
 (DESIGN.md section 3): every routed slot is still computed, so its traffic is the dense
 model's and its predicted speedup is 1 by construction, never a saving.
 
-Measured kernel times (kernels/bench.py: batch, rule, distinct_experts, ms) calibrate the
-routed-expert term per hardware profile: ms = overhead + slope * roofline ms, least squares.
-Shapes: H hidden, I expert intermediate, E experts, K router slots, B tokens per step.
+Two predictions per profile, shown together as a band: `ideal` (the routed term at the
+bytes floor of the profile's peaks: an upper bound on any speedup) and `calibrated` (the
+routed term from skipbench.costmodel, fitted to measured kernel times on that device:
+today's kernels, with their per-layer fixed cost). A profile without measurements has
+only `ideal`, which reports call an upper bound. kernels/bench.py output for a profile,
+when present, replaces the profile's own calibration data (our kernel, not today's).
+
+Speedup = predicted tokens/s over dense's at the same batch; traffic replay holds every
+step at exactly `batch` decode tokens (traffic.py, continuous batching), so this is a
+tokens/s ratio at equal load. Shapes: H hidden, I expert intermediate, E experts,
+K router slots, B tokens per step.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from skipbench.costmodel import CostModel, fit_cost_model
 from skipbench.io import read_table, write_table
 from skipbench.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, HardwareProfile, ModelShape, load_profile
 from skipbench.traffic import ALL_LAYERS
@@ -54,10 +63,11 @@ PREDICTION_SCHEMA = pa.schema(
         ("weight_dtype", pa.string()),  # fp8 (128x128 block scales) or bf16 weights
         ("variant", pa.string()),  # skip variant
         ("skip_path", pa.string()),  # skip_kernel (skipped slot costs nothing) or weight0 (computed anyway)
-        ("calibration", pa.string()),  # none, or kernel_bench (routed term fitted to measured kernel times)
+        ("calibration", pa.string()),  # ideal (bytes floor of the peaks) or calibrated (costmodel fit)
+        ("calibration_source", pa.string()),  # what the calibrated routed term was fitted on ("" for ideal)
         ("batch", pa.int32()),  # concurrency: sequences decoded together
         ("layer", pa.int16()),  # MoE layer index, or -1 = whole model (all layers + lm_head)
-        ("tokens_per_step", pa.float64()),  # mean tokens in a step (trace replay; <= batch)
+        ("tokens_per_step", pa.float64()),  # decode tokens in a step (refill replay: = batch)
         ("distinct_experts", pa.float64()),  # distinct experts loaded per step (whole model: mean per MoE layer)
         ("routed_bytes", pa.float64()),  # routed-expert weight bytes read per step
         ("routed_flops", pa.float64()),  # routed-expert FLOPs per step
@@ -68,22 +78,10 @@ PREDICTION_SCHEMA = pa.schema(
         ("overhead_ms", pa.float64()),  # fixed per-layer overhead (summed over layers for -1)
         ("step_ms", pa.float64()),  # routed_ms + other_ms + overhead_ms
         ("routed_bound", pa.string()),  # memory or compute: which term sets routed_ms
-        ("tokens_per_s", pa.float64()),  # tokens_per_step / step time (whole-model rows; null per layer)
-        ("speedup", pa.float64()),  # dense step_ms / step_ms at the same batch (weight0: 1)
+        ("tokens_per_s", pa.float64()),  # decode tokens_per_step / step time (per layer: that layer alone)
+        ("speedup", pa.float64()),  # tokens_per_s / dense's, same hardware, calibration, batch (weight0: 1)
     ]
 )
-
-
-@dataclass(frozen=True)
-class KernelCalibration:
-    """Measured routed-layer ms = overhead_ms + slope * roofline ms (fitted on kernel bench rows)."""
-
-    overhead_ms: float
-    slope: float
-    points: int
-
-    def apply(self, roofline_ms):
-        return self.overhead_ms + self.slope * roofline_ms
 
 
 def roofline_ms(nbytes, flops, bandwidth: float, rate: float):
@@ -101,18 +99,14 @@ def bench_roofline_ms(bench: pd.DataFrame, profile: HardwareProfile, shape: Mode
     return ms
 
 
-def fit_kernel_calibration(
-    bench: pd.DataFrame, profile: HardwareProfile, shape: ModelShape | None = None, dtype: str = "fp8"
-) -> KernelCalibration:
-    """Least-squares overhead + slope from measured kernel times (at the bench's shape, DeepSeek-V3 FP8 by default)."""
+def fit_kernel_calibration(bench: pd.DataFrame, profile: HardwareProfile, shape: ModelShape | None = None,
+                           dtype: str = "fp8", source: str = "kernels/bench.py") -> CostModel:  # fmt: skip
+    """CostModel from kernels/bench.py rows (batch, rule, distinct_experts, [slots], ms) at the
+    bench's shape (DeepSeek-V3 FP8 by default), streaming at the profile's bandwidth."""
     shape = shape or ModelShape.from_config(DEEPSEEK_V3_CONFIG)
-    x, y = bench_roofline_ms(bench, profile, shape, dtype), bench["ms"].to_numpy(float)
-    if len(np.unique(x)) >= 2:
-        slope, overhead = np.polyfit(x, y, 1)
-    else:  # one roofline point: only a constant offset is identifiable
-        slope, overhead = 1.0, float(np.mean(y - x))
-    log.info("kernel calibration for %s: %.4f ms + %.3f x roofline (%d points)", profile.name, overhead, slope, len(y))
-    return KernelCalibration(float(overhead), float(slope), len(y))
+    bench = bench if "slots" in bench else bench.assign(slots=bench["batch"] * shape.top_k)  # upper bound
+    return fit_cost_model(bench, "ms", shape.expert_bytes(dtype), shape.expert_flops, profile.bandwidth,
+                          f"{profile.device}: {source}")  # fmt: skip
 
 
 def _routing_frames(traffic: pd.DataFrame, dense_variant: str) -> list[tuple[str, pd.DataFrame]]:
@@ -136,7 +130,7 @@ def predict(
     weight_dtype: str | None = None,
     n_devices: int = 1,
     layer_overhead_ms: float = 0.0,
-    calibrations: dict[str, KernelCalibration] | None = None,
+    calibrations: dict[str, CostModel] | None = None,
     dense_variant: str = "dense",
 ) -> pd.DataFrame:
     """PREDICTION_SCHEMA rows for every (profile, variant, batch, skip path, calibration, layer).
@@ -150,9 +144,10 @@ def predict(
     frames = []
     for profile in profiles:
         bw, rate = profile.bandwidth * n_devices, profile.flops(dtype) * n_devices
-        cal = {"none": None}
-        if profile.name in (calibrations or {}):
-            cal["kernel_bench"] = calibrations[profile.name]
+        cal = {"ideal": None}
+        cost = (calibrations or {}).get(profile.name) or profile.cost
+        if cost is not None:
+            cal["calibrated"] = cost
         for skip_path, t in _routing_frames(traffic, dense_variant):
             for cal_name, calibration in cal.items():
                 d = t[["variant", "concurrency", "layer", "tokens_per_step", "distinct_mean"]].rename(
@@ -161,24 +156,29 @@ def predict(
                 d["routed_bytes"] = t["distinct_mean"].to_numpy() * shape.expert_bytes(dtype)
                 d["routed_flops"] = t["slots_per_step"].to_numpy() * shape.expert_flops
                 routed, d["routed_bound"] = roofline_ms(d["routed_bytes"], d["routed_flops"], bw, rate)
-                d["routed_ms"] = calibration.apply(routed) if calibration else routed
+                if calibration:
+                    routed = calibration.routed_ms(d["distinct_experts"], t["slots_per_step"].to_numpy(),
+                                                   shape.expert_bytes(dtype), shape.expert_flops)  # fmt: skip
+                d["routed_ms"] = routed
                 d["other_bytes"] = fixed_bytes + d["tokens_per_step"] * kv_bytes
                 d["other_flops"] = d["tokens_per_step"] * (fixed_flops + kv_flops)
                 d["other_ms"], _ = roofline_ms(d["other_bytes"], d["other_flops"], bw, rate)
                 d["overhead_ms"] = layer_overhead_ms
                 d["step_ms"] = d["routed_ms"] + d["other_ms"] + d["overhead_ms"]
-                d["tokens_per_s"] = np.nan
+                d["tokens_per_s"] = d["tokens_per_step"] / d["step_ms"] * 1e3
                 whole = _whole_model(d, shape, dtype, context_len, bw, rate, layer_overhead_ms)
                 out = pd.concat([whole, d], ignore_index=True)
                 frames.append(out.assign(hardware=profile.name, device=profile.device, skip_path=skip_path,
-                                         calibration=cal_name))  # fmt: skip
+                                         calibration=cal_name,
+                                         calibration_source=calibration.source if calibration else ""))  # fmt: skip
     out = pd.concat(frames, ignore_index=True)
     out = out.assign(source="predicted", model=model, n_devices=n_devices, weight_dtype=dtype)
-    # speedup over the dense variant's skip_kernel prediction on the same hardware and batch
+    # speedup: tokens/s over the dense variant's skip_kernel prediction, same hardware, calibration and
+    # batch; every replayed step holds `batch` decode tokens, so the load is equal
     ref_keys = ["hardware", "calibration", "batch", "layer"]
-    ref = out[(out["variant"] == dense_variant) & (out["skip_path"] == "skip_kernel")][ref_keys + ["step_ms"]]
-    out = out.merge(ref.rename(columns={"step_ms": "dense_ms"}), on=ref_keys, how="left")
-    out["speedup"] = out["dense_ms"] / out["step_ms"]
+    ref = out[(out["variant"] == dense_variant) & (out["skip_path"] == "skip_kernel")][ref_keys + ["tokens_per_s"]]
+    out = out.merge(ref.rename(columns={"tokens_per_s": "dense_tok_s"}), on=ref_keys, how="left")
+    out["speedup"] = out["tokens_per_s"] / out["dense_tok_s"]
     out.loc[out["skip_path"] == "weight0", "speedup"] = 1.0  # computed anyway: never a saving
     return out.sort_values(["hardware", "calibration", "skip_path", "variant", "batch", "layer"])[
         PREDICTION_SCHEMA.names
@@ -213,16 +213,17 @@ def _whole_model(layers: pd.DataFrame, shape: ModelShape, dtype: str, context_le
     return w
 
 
-# Predicted next to measured, one row per measurement that a prediction covers.
+# Predicted next to measured, one row per (measurement, calibration) that a prediction covers.
 VALIDATION_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # kernel (one layer's routed experts, kernels/bench.py) or engine (decode step)
         ("hardware", pa.string()),  # profile the prediction used
+        ("calibration", pa.string()),  # ideal or calibrated (PREDICTION_SCHEMA)
         ("device", pa.string()),  # device the measurement ran on
         ("variant", pa.string()),  # skip variant (engine) or bench rule (kernel)
         ("batch", pa.int32()),  # batch / concurrency
         ("distinct_experts", pa.float64()),  # per layer per step (engine: predicted from the trace)
-        ("predicted_ms", pa.float64()),  # roofline, uncalibrated
+        ("predicted_ms", pa.float64()),  # the prediction of that calibration
         ("measured_ms", pa.float64()),  # kernel ms, or the engine's median time per output token
         ("rel_error", pa.float64()),  # predicted / measured - 1
         ("measured_by", pa.string()),  # what produced the measurement
@@ -235,22 +236,29 @@ def validate(
     kernel_bench: dict[str, pd.DataFrame] | None = None,
     profiles: dict[str, HardwareProfile] | None = None,
     throughput: pd.DataFrame | None = None,
+    calibrations: dict[str, CostModel] | None = None,
 ) -> pd.DataFrame:
     """VALIDATION_SCHEMA rows: kernel bench tables ({profile name: table}, DeepSeek-V3 FP8 layer)
-    against the uncalibrated roofline, and engine runs (THROUGHPUT_SCHEMA) against whole-model
-    step predictions of a profile describing the same device."""
+    against the ideal roofline and the calibrated model fitted on them (in-sample), and engine
+    runs (THROUGHPUT_SCHEMA) against whole-model step predictions of a profile describing the
+    same device, under each calibration predicted."""
     rows = []
     dsv3 = ModelShape.from_config(DEEPSEEK_V3_CONFIG)
     for name, bench in (kernel_bench or {}).items():
         profile = profiles[name]
-        pred = bench_roofline_ms(bench, profile, dsv3, "fp8")
-        rows.append(pd.DataFrame(dict(
-            kind="kernel", hardware=name, device=profile.device, variant=bench["rule"], batch=bench["batch"],
-            distinct_experts=bench["distinct_experts"], predicted_ms=pred, measured_ms=bench["ms"],
-            measured_by="kernels/bench.py",
-        )))  # fmt: skip
+        preds = {"ideal": bench_roofline_ms(bench, profile, dsv3, "fp8")}
+        if name in (calibrations or {}):
+            slots = bench["slots"] if "slots" in bench else bench["batch"] * dsv3.top_k
+            preds["calibrated"] = calibrations[name].routed_ms(bench["distinct_experts"], slots,
+                                                               dsv3.expert_bytes("fp8"), dsv3.expert_flops)  # fmt: skip
+        for cal, pred in preds.items():
+            rows.append(pd.DataFrame(dict(
+                kind="kernel", hardware=name, calibration=cal, device=profile.device, variant=bench["rule"],
+                batch=bench["batch"], distinct_experts=bench["distinct_experts"], predicted_ms=pred,
+                measured_ms=bench["ms"], measured_by="kernels/bench.py",
+            )))  # fmt: skip
     if throughput is not None and len(throughput):
-        whole = predictions[(predictions["layer"] == ALL_LAYERS) & (predictions["calibration"] == "none")]
+        whole = predictions[predictions["layer"] == ALL_LAYERS]
         meas = throughput.assign(
             batch=throughput["concurrency"],
             skip_path=throughput["skip_path"].replace({"none": "skip_kernel"}),  # unpatched dense == dense
@@ -258,8 +266,8 @@ def validate(
             measured_by=throughput["engine"] + " " + throughput["engine_version"],
         )
         both = meas.merge(whole, on=["variant", "batch", "device", "skip_path"], how="inner")
-        rows.append(pd.DataFrame(dict(kind="engine", hardware=both["hardware"], device=both["device"],
-                                      variant=both["variant"], batch=both["batch"],
+        rows.append(pd.DataFrame(dict(kind="engine", hardware=both["hardware"], calibration=both["calibration"],
+                                      device=both["device"], variant=both["variant"], batch=both["batch"],
                                       distinct_experts=both["distinct_experts"], predicted_ms=both["step_ms"],
                                       measured_ms=both["measured_ms"], measured_by=both["measured_by"])))  # fmt: skip
     if not rows:
@@ -292,7 +300,9 @@ def run_roofline(
 
     kernel_bench: {profile name: kernels/bench.py table (csv or parquet)} measured on that
     device; absent files are skipped (no GPU run yet). throughput_paths: THROUGHPUT_SCHEMA
-    tables; they validate profiles whose device is the one they ran on (e.g. `measured`).
+    tables; they validate profiles whose device is the one they ran on (e.g. `this-machine`).
+    A profile with a `calibrate:` block is calibrated here, by timing the served model's own
+    MoE layer shape (skipbench.cpu_moe.calibrate_here).
     """
     from skipbench.traffic import TRAFFIC_SCHEMA
 
@@ -303,12 +313,18 @@ def run_roofline(
             log.warning("kernel bench %s for %s not found: %s predictions stay uncalibrated", path, name, name)
     calibrations = {n: fit_kernel_calibration(b, profiles[n]) for n, b in benches.items()}
     shape = ModelShape.from_config(model_dir)
+    for name, profile in profiles.items():
+        if profile.calibrate is not None and name not in calibrations:
+            from skipbench.cpu_moe import calibrate_here
+
+            if (cost := calibrate_here(profile, shape, **profile.calibrate)) is not None:
+                calibrations[name] = cost
     traffic = read_table(traffic_path, TRAFFIC_SCHEMA).to_pandas()
     predictions = predict(traffic, shape, list(profiles.values()), context_len, model=Path(model_dir).name,
                           weight_dtype=weight_dtype, n_devices=n_devices, layer_overhead_ms=layer_overhead_ms,
                           calibrations=calibrations)  # fmt: skip
     throughput = pd.concat([read_table(p).to_pandas() for p in throughput_paths]) if throughput_paths else None
-    validation = validate(predictions, benches, profiles, throughput)
+    validation = validate(predictions, benches, profiles, throughput, calibrations)
     for row in validation.itertuples():
         log.info("validation %s %s %s b=%d: predicted %.3f ms, measured %.3f ms (%+.0f%%)", row.kind, row.hardware,
                  row.variant, row.batch, row.predicted_ms, row.measured_ms, 100 * row.rel_error)  # fmt: skip

@@ -4,11 +4,14 @@ Hardware: bandwidth and dense matmul rates, each with its source.
 Profiles live in config/hardware/<name>.yaml (add a file to add a device). A profile with a
 `measure:` block instead of numbers is measured at run time on the device the stage runs
 on (copy bandwidth, BF16 matmul rate): that is how a CPU run gets a profile that its own
-engine measurements can validate.
+engine measurements can validate. A `calibration:` block names measured kernel times on
+the device (a data file next to the profile, with device, date and source) that
+skipbench.costmodel fits; a `calibrate:` block asks the roofline stage to measure them here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +47,8 @@ class HardwareProfile:
     bf16_flops: float  # dense (no sparsity) BF16 FLOP/s, one device
     fp8_flops: float  # dense FP8 FLOP/s; = bf16_flops where the device has no FP8 matmul
     sources: dict = field(default_factory=dict)  # field -> where the number comes from
+    cost: object = None  # costmodel.CostModel fitted from measurements of today's kernels, or None
+    calibrate: dict | None = None  # `calibrate:` block: time this machine's MoE layer at run time (roofline)
 
     def flops(self, dtype: str) -> float:
         return self.fp8_flops if dtype == "fp8" else self.bf16_flops
@@ -69,7 +74,7 @@ def _best_seconds(fn, device, repeats: int) -> float:
 
 
 def measure_profile(
-    name: str = "measured", copy_mib: int = 256, matmul_n: int = 2048, repeats: int = 5
+    name: str = "this-machine", copy_mib: int = 256, matmul_n: int = 2048, repeats: int = 5
 ) -> HardwareProfile:
     """Measure copy bandwidth (read + write bytes / s) and BF16 matmul FLOP/s here.
 
@@ -116,15 +121,24 @@ def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> 
         raise FileNotFoundError(f"no hardware profile {name_or_path!r} ({path}); known: {known}")
     cfg = yaml.safe_load(path.read_text())
     name = cfg.get("name", path.stem)
+    calibrate = cfg.get("calibrate")
+    if calibrate is not None and not isinstance(calibrate, dict):
+        raise ValueError(f"{path}: `calibrate` must be a mapping")
     if "measure" in cfg:
-        return measure_profile(name, **cfg["measure"])
+        return dataclasses.replace(measure_profile(name, **cfg["measure"]), calibrate=calibrate)
     values, sources = {}, {}
     for key in ("bandwidth", "bf16_flops", "fp8_flops"):
         entry = cfg.get(key)
         if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
             raise ValueError(f"{path}: `{key}` needs `value` and `source` (every number says where it comes from)")
         values[key], sources[key] = float(entry["value"]), str(entry["source"])
-    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, **values)
+    cost = None
+    if "calibration" in cfg:
+        from skipbench.costmodel import load_calibration
+
+        cost = load_calibration(cfg["calibration"], path.parent, str(path))
+    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, cost=cost, calibrate=calibrate,
+                           **values)  # fmt: skip
 
 
 def matrix_bytes(rows: int, cols: int, dtype: str) -> int:

@@ -8,9 +8,14 @@ Definitions used by the summary and the figures:
 - quality: pass@1 on the plus tests where the benchmark has them, else on the base tests;
 - measured speedup: output tokens/s of the throughput sweep over dense's at the same
   concurrency, engine and device (weight0 skip path: the expert is still computed);
-- predicted speedup: roofline whole-model step time of dense over the variant's, at the
-  same batch, for the `skip_kernel` path (a skipped expert costs nothing); calibrated with
-  the kernel bench where the profile has one.
+- predicted speedup: roofline whole-model tokens/s of the variant over dense's at the same
+  batch and equal load (traffic replay refills every step to `batch` decode tokens), for the
+  `skip_kernel` path (a skipped expert is never loaded). A band: `calibrated` (today's
+  kernels, skipbench.costmodel fitted on measurements of the device) and `ideal` (bytes
+  floor). A profile without measurements has only the ideal end: an upper bound, never
+  called a speedup (predicted_speedup stays null).
+- validation error: the engine's measured time per output token against the prediction of
+  the profile describing the same device (roofline/validation.parquet), median over rows.
 """
 
 from __future__ import annotations
@@ -66,9 +71,13 @@ SUMMARY_SCHEMA = pa.schema([
     ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device
     ("measured_on", pa.string()),  # "<engine> <version> on <device>" of those two
-    ("predicted_hardware", pa.string()),  # roofline hardware profile of the next three
-    ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path
-    ("predicted_speedup", pa.float64()),  # predicted, skip_kernel path, over dense
+    ("predicted_hardware", pa.string()),  # roofline hardware profile of the next five
+    ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path, calibrated (else ideal)
+    ("predicted_speedup", pa.float64()),  # tokens/s over dense, skip_kernel path, calibrated; null if uncalibrated
+    ("predicted_speedup_ideal", pa.float64()),  # the same at the bytes floor: an upper bound
+    ("predicted_calibration", pa.string()),  # what the calibrated end was fitted on, or "uncalibrated"
+    ("validation_hardware", pa.string()),  # profile whose predictions were checked against the engine here
+    ("validation_error", pa.float64()),  # median predicted / measured - 1 of those checks (engine decode step)
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
@@ -90,6 +99,7 @@ class RunTables:
     scores: pd.DataFrame  # SCORES_SCHEMA
     throughput: pd.DataFrame | None = None  # THROUGHPUT_SCHEMA, all swept variants
     predictions: pd.DataFrame | None = None  # PREDICTION_SCHEMA
+    validation: pd.DataFrame | None = None  # roofline VALIDATION_SCHEMA (next to the predictions)
     traffic: dict[str, pd.DataFrame] = field(default_factory=dict)  # benchmark -> TRAFFIC_SCHEMA
 
 
@@ -107,6 +117,8 @@ def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | 
         scores=read_table(scores).to_pandas(),
         throughput=pd.concat(frames, ignore_index=True) if frames else None,
         predictions=_read(predictions),
+        # written by the same rule as the predictions, next to them
+        validation=_read(Path(predictions).with_name("validation.parquet")) if predictions else None,
         traffic={b: df for b, p in (traffic or {}).items() if (df := _read(p)) is not None},
     )
     for what, missing in (("throughput sweep", out.throughput is None), ("roofline predictions", out.predictions is None),
@@ -157,15 +169,34 @@ def measured_speedup(throughput: pd.DataFrame | None) -> pd.DataFrame:
     return out[cols].sort_values(["variant", "concurrency"]).reset_index(drop=True)
 
 
+PREDICTED_COLUMNS = ["hardware", "variant", "batch", "calibration", "calibration_source", "tokens_per_s", "speedup",
+                     "speedup_ideal"]  # fmt: skip
+
+
 def predicted_whole_model(predictions: pd.DataFrame | None) -> pd.DataFrame:
-    """Whole-model skip_kernel predictions, one calibration per hardware profile
-    (kernel_bench where the profile has it, else none)."""
+    """Whole-model skip_kernel predictions, one row per (hardware, variant, batch): tokens_per_s
+    and speedup of the calibrated model where the profile has one (calibration "calibrated"),
+    else of the ideal one ("ideal": an upper bound); speedup_ideal always the ideal end."""
     if predictions is None or predictions.empty:
-        return pd.DataFrame(columns=["hardware", "calibration", "variant", "batch", "tokens_per_s", "speedup"])
+        return pd.DataFrame(columns=PREDICTED_COLUMNS)
     p = predictions[(predictions["layer"] == ALL_LAYERS) & (predictions["skip_path"] == "skip_kernel")]
-    calibrated = set(p.loc[p["calibration"] == "kernel_bench", "hardware"])
-    p = p[p["calibration"] == p["hardware"].map(lambda h: "kernel_bench" if h in calibrated else "none")]
-    return p.sort_values(["hardware", "variant", "batch"]).reset_index(drop=True)
+    keys = ["hardware", "variant", "batch"]
+    ideal = p[p["calibration"] == "ideal"].set_index(keys)["speedup"].rename("speedup_ideal")
+    best = p.sort_values("calibration").drop_duplicates(keys)  # "calibrated" sorts before "ideal"
+    out = best.join(ideal, on=keys)
+    return out[PREDICTED_COLUMNS].sort_values(keys).reset_index(drop=True)
+
+
+def validation_error(validation: pd.DataFrame | None) -> tuple[str | None, float]:
+    """(profile, median predicted/measured - 1) of the engine checks; calibrated ones first."""
+    if validation is None or validation.empty:
+        return None, math.nan
+    v = validation[validation["kind"] == "engine"]
+    if v.empty:
+        return None, math.nan
+    v = v[v["calibration"] == v["calibration"].min()]  # "calibrated" before "ideal"
+    hw = v["hardware"].iloc[0]
+    return hw, float(v.loc[v["hardware"] == hw, "rel_error"].median())
 
 
 def distinct_at(traffic: pd.DataFrame | None, batch: int) -> dict[str, float]:
@@ -203,7 +234,12 @@ def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) 
     pred = pred[(pred["hardware"] == hw) & (pred["batch"] == deployment_batch)].set_index("variant")
     s["predicted_hardware"] = hw if len(pred) else None
     s["predicted_tok_s"] = s["variant"].map(pred["tokens_per_s"])
-    s["predicted_speedup"] = s["variant"].map(pred["speedup"])
+    calibrated = pred[pred["calibration"] == "calibrated"]
+    s["predicted_speedup"] = s["variant"].map(calibrated["speedup"])  # an uncalibrated one is no speedup
+    s["predicted_speedup_ideal"] = s["variant"].map(pred["speedup_ideal"])
+    source = pred["calibration_source"].where(pred["calibration"] == "calibrated", "uncalibrated")
+    s["predicted_calibration"] = s["variant"].map(source)
+    s["validation_hardware"], s["validation_error"] = validation_error(tables.validation)
 
     s["distinct_experts"] = [distinct_at(tables.traffic.get(b), deployment_batch).get(v, math.nan)
                              for b, v in zip(s["benchmark"], s["variant"])]  # fmt: skip
@@ -255,12 +291,39 @@ def _kl(row) -> str:
     return f"{kl:.3g}" + ("" if floor is None or (isinstance(floor, float) and math.isnan(floor)) else f" ({floor:.1g})")
 
 
+def _band(r) -> str:
+    """'calibrated / ideal', or '≤ ideal (upper bound)' without calibration."""
+    ideal = _num(r["predicted_speedup_ideal"], ".2f")
+    if not ideal:
+        return ""
+    cal = _num(r["predicted_speedup"], ".2f")
+    return f"{cal} / {ideal}" if cal else f"≤ {ideal} (upper bound)"
+
+
+def _validation_notes(summary: pd.DataFrame) -> list[str]:
+    """One line per run: how far the predictions were from the engine on this machine."""
+    notes = []
+    for run, g in summary.groupby("run", sort=False):
+        hw, err = g["validation_hardware"].dropna(), g["validation_error"].dropna()
+        if hw.empty or err.empty:
+            notes.append(f"Validation ({run}): no engine measurement to check a prediction against.")
+            continue
+        e = float(err.iloc[0])
+        verdict = (f"OFF BY MORE THAN 25%: predictions for {hw.iloc[0]} do not describe this machine's engine; "
+                   "read the predicted column as a model, not an estimate of this run." if abs(e) > 0.25
+                   else "within 25%.")  # fmt: skip
+        notes.append(f"Validation ({run}): predicted decode step time on {hw.iloc[0]} vs the engine's measured "
+                     f"time per output token, median error {100 * e:+.0f}%: {verdict}")  # fmt: skip
+    return notes
+
+
 def markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table, with the provenance of every throughput column."""
     batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
     measured_on = ", ".join(sorted(set(summary["measured_on"].dropna())))
     infer_on = ", ".join(sorted({f"{e} on {d}" for e, d in zip(summary["engine"], summary["device"]) if e and d}))
     hw = ", ".join(sorted(set(summary["predicted_hardware"].dropna())))
+    cal = "; ".join(sorted(set(summary["predicted_calibration"].dropna()))) or "uncalibrated"
     columns = {
         "run": lambda r: r["run"],
         "benchmark": lambda r: r["benchmark"],
@@ -272,7 +335,7 @@ def markdown(summary: pd.DataFrame) -> str:
         "tok/s (infer, measured)": lambda r: _num(r["tokens_per_s"], ".1f"),
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
-        f"speedup @{batch} (predicted)": lambda r: _num(r["predicted_speedup"], ".2f"),
+        f"predicted tok/s ratio @{batch} (calibrated / ideal)": _band,
         "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
@@ -290,8 +353,12 @@ def markdown(summary: pd.DataFrame) -> str:
         f"Measured @{batch}: throughput sweep on {measured_on}; under the weight0 skip path the skipped "
         "experts are still computed, so no speedup is expected there." if measured_on
         else f"Measured @{batch}: no throughput sweep at this batch size.",
-        f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert costs nothing): "
-        "a prediction, not a measurement." if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
+        f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert is never loaded), "
+        f"decode tokens/s of the variant over dense's at equal load ({batch} sequences in every step): "
+        "a prediction, not a measurement. Calibrated: the routed experts' time fitted on measured kernel "
+        f"times ({cal}); ideal: the bytes floor. An uncalibrated profile gives only `≤ x (upper bound)`."
+        if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
+        *_validation_notes(summary),
         "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
         "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between two "
         "dense runs with different batching; top-1 agreement: share of positions where the variant's "

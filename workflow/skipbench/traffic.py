@@ -7,14 +7,19 @@ bitmask of the slots actually computed; this module replays the trace as if the 
 had been served together at concurrency c and counts, per decode step and layer, the
 union of kept experts.
 
-Batching model (stated, since it decides the numbers): samples are taken in order of first
-appearance in the trace and grouped into consecutive batches of c; decode step s of a batch
-holds token s of every sample of that batch that is still generating (shorter samples drop
-out, no refill). Shapes: N trace rows, K router slots, E experts.
+Batching model (stated, since it decides the numbers): continuous batching at a constant
+load. c slots each decode one sequence; when a sequence finishes, its slot takes the next
+traced sample (order of first appearance, cycling through the samples again once all were
+used), so EVERY counted step holds exactly c tokens, whatever the variant's output lengths.
+The replay runs ceil(decode tokens / c) steps, about one pass over the trace. Only decode
+tokens count: position 0 of a trace is the prompt's last token, computed in the prefill,
+and is reported apart (`prefill_experts_per_token`). Equal load per step is what makes a
+ratio of tokens/s between variants a speedup. Shapes: N trace rows, K router slots, E experts.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 
 import numpy as np
@@ -48,8 +53,8 @@ TRAFFIC_SCHEMA = pa.schema(
         ("layer", pa.int16()),  # MoE layer index, or ALL_LAYERS (-1)
         ("slots", pa.int16()),  # K: router slots per token (top-k of the dense model)
         ("steps", pa.int64()),  # decode steps counted: (batch, position) pairs
-        ("tokens_per_step", pa.float64()),  # mean sequences active in a step (<= c)
-        ("experts_per_token", pa.float64()),  # mean kept slots per token (dense: K)
+        ("tokens_per_step", pa.float64()),  # sequences active in a step: c (constant load, refill)
+        ("experts_per_token", pa.float64()),  # mean kept slots per decode token (dense: K)
         ("skip_rate", pa.float64()),  # 1 - experts_per_token / K
         ("slots_per_step", pa.float64()),  # mean kept (token, slot) pairs per step: drives FLOPs
         ("distinct_mean", pa.float64()),  # distinct experts loaded per step: mean over steps
@@ -57,6 +62,8 @@ TRAFFIC_SCHEMA = pa.schema(
         ("distinct_p90", pa.float64()),  # ... 90th percentile
         ("bytes_per_expert", pa.int64()),  # weight bytes of one routed expert (dtype + scales)
         ("bytes_per_step", pa.float64()),  # distinct_mean * bytes_per_expert: expert weights read per step
+        ("decode_tokens", pa.int64()),  # decode tokens in the trace (position >= 1), over all samples
+        ("prefill_experts_per_token", pa.float64()),  # kept slots of each prompt's last token (position 0)
     ]
 )
 
@@ -89,19 +96,53 @@ def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
     )
 
 
-def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFrame:
-    """One row per (batch, position, layer) step: tokens, kept slots, distinct kept experts."""
+def refill_schedule(lengths: np.ndarray, concurrency: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Continuous batching of samples with `lengths` decode tokens on `concurrency` slots.
+
+    The earliest-free slot (lowest index on ties) takes the next sample, cycling through
+    the samples with decode tokens, until every slot is busy up to the last step.
+    Returns (sample [A], first step [A]) of each admission and the number of steps S.
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    ids, kept = arrays["ids"], arrays["kept"]  # N, K
-    batch = arrays["sample"] // concurrency  # N
-    layers, layer_idx = np.unique(arrays["layer"], return_inverse=True)  # L
-    n_pos = int(arrays["position"].max()) + 1 if len(batch) else 1
-    n_exp = int(ids.max()) + 1 if ids.size else 1
+    order = np.flatnonzero(lengths > 0)
+    if not len(order):
+        raise ValueError("no decode tokens: every traced sample generated a single token")
+    n_steps = -(-int(lengths.sum()) // concurrency)  # ceil: one pass over the decode tokens
+    free_at = [(0, slot) for slot in range(concurrency)]  # heap of (first free step, slot)
+    samples, starts, q = [], [], 0
+    while free_at[0][0] < n_steps:
+        t, slot = heapq.heappop(free_at)
+        s = int(order[q % len(order)])
+        samples.append(s)
+        starts.append(t)
+        heapq.heappush(free_at, (t + int(lengths[s]), slot))
+        q += 1
+    return np.asarray(samples, np.int64), np.asarray(starts, np.int64), n_steps
+
+
+def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFrame:
+    """One row per (step, layer) of the refill replay: tokens, kept slots, distinct kept experts."""
+    decode = arrays["position"] >= 1  # N; position 0 ran in the prefill
+    sample, dpos = arrays["sample"][decode], arrays["position"][decode] - 1  # R decode rows
+    ids, kept, layer = arrays["ids"][decode], arrays["kept"][decode], arrays["layer"][decode]
     if ids.size and ids.min() < 0:
         raise ValueError("expert ids must be >= 0 (skipped slots are marked in `keep`, not by id)")
+    n_samples = int(arrays["sample"].max()) + 1 if len(arrays["sample"]) else 0
+    lengths = np.zeros(n_samples, np.int64)
+    np.maximum.at(lengths, sample, dpos + 1)
+    adm_sample, adm_start, n_steps = refill_schedule(lengths, concurrency)
+    by_sample = np.argsort(sample, kind="stable")  # R rows grouped by sample
+    bounds = np.searchsorted(sample[by_sample], np.arange(n_samples + 1))
+    rows = [by_sample[bounds[s] : bounds[s + 1]] for s in adm_sample]  # A admissions x their rows
+    row = np.concatenate(rows)
+    step = np.repeat(adm_start, [len(r) for r in rows]) + dpos[row]
+    row, step = row[step < n_steps], step[step < n_steps]
+    ids, kept = ids[row], kept[row]  # M replayed rows
+    layers, layer_idx = np.unique(layer[row], return_inverse=True)  # L
+    n_exp = int(ids.max()) + 1 if ids.size else 1
     # a single int64 key per step, and per (step, expert): union sizes by unique + bincount
-    step_key = (batch * n_pos + arrays["position"]) * len(layers) + layer_idx  # N
+    step_key = step * len(layers) + layer_idx  # M
     steps, step_of_row = np.unique(step_key, return_inverse=True)  # S
     pairs = np.unique((step_of_row[:, None] * n_exp + ids)[kept])  # distinct (step, expert)
     distinct = np.bincount(pairs // n_exp, minlength=len(steps))  # S
@@ -109,7 +150,7 @@ def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFram
     slots = np.bincount(step_of_row, weights=kept.sum(axis=1), minlength=len(steps))  # S
     return pd.DataFrame(
         dict(
-            step=steps // len(layers),  # (batch, position) id, shared by the layers of a step
+            step=steps // len(layers),  # replay step, shared by the layers of a step
             layer=layers[steps % len(layers)],
             tokens=tokens,
             slots=slots,
@@ -164,6 +205,11 @@ def traffic_table(
     out["skip_rate"] = 1.0 - out["experts_per_token"] / k
     out["bytes_per_expert"] = int(bytes_per_expert)
     out["bytes_per_step"] = out["distinct_mean"] * bytes_per_expert
+    decode = arrays["position"] >= 1
+    out["decode_tokens"] = int(len(np.unique(arrays["sample"][decode] * (arrays["position"].max() + 1)
+                                             + arrays["position"][decode])))
+    prefill = arrays["kept"][~decode]
+    out["prefill_experts_per_token"] = prefill.sum(axis=1).mean() if len(prefill) else np.nan
     return out[TRAFFIC_SCHEMA.names]
 
 
