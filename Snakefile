@@ -31,12 +31,14 @@ include: "workflow/rules/throughput.smk"
 include: "workflow/rules/roofline.smk"
 include: "workflow/rules/report_common.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/views.smk"
 
 
 rule all:
     input:
         scores=f"{RUN}/score/scores.parquet",
         evalplus=EVALPLUS_RESULTS,
+        views=table_views(),
         figures=FIGURES,
         throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
     default_target: True

@@ -12,6 +12,8 @@ rule figures:
                        subcategory="summary table", labels={"table": "summary", "format": "Parquet"}),
         summary_md=report(f"{RUN}/figures/summary.md", caption="../report/summary.rst", category="0. Summary",
                           subcategory="summary table", labels={"table": "summary", "format": "Markdown"}),
+        summary_html=report(f"{RUN}/figures/summary.html", caption="../report/summary.rst", category="0. Summary",
+                            subcategory="summary table", labels={"table": "summary", "format": "HTML (view)"}),
     params:
         runs=REPORT_RUNS,
         benchmarks=list(BENCHMARKS),
