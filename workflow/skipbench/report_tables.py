@@ -20,7 +20,7 @@ _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1em; color: #222; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; cursor: pointer; position: sticky; top: 0; }
+th { background: #f0f0f0; cursor: pointer; position: sticky; top: 0; white-space: normal; max-width: 9em; }
 td:first-child, th:first-child, td.text { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 p.note { color: #444; max-width: 60em; }
@@ -44,7 +44,8 @@ def page(title: str, header: list[str], rows: list[list[str]], notes: list[str] 
 
     def cell(text: str) -> str:
         numeric = re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?( \[.*\])?( \(p=.*\))?", text) is not None
-        return f"<td{'' if numeric or not text else ' class=\"text\"'}>{esc(text)}</td>"
+        cls = "" if numeric or not text else ' class="text"'
+        return f"<td{cls}>{esc(text)}</td>"
 
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
