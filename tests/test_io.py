@@ -51,3 +51,33 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writes_honour_the_umask(tmp_path, umask_022):
+    """Result files get the mode open() would give (0644/0755), not mkstemp's 0600."""
+    write_table(tmp_path / "t.parquet", [{"name": "a", "value": 1.0}], SCHEMA)
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "a").write_text("1")
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    os.umask(0o077)
+    with atomic_path(tmp_path / "private.txt") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_current_umask_reads_without_changing(umask_022):
+    from skipbench.io import current_umask
+
+    assert current_umask() == 0o022
+    assert current_umask() == 0o022

@@ -11,6 +11,8 @@ rule figures:
                        subcategory="summary table", labels={"table": "summary", "format": "Parquet"}),
         summary_md=report(f"{RUN}/figures/summary.md", caption="../report/summary.rst", category="0. Summary",
                           subcategory="summary table", labels={"table": "summary", "format": "Markdown"}),
+        summary_html=report(f"{RUN}/figures/summary.html", caption="../report/summary.rst", category="0. Summary",
+                            subcategory="summary table", labels={"table": "summary", "format": "HTML (view)"}),
     params:
         code=code("figures", "figures_traffic", "summary", "report"),
         runs=REPORT_RUNS,

@@ -13,4 +13,4 @@ if __name__ == "__main__":
     params = snakemake.params
     runs = [load_run(name, **tables) for name, tables in params.runs.items()]  # this run first
     draw_report(runs, params.benchmarks, Path(snakemake.output.summary).parent, snakemake.output.summary,
-                snakemake.output.summary_md, params.deployment_batch, params.hardware)
+                snakemake.output.summary_md, params.deployment_batch, params.hardware, snakemake.output.summary_html)

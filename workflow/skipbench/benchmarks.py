@@ -50,6 +50,7 @@ class Benchmark:
     family: str  # comparison rules: EvalPlus's "humaneval" or "mbpp", or "livecodebench"
     splits: tuple[str, ...]  # ("base",) or ("base", "plus")
     tasks: list[Task]
+    md5: str = ""  # of the uncompressed file: EvalPlus's dataset hash (eval_results.json)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def load_benchmark(bench_cfg: dict) -> Benchmark:
         for r in chosen
     ]
     splits = ("base",) if name == "humaneval" else ("base", "plus")
-    return Benchmark(name, src.version, digest, src.family, splits, tasks)
+    md5 = hashlib.md5(text.encode("utf-8")).hexdigest()
+    return Benchmark(name, src.version, digest, src.family, splits, tasks, md5)
 
 
 def _selected(name: str, items: list[tuple[str, Any]], selection) -> list:

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from skipbench.figstyle import FRONT_COLOUR, STYLE, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
 from skipbench.io import atomic_path  # noqa: E402
 from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 
 NOTHING_SKIPPED = {"none", "weight0"}  # skip paths where a skipped expert is still computed (or none is skipped)
 MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
-STYLE = {"svg.hashsalt": "skipbench", "figure.dpi": 100, "font.size": 8, "axes.titlesize": 8}
-STRATEGY_COLOURS = plt.get_cmap("tab10").colors
 # What the tradeoff figure puts on x: (column, label, higher is better).
 COST_AXES = [
     ("tokens_per_s", "output tokens/s, measured", True),
@@ -63,23 +62,25 @@ def save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+def legend_below(ax) -> None:
+    """The legend under the axes: inside, it would cover points and their labels."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
+
+
 def no_data(ax, why: str) -> None:
     ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", wrap=True, transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def grid(rows: int, cols: int, width: float = 4.2, height: float = 3.4):
-    fig, axes = plt.subplots(max(rows, 1), max(cols, 1), figsize=(width * max(cols, 1), height * max(rows, 1)),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    return fig, axes
+def grid(rows: int, cols: int, width: float = 5.2, height: float = 4.2):
+    """axes[r][c] of a logical rows x cols grid, wrapped to two panels per row (figstyle)."""
+    return panel_grid(rows, cols, width, height)
 
 
 def colour_of(strategies) -> dict[str, tuple]:
     """A fixed colour per strategy name (sorted), dense black, external grey."""
-    names = sorted({s for s in strategies if s not in (DENSE, "external")})
-    colours = {s: STRATEGY_COLOURS[i % len(STRATEGY_COLOURS)] for i, s in enumerate(names)}
-    return colours | {DENSE: (0, 0, 0), "external": (0.5, 0.5, 0.5)}
+    return strategy_colours(strategies)
 
 
 def with_strategy(scores: pd.DataFrame) -> pd.DataFrame:
@@ -91,9 +92,13 @@ def with_strategy(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollow: bool = False,
-                    errors: bool = True) -> None:  # fmt: skip
+                    errors: bool = True) -> list[tuple]:  # fmt: skip
     """One curve per strategy over its settings, ordered by experts per token (the amount
-    of skipping the setting realised); dense a star, every point named."""
+    of skipping the setting realised); dense a star, each setting a shade of its strategy's
+    hue. Returns the points to name, (x, y, variant, colour): name them with `place_labels`
+    once the axes are final."""
+    shade = variant_colours(dict(zip(data["variant"], data["strategy"])), colours)
+    points = []
     for strategy, g in data.groupby("strategy", sort=True):
         g = g.sort_values(["experts_per_token", "variant"], ascending=[False, True])
         c = colours.get(strategy, (0.5, 0.5, 0.5))
@@ -101,9 +106,12 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
         # 2, N; clipped at 0: a Wilson bound can round a hair inside pass@1 = 0 or 1
         yerr = np.stack([ys - g[f"{y}_lo"].to_numpy(float), g[f"{y}_hi"].to_numpy(float) - ys]).clip(min=0) if errors else None
         ax.errorbar(xs, ys, yerr=yerr, fmt="*" if strategy == DENSE else "-o", color=c, ecolor=c + (0.4,),
-                    ms=10 if strategy == DENSE else 5, mfc="none" if hollow else c, capsize=2, lw=1, label=strategy)  # fmt: skip
+                    ms=12 if strategy == DENSE else 6, mfc="none" if hollow else c, capsize=2, lw=1.2, label=strategy)  # fmt: skip
         for _, row in g.iterrows():
-            ax.annotate(row["variant"], (row[x], row[y]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+            if strategy != DENSE:  # the setting's own shade over the strategy's marker
+                ax.plot(row[x], row[y], "o", ms=6, color=shade[row["variant"]], mfc="none" if hollow else shade[row["variant"]])
+            points.append((row[x], row[y], row["variant"], tuple(v * 0.8 for v in shade[row["variant"]])))
+    return points
 
 
 def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str, colours: dict,
@@ -117,19 +125,21 @@ def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, sp
     if data.empty:
         no_data(ax, f"no variant has both pass@1 ({split}) and {x_label}")
         return []
-    strategy_curves(ax, data, x, y, colours if front else {s: (0.6, 0.6, 0.6) for s in colours}, hollow)
-    ax.set_xlabel(x_label)
-    if not front:
+    points = strategy_curves(ax, data, x, y, colours if front else {s: (0.6, 0.6, 0.6) for s in colours}, hollow)
+    ax.set_xlabel(x_label, wrap=True)
+    if not front:  # nothing skipped on this path: no front over noise
         ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
-        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.1)
         ax.grid(alpha=0.3)
+        place_labels(ax, points)
         return []
     front = pareto_front(data[x].tolist(), data[y].tolist(), x_higher)
-    ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color="tab:green", lw=1.5, zorder=0, label="Pareto front")
+    ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color=FRONT_COLOUR, lw=1.5, zorder=0, label="Pareto front")
     ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=6)
+    legend_below(ax)
+    place_labels(ax, points)
     return data["variant"].iloc[front].tolist()
 
 
@@ -246,7 +256,7 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 d = d.assign(ideal=d["variant"].map(ideal)).dropna(subset=["speedup", "ideal", f"pass1_{split}"])
                 ax.hlines(d[f"pass1_{split}"], d["speedup"], d["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
             ax.axvline(1.0, color="0.5", lw=0.8)
-            ax.set_title(f"{t.run}: {split} tests\n{source}", fontsize=7)
+            ax.set_title(f"{t.run}: {split} tests\n{source}", wrap=True)
     fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
                  "(filled: measured, hollow: predicted)")  # fmt: skip
     return fig, fronts
@@ -255,7 +265,7 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
 def fidelity_figure(runs: list[RunTables], benchmark: str):
     """Fidelity to dense's greedy completions vs experts per token; rows runs."""
     colours = colour_of(s for t in runs for s in with_strategy(t.scores)["strategy"])
-    fig, axes = grid(len(runs), len(FIDELITY_AXES))
+    fig, axes = grid(len(runs), len(FIDELITY_AXES), height=5.0)  # tall enough for the y labels at 10 pt
     for r, t in enumerate(runs):
         df = with_strategy(t.scores[t.scores["benchmark"] == benchmark])
         for c, (y, label) in enumerate(FIDELITY_AXES):
@@ -264,12 +274,13 @@ def fidelity_figure(runs: list[RunTables], benchmark: str):
             if data.empty:
                 no_data(ax, f"{t.run}: no {label} (needs a dense variant and generations)")
                 continue
-            strategy_curves(ax, data, "experts_per_token", y, colours, errors=False)
+            points = strategy_curves(ax, data, "experts_per_token", y, colours, errors=False)
             ax.set_xlabel("routed experts computed per token per MoE layer")
             ax.set_ylabel(label)
             ax.set_title(f"{t.run}: {benchmark}")
             ax.grid(alpha=0.3)
-            ax.legend(loc="best", fontsize=6)
+            legend_below(ax)
+            place_labels(ax, points)
     fig.suptitle(f"{benchmark}: fidelity to the dense model vs experts per token")
     return fig
 
@@ -301,7 +312,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
                       fmt(r.tokens_per_s, ".1f"), fmt(r.measured_speedup, ".2f"), pred])  # fmt: skip
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(7)
+    table.set_fontsize(STYLE["legend.fontsize"])
     table.auto_set_column_width(list(range(len(header))))
     ax.set_title(f"{benchmark}: Pareto-optimal variants (pass@1 plus, else base, vs experts per token)")
     return fig

@@ -12,18 +12,15 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
 
-from skipbench.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source
+from skipbench.figstyle import MIN_FONT
+from skipbench.figstyle import variant_colours as shaded_colours
+from skipbench.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source, with_strategy
 from skipbench.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
 
-VARIANT_COLOURS = "tab20"
-
-
-def variant_colours(variants) -> dict[str, tuple]:
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap(VARIANT_COLOURS)
-    names = sorted(set(variants) - {DENSE})
-    return {v: cmap(i % cmap.N) for i, v in enumerate(names)}
+def variant_colours(variants, runs: list[RunTables] = ()) -> dict[str, tuple]:
+    """A shade of its strategy's hue per variant (strategies from the runs' scores)."""
+    strategy_of = {v: s for t in runs for v, s in zip(t.scores["variant"], with_strategy(t.scores)["strategy"])}
+    return shaded_colours({v: strategy_of.get(v, v) for v in set(variants) - {DENSE}})
 
 
 def speedup_figure(runs: list[RunTables], columns: list[str]):
@@ -36,8 +33,8 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
         p = predicted_whole_model(t.predictions)
         for h in columns[1:]:
             data[(t.run, h)] = p[p["hardware"] == h]
-    colours = variant_colours(v for d in data.values() for v in d["variant"])
-    fig, axes = grid(len(runs), len(columns))
+    colours = variant_colours((v for d in data.values() for v in d["variant"]), runs)
+    fig, axes = grid(len(runs), len(columns), height=5.2)  # tall enough for the y label at 10 pt
     for r, t in enumerate(runs):
         for c, column in enumerate(columns):
             ax, d = axes[r][c], data[(t.run, column)]
@@ -59,15 +56,13 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
             if measured:
                 paths = set(d["skip_path"])
                 nothing = "" if paths - NOTHING_SKIPPED else "\nnothing skipped on this path"
-                ax.set_ylabel(f"output tok/s ratio over dense, measured,\nskip path {', '.join(sorted(paths))}{nothing}",
-                              fontsize=7)  # fmt: skip
-                ax.set_title(f"{t.run}: measured\n({sweep_source(d)})", fontsize=7)
+                ax.set_ylabel(f"output tok/s ratio over dense, measured,\nskip path {', '.join(sorted(paths))}{nothing}")
+                ax.set_title(f"{t.run}: measured\n({sweep_source(d)})", wrap=True)
             else:
-                ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to ideal)",
-                              fontsize=7)  # fmt: skip
-                ax.set_title(f"{t.run}: predicted\n({prediction_source(t, column, d)})", fontsize=7, wrap=True)
+                ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to ideal)")
+                ax.set_title(f"{t.run}: predicted\n({prediction_source(t, column, d)})", wrap=True)
             ax.grid(alpha=0.3)
-            ax.legend(loc="best", fontsize=6, ncols=2)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
     style = [Line2D([], [], color="k", ls="-", marker="o", label="measured (engine, device)"),
              Line2D([], [], color="k", ls="--", marker="o", mfc="none", label="predicted (hardware profile)")]  # fmt: skip
     fig.legend(handles=style, loc="outside lower center", ncols=2)
@@ -89,13 +84,13 @@ def _heatmap(ax, t: pd.DataFrame, column: str, title: str, cmap: str) -> None:
     mesh = ax.pcolormesh(values, cmap=cmap, edgecolors="w", linewidth=0.3)
     ax.figure.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
     ax.set_yticks(np.arange(len(wide.index)) + 0.5, wide.index)
-    ax.set_xticks(np.arange(len(wide.columns)) + 0.5, [str(c) for c in wide.columns], fontsize=6)
+    ax.set_xticks(np.arange(len(wide.columns)) + 0.5, [str(c) for c in wide.columns], fontsize=MIN_FONT)
     ax.set_xlabel("MoE layer")
     ax.set_title(title)
     if values.size <= 120:  # small grids: print the numbers
         for (i, j), v in np.ndenumerate(values):
             if not np.isnan(v):
-                ax.text(j + 0.5, i + 0.5, f"{v:.2g}", ha="center", va="center", fontsize=6,
+                ax.text(j + 0.5, i + 0.5, f"{v:.2g}", ha="center", va="center", fontsize=MIN_FONT,
                         path_effects=[withStroke(linewidth=1.5, foreground="w")])
 
 
@@ -103,7 +98,7 @@ def layers_figure(runs: list[RunTables], benchmark: str, batch: int):
     """Per-layer skip rate, experts per token and distinct experts per step (at `batch`, or
     the nearest swept concurrency), heatmaps of variant x MoE layer; rows runs."""
     n_variants = max([t.traffic[benchmark]["variant"].nunique() for t in runs if benchmark in t.traffic] or [1])
-    fig, axes = grid(len(runs), len(HEATMAPS), width=5.0, height=1.4 + 0.3 * n_variants)
+    fig, axes = grid(len(runs), len(HEATMAPS), width=5.2, height=1.6 + 0.32 * n_variants)
     for r, t in enumerate(runs):
         traffic = t.traffic.get(benchmark)
         if traffic is None or traffic.empty:

@@ -24,7 +24,9 @@ from skipbench.figures import (
     tradeoff_figure,
 )
 from skipbench.figures_traffic import layers_figure, speedup_figure
-from skipbench.summary import RunTables, build_summary, write_summary
+from skipbench.io import write_text
+from skipbench.report_tables import markdown_page
+from skipbench.summary import RunTables, build_summary, markdown, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,9 @@ def draw_report(
     summary_markdown,
     deployment_batch: int,
     hardware: list[str],
+    summary_html=None,
 ) -> dict:
-    """Write the summary (Parquet + Markdown) and every figure of `report_files`.
+    """Write the summary (Parquet + Markdown + HTML view) and every figure of `report_files`.
 
     runs: this run first, then the combined ones (figures facet by run = model);
     hardware: roofline profiles in the order the summary prefers them.
@@ -59,6 +62,8 @@ def draw_report(
             log.warning("%s: benchmarks %s are not in this run's config: left out of the figures", t.run, extra)
     summary = build_summary(runs, deployment_batch, hardware)
     write_summary(summary, summary_parquet, summary_markdown)
+    if summary_html:  # the report's view of the same table
+        write_text(summary_html, markdown_page("Summary", markdown(summary)))
     out_dir = Path(out_dir)
     columns = speedup_columns(runs, hardware)
     fronts = {}

@@ -1,0 +1,97 @@
+"""The `skipbench` command: evaluate an EvalPlus samples file, variants from the command
+line, the EvalPlus-native results it writes, and config values typed by the schema."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from skipbench.benchmarks import Benchmark, Task
+from skipbench.cli import main, parse_variant
+from skipbench.config_types import typed
+from skipbench.evalplus_results import eval_results, eval_results_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared" / "data" / "HumanEvalPlus-v0.1.10.jsonl.gz"
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_cli_config_strings_are_typed_by_the_schema():
+    cli = {"variants": {"top3": {"strategy": "topk", "k": "3"}, "t": {"strategy": "threshold", "beta": "calibrated"},
+                        "l": {"strategy": "layers", "layers": ["1", "2"], "renormalise": "true"}},
+           "run": "123", "throughput": {"concurrency": ["1", "4"]}}  # fmt: skip
+    out = typed(cli, SCHEMA)
+    assert out["variants"] == {"top3": {"strategy": "topk", "k": 3}, "t": {"strategy": "threshold", "beta": "calibrated"},
+                               "l": {"strategy": "layers", "layers": [1, 2], "renormalise": True}}  # fmt: skip
+    assert out["run"] == "123"  # the schema wants a string: it stays one
+    assert out["throughput"]["concurrency"] == [1, 4]
+    assert typed({"variants": {"x": {"strategy": "topk", "k": "three"}}}, SCHEMA)["variants"]["x"]["k"] == "three"
+
+
+def test_parse_variant():
+    assert parse_variant("top3=topk:k=3") == ("top3", {"strategy": "topk", "k": 3})
+    assert parse_variant("t=threshold:beta=0.2,renormalise=true") == (
+        "t", {"strategy": "threshold", "beta": 0.2, "renormalise": True})  # fmt: skip
+    assert parse_variant("d=dense") == ("d", {"strategy": "dense"})
+    for bad in ("top3", "=topk", "x=topk:k"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
+
+
+def _bench(splits=("base", "plus")):
+    task = Task("T/0", "def f(x):\n", "f", "    return x\n", base_input=[[1], [2]], plus_input=[[3]])
+    return Benchmark("humaneval_plus", "v0", "sha", "humaneval", splits, [task], md5="abc")
+
+
+def test_eval_results_maps_statuses_and_failing_inputs():
+    samples = [{"task_id": "T/0", "completion": "    return 1\n", "sample_id": 1},
+               {"task_id": "T/0", "solution": "def f(x):\n    return x\n", "sample_id": 0}]  # fmt: skip
+    rows = pd.DataFrame([
+        dict(task_id="T/0", sample_id=0, split="base", status="pass", first_fail_index=None),
+        dict(task_id="T/0", sample_id=0, split="plus", status="timeout", first_fail_index=None),
+        dict(task_id="T/0", sample_id=1, split="base", status="fail", first_fail_index=1),
+        dict(task_id="T/0", sample_id=1, split="plus", status="load_error", first_fail_index=None),
+    ])  # fmt: skip
+    res = eval_results(_bench(), samples, rows)
+    assert res["hash"] == "abc" and set(res) == {"date", "hash", "eval"}
+    first, second = res["eval"]["T/0"]  # completion order
+    assert first == {"task_id": "T/0", "solution": "def f(x):\n    return x\n", "base_status": "pass",
+                     "plus_status": "timeout", "base_fail_tests": [], "plus_fail_tests": []}  # fmt: skip
+    assert second["solution"] == "def f(x):\n    return 1\n"
+    assert (second["base_status"], second["base_fail_tests"]) == ("fail", [[2]])
+    assert (second["plus_status"], second["plus_fail_tests"]) == ("fail", [])
+    base_only = eval_results(_bench(("base",)), samples[1:], rows[rows.split == "base"])
+    assert base_only["eval"]["T/0"][0]["plus_status"] is None
+    assert eval_results_path("a/s.jsonl") == "a/s_eval_results.json"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+@pytest.mark.skipif(not SHARED.exists(), reason=f"HumanEval+ test data not found at {SHARED}")
+def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, capsys, monkeypatch):
+    """Five HumanEval+ tasks, one wrong: pass@1 0.8 printed; EvalPlus's own evaluate()
+    loads the eval_results.json written beside the samples and reports the same."""
+    rows = [json.loads(line) for line in gzip.open(SHARED, "rt")][:5]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(
+        json.dumps({"task_id": r["task_id"], "completion": "    return None\n" if i == 2 else r["canonical_solution"]}) + "\n"
+        for i, r in enumerate(rows)))  # fmt: skip
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(SHARED))  # the way the benchmarks module takes it
+    rc = main(["evaluate", str(samples), "--dataset", "humaneval_plus", "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "5 of 164 tasks, 5 samples" in out
+    assert "pass@1 (base tests):\t0.800" in out and "pass@1 (base + plus tests):\t0.800" in out
+
+    from evalplus.evaluate import evaluate  # reads X_eval_results.json when it exists
+
+    evaluate(dataset="humaneval", samples=str(samples))
+    evalplus_out = capsys.readouterr().out
+    assert "Load from previous results" in evalplus_out
+    assert evalplus_out.count("pass@1:\t0.800") == 2  # base, and base + plus
+    results = json.loads((tmp_path / "samples_eval_results.json").read_text())
+    assert results["hash"] == "fe585eb4df8c88d844eeb463ea4d0302"  # EvalPlus 0.3.1's HumanEval+ v0.1.10 hash
+    assert results["eval"]["HumanEval/2"][0]["base_status"] == "fail"

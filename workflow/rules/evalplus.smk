@@ -1,0 +1,22 @@
+# EvalPlus-native results beside every execute table: X_eval_results.json as EvalPlus 0.3.1
+# writes it, so `evalplus.evaluate` and its tooling read skipbench's verdicts.
+
+
+rule evalplus_results:
+    input:
+        lib("evalplus_results", "execute", "benchmarks"),
+        samples=samples_for,
+        execution=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
+    output:
+        results=f"{RUN}/execute/{{benchmark}}/{{variant}}_eval_results.json",
+    params:
+        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+    log:
+        f"{RUN}/logs/evalplus_results/{{benchmark}}/{{variant}}.log",
+    conda:
+        "../../envs/execute.yaml"
+    script:
+        "../scripts/evalplus_results.py"
+
+
+EVALPLUS_RESULTS = [f"{RUN}/execute/{e['benchmark']}/{e['variant']}_eval_results.json" for e in SCORED]

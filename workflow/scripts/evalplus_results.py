@@ -1,0 +1,13 @@
+"""Entry point: one (benchmark, variant)'s verdicts as EvalPlus's eval_results.json."""
+
+import pyarrow.parquet as pq
+
+from skipbench.benchmarks import load_benchmark
+from skipbench.evalplus_results import write_eval_results
+from skipbench.logs import log_to
+
+if __name__ == "__main__":
+    log_to(snakemake.log[0])
+    execution = pq.read_table(snakemake.input.execution).to_pandas()
+    bench = load_benchmark(snakemake.params.benchmark)
+    write_eval_results(snakemake.output.results, bench, snakemake.input.samples, execution)

@@ -1,0 +1,170 @@
+"""`skipbench`: everyday tasks without the workflow's internals (console script).
+
+    skipbench evaluate SAMPLES.jsonl --dataset humaneval_plus   # EvalPlus samples -> pass@1
+    skipbench run --variant top3=topk:k=3 [-- SNAKEMAKE ARGS]   # the workflow, plus variants
+    skipbench show [RUN]                                        # the summary table
+
+Thin: `evaluate` calls the execute and score stages' library functions (no model, no
+training), `run` calls Snakemake, `show` prints the figure stage's summary. Plain
+`snakemake` keeps working for everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+def _checkout() -> Path:
+    """The workflow checkout: the working directory when it has a Snakefile, else the
+    one this module lives in (editable install)."""
+    here = Path.cwd()
+    return here if (here / "Snakefile").exists() else Path(__file__).resolve().parents[2]
+
+
+ROOT = _checkout()
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """"NAME=STRATEGY:k=v,k=v" -> (NAME, {"strategy": STRATEGY, k: typed v, ...})."""
+    from skipbench.config_types import typed
+
+    name, sep, rest = spec.partition("=")
+    strategy, _, params = rest.partition(":")
+    if not sep or not name or not strategy:
+        raise ValueError(f"--variant {spec!r}: expected NAME=STRATEGY[:key=value,...], e.g. top3=topk:k=3")
+    variant: dict = {"strategy": strategy}
+    for item in filter(None, params.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--variant {spec!r}: parameter {item!r} is not key=value")
+        variant[key] = value
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["variants"]
+    return name, typed({name: variant}, schema)[name]
+
+
+def _tasks_in(samples: Path) -> list[str]:
+    from skipbench.io import read_jsonl
+
+    return list(dict.fromkeys(s["task_id"] for s in read_jsonl(samples)))
+
+
+def cmd_evaluate(args) -> int:
+    import pyarrow.parquet as pq
+
+    from skipbench.benchmarks import DATASETS, load_benchmark
+    from skipbench.evalplus_results import eval_results_path, write_eval_results
+    from skipbench.execute import run_execute
+    from skipbench.score import pass_at_1, sample_passes
+
+    samples = Path(args.samples)
+    bench_cfg = {"dataset": args.dataset}
+    if args.path:
+        bench_cfg["path"] = args.path
+    # EvalPlus scores every task of the dataset; a samples file with fewer tasks is scored
+    # on its own tasks (in dataset order), and says so.
+    wanted = set(_tasks_in(samples))
+    every = load_benchmark(bench_cfg).tasks
+    bench_cfg["tasks"] = [t.task_id for t in every if t.task_id in wanted]
+    unknown = wanted - set(bench_cfg["tasks"])
+    if unknown:
+        print(f"error: {samples}: {len(unknown)} task ids not in {args.dataset}: {sorted(unknown)[:5]}", file=sys.stderr)
+        return 2
+    out = Path(args.out or eval_results_path(str(samples)))
+    execution_path = out.with_name(out.name.replace("_eval_results.json", "") + "_execution.parquet")
+    exec_cfg = {"sandbox": args.sandbox, "groundtruth_dir": str(Path(args.cache) / "groundtruth")}
+    run_execute(bench_cfg, samples, exec_cfg, execution_path, args.parallel)
+    execution = pq.read_table(execution_path).to_pandas()
+    write_eval_results(out, load_benchmark(bench_cfg), samples, execution)
+    passes = sample_passes(execution)
+    name = args.dataset
+    print(f"{name} {DATASETS[name].version}: {len(bench_cfg['tasks'])} of {len(every)} tasks, {len(passes)} samples")
+    for split, label in (("base", "base tests"), ("plus", "base + plus tests")):
+        if split in set(execution["split"]):
+            p, lo, hi, _ = pass_at_1(passes[split])
+            print(f"pass@1 ({label}):\t{p:.3f}  [95% CI {lo:.3f}, {hi:.3f}]")
+    print(f"EvalPlus results: {out}\nper-test rows:    {execution_path}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    variants = dict(parse_variant(v) for v in args.variant)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores]
+    if variants:
+        cmd += ["--config", "variants=" + json.dumps(variants)]
+    cmd += args.snakemake
+    print("+", " ".join(cmd), file=sys.stderr)
+    rc = subprocess.call(cmd, cwd=args.directory)
+    if rc == 0 and "-n" not in args.snakemake and "--dry-run" not in args.snakemake:
+        return cmd_show(argparse.Namespace(run=None, directory=args.directory))
+    return rc
+
+
+def _default_run(directory: Path) -> str:
+    config = yaml.safe_load((directory / "config" / "config.yaml").read_text())
+    return config["run"]
+
+
+def cmd_show(args) -> int:
+    from skipbench.summary import markdown
+
+    import pyarrow.parquet as pq
+
+    directory = Path(args.directory)
+    run = args.run or _default_run(directory)
+    path = directory / "results" / run / "figures" / "summary.parquet"
+    if not path.exists():
+        print(f"error: no summary at {path}: run the workflow first (skipbench run, or snakemake)", file=sys.stderr)
+        return 1
+    print(markdown(pq.read_table(path).to_pandas()), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skipbench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="score an EvalPlus samples.jsonl in the sandbox; print pass@1")
+    ev.add_argument("samples", help='JSONL of {"task_id", "solution" | "completion"}')
+    ev.add_argument("--dataset", required=True, choices=["humaneval", "humaneval_plus", "mbpp_plus"])
+    ev.add_argument("--path", help="local dataset file (else HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH, "
+                    "EvalPlus's cache, EvalPlus's download)")  # fmt: skip
+    ev.add_argument("--out", help="eval_results.json path (default: SAMPLES_eval_results.json, as EvalPlus)")
+    ev.add_argument("--sandbox", choices=["bwrap", "none"], default="bwrap",
+                    help="none runs the samples WITHOUT isolation")  # fmt: skip
+    ev.add_argument("--parallel", type=int, default=2, help="sandboxes at once")
+    ev.add_argument("--cache", default=str(Path.home() / ".cache" / "skipbench"), help="ground-truth cache")
+    ev.set_defaults(func=cmd_evaluate)
+    rn = sub.add_parser("run", help="run the workflow (snakemake), with variants added from the command line")
+    rn.add_argument("--variant", action="append", default=[], metavar="NAME=STRATEGY:k=v,...",
+                    help="add a variant, e.g. top3=topk:k=3 or thr=threshold:beta=0.2,renormalise=true")  # fmt: skip
+    rn.add_argument("--cores", default="all")
+    rn.add_argument("--directory", default=str(ROOT), help="the checkout to run in")
+    rn.add_argument("snakemake", nargs=argparse.REMAINDER, help="after --: passed to snakemake")
+    rn.set_defaults(func=cmd_run)
+    sh = sub.add_parser("show", help="print a run's summary table")
+    sh.add_argument("run", nargs="?", help="results/<RUN> (default: config/config.yaml's run)")
+    sh.add_argument("--directory", default=str(ROOT))
+    sh.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "snakemake", None) and args.snakemake[0] == "--":
+        args.snakemake = args.snakemake[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

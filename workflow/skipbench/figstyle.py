@@ -1,0 +1,132 @@
+"""Figure style shared by every report figure: readable at 100% zoom in a browser.
+
+Text >= 9 pt; at most two panels per row (wide figures shrink to unreadable in the
+report viewer); one hue per strategy, its settings as shades of it; point labels placed
+where they overlap neither other labels nor points (greedy, deterministic).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+
+import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgb
+from matplotlib.transforms import Bbox
+
+MIN_FONT = 9  # pt
+STYLE = {
+    "svg.hashsalt": "skipbench", "figure.dpi": 100,
+    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "figure.titlesize": 12,
+    "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT,
+}  # fmt: skip
+MAX_COLS = 2
+# Hues far apart (tab10 without its green and grey, olive darkened); green is the Pareto front's, black dense's.
+PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2", "#7f7f00", "#4b0082"]
+FRONT_COLOUR = "#009E73"
+FIXED = {"dense": (0.0, 0.0, 0.0), "external": (0.5, 0.5, 0.5)}
+
+
+def strategy_colours(strategies) -> dict[str, tuple]:
+    """A hue per strategy (sorted names: stable across runs), dense black, external grey."""
+    names = sorted({s for s in strategies if s not in FIXED})
+    return {s: to_rgb(PALETTE[i % len(PALETTE)]) for i, s in enumerate(names)} | FIXED
+
+
+def shades(base: tuple, n: int) -> list[tuple]:
+    """n shades of `base`, dark to light, all distinguishable from white."""
+    if n <= 1:
+        return [base]
+    h, light, s = colorsys.rgb_to_hls(*base)
+    lo, hi = max(0.22, light - 0.22), min(0.72, light + 0.22)
+    return [colorsys.hls_to_rgb(h, lo + (hi - lo) * i / (n - 1), s) for i, _ in enumerate(range(n))]
+
+
+def variant_colours(strategy_of: dict[str, str], hues: dict[str, tuple] | None = None) -> dict[str, tuple]:
+    """variant -> colour: its strategy's hue (from `hues`, the figure's strategy colours,
+    so every panel agrees), one shade per variant of that strategy (sorted)."""
+    hues = {**strategy_colours(strategy_of.values()), **(hues or {})}
+    out = {}
+    for strategy in sorted(set(strategy_of.values())):
+        variants = sorted(v for v, s in strategy_of.items() if s == strategy)
+        for v, c in zip(variants, shades(hues[strategy], len(variants))):
+            out[v] = c
+    return out
+
+
+def panel_grid(rows: int, cols: int, width: float = 5.2, height: float = 4.2):
+    """A figure for a logical rows x cols grid of panels, wrapped to MAX_COLS per row.
+    Returns (fig, axes) with axes[r][c] the logical panel; spare cells are hidden."""
+    rows, cols = max(rows, 1), max(cols, 1)
+    per_row = min(cols, MAX_COLS)
+    lines = math.ceil(cols / per_row)  # physical rows per logical row
+    fig, grid_axes = plt.subplots(rows * lines, per_row, figsize=(width * per_row, height * rows * lines),
+                                  squeeze=False, layout="constrained")  # fmt: skip
+    axes = [[grid_axes[r * lines + c // per_row][c % per_row] for c in range(cols)] for r in range(rows)]
+    used = {id(ax) for row in axes for ax in row}
+    for ax in grid_axes.flat:
+        if id(ax) not in used:
+            ax.set_visible(False)
+    return fig, axes
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# Offsets (points) tried for a label, nearest first; far ones get a leader line.
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2) for dx, dy in
+            ((5, 4), (5, -12), (-5, 4), (-5, -12), (0, 9), (0, -17), (9, -4), (-9, -4))]  # fmt: skip
+
+
+def place_labels(ax, points: list[tuple[float, float, str, tuple]], fontsize: float = MIN_FONT) -> list:
+    """Name each (x, y, text, colour) point without overlapping other labels or points.
+
+    Greedy in the order given: every label takes the first offset whose box is inside the
+    axes and free, else the offset with the least overlap. Run after the axes' limits are
+    final (call it last); the layout engine is executed first so positions are final."""
+    fig = ax.figure
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)
+    renderer = fig.canvas.get_renderer()
+    to_px = fig.dpi / 72
+    frame = ax.get_window_extent(renderer)
+    pad = 3 * to_px
+    taken = []  # display boxes of markers and placed labels
+
+    for x, y, _, _ in points:
+        px, py = ax.transData.transform((x, y))
+        taken.append(Bbox([[px - pad, py - pad], [px + pad, py + pad]]))
+    for line in ax.lines:  # curves and the front: labels keep off them too (sampled)
+        xy = ax.transData.transform(line.get_xydata())
+        for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:]):
+            steps = max(1, int(math.hypot(x1 - x0, y1 - y0) / (4 * pad)))
+            for i in range(steps + 1):
+                px, py = x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps
+                taken.append(Bbox([[px - pad / 2, py - pad / 2], [px + pad / 2, py + pad / 2]]))
+    labels = []
+    for x, y, text, colour in points:
+        ann = ax.annotate(text, (x, y), xytext=_OFFSETS[0], textcoords="offset points", fontsize=fontsize,
+                          color=colour, ha="left", va="bottom", annotation_clip=False)  # fmt: skip
+        best, best_cost = None, math.inf
+        for dx, dy in _OFFSETS:
+            ann.set_ha("left" if dx > 0 else "right" if dx < 0 else "center")
+            ann.xyann = (dx, dy)
+            box = ann.get_window_extent(renderer)
+            outside = box.width * box.height - _overlap(box, frame)
+            cost = sum(_overlap(box, t) for t in taken) + 4 * outside
+            if cost < best_cost:
+                best, best_cost = ((dx, dy), ann.get_ha(), box), cost
+            if cost == 0:
+                break
+        (dx, dy), ha, box = best
+        ann.remove()
+        far = math.hypot(dx, dy) > 20  # a leader line says which point a distant label names
+        ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
+                          ha=ha, va="bottom", annotation_clip=False,
+                          arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.6, "shrinkA": 0, "shrinkB": 3} if far else None)  # fmt: skip
+        taken.append(box)
+        labels.append(ann)
+    return labels
