@@ -6,13 +6,14 @@
 rule fidelity:
     input:
         unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
-        lib("fidelity", "oracle", "strategies", "routing", "calibrate", "adapters"),
         model=engine_model_dir,
         dense=f"{RUN}/infer/{{benchmark}}/dense/generations.parquet",
     output:
         f"{RUN}/fidelity/{{benchmark}}.parquet",
     params:
+        code=code("fidelity", "oracle", "strategies", "routing", "calibrate", "adapters", "prompts"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        generation=config["generation"],
         variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
         batch_size=config["generation"]["batch_size"],
     log:

@@ -4,16 +4,17 @@ from pathlib import Path
 
 import torch
 
-from skipbench.benchmarks import load_tasks
 from skipbench.fidelity import run_fidelity
 from skipbench.logs import log_to
+from skipbench.prompts import prepare_generation
 
 if __name__ == "__main__":
     log_to(snakemake.log[0])
     torch.set_num_threads(snakemake.threads)
     run_fidelity(
         model_dir=Path(snakemake.input.model),
-        tasks=load_tasks(snakemake.params.benchmark),
+        # the prompts dense was given (chat protocol: rendered in the template)
+        tasks=prepare_generation(snakemake.params.benchmark, snakemake.params.generation, snakemake.input.model)[0],
         benchmark=snakemake.wildcards.benchmark,
         dense_generations=Path(snakemake.input.dense),
         variants=snakemake.params.variants,
