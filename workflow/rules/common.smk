@@ -39,6 +39,8 @@ def variant_files(benchmark, variant):
     return files
 
 
+# Benchmarks scored per subset of their tasks too (LiveCodeBench: per difficulty).
+SUBSET_SCORED = [b for b, cfg in BENCHMARKS.items() if cfg["dataset"] == "livecodebench"]
 SCORED = [
     {"benchmark": b, "variant": v, **variant_files(b, v)} for b in BENCHMARKS for v in variants_of(b)
 ]

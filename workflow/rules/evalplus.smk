@@ -4,12 +4,12 @@
 
 rule evalplus_results:
     input:
-        lib("evalplus_results", "execute", "benchmarks"),
         samples=samples_for,
         execution=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}_eval_results.json",
     params:
+        code=code("evalplus_results", "execute", "benchmarks"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
     log:
         f"{RUN}/logs/evalplus_results/{{benchmark}}/{{variant}}.log",
@@ -19,4 +19,6 @@ rule evalplus_results:
         "../scripts/evalplus_results.py"
 
 
-EVALPLUS_RESULTS = [f"{RUN}/execute/{e['benchmark']}/{e['variant']}_eval_results.json" for e in SCORED]
+# EvalPlus's format is for EvalPlus's datasets: LiveCodeBench benchmarks get none.
+EVALPLUS_RESULTS = [f"{RUN}/execute/{e['benchmark']}/{e['variant']}_eval_results.json" for e in SCORED
+                    if e["benchmark"] not in SUBSET_SCORED]

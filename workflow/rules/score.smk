@@ -10,9 +10,16 @@ rule score:
             caption="../report/scores.rst",
             category="3. Scores",
         ),
+        # LiveCodeBench per difficulty (empty without such a benchmark)
+        subsets=report(
+            f"{RUN}/score/subsets.parquet",
+            caption="../report/subsets.rst",
+            category="3. Scores",
+        ),
     params:
-        code=code("score"),
+        code=code("score", "score_subsets", "stats", "livecodebench", "benchmarks"),
         entries=SCORED,
+        benchmarks=BENCHMARKS,
     log:
         f"{RUN}/logs/score.log",
     conda:

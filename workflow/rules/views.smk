@@ -9,7 +9,7 @@ mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 def table_views():
     """This run's tables that get an HTML view (those that rules of this workflow write)."""
-    tables = ["score/scores"] + [f"throughput/{v}" for v in THROUGHPUT_VARIANTS]
+    tables = ["score/scores"] + (["score/subsets"] if SUBSET_SCORED else []) + [f"throughput/{v}" for v in THROUGHPUT_VARIANTS]
     own = REPORT_RUNS[config["run"]]
     tables += [f"traffic/{b}" for b in own["traffic"]]
     if own["predictions"]:
@@ -19,11 +19,12 @@ def table_views():
 
 rule table_view:
     input:
-        lib("report_tables"),
         table=f"{RUN}/{{table}}.parquet",
     output:
         report(f"{RUN}/views/{{table}}.html", caption="../report/view.rst", category="7. Tables",
                subcategory="{table}", labels={"table": "{table}", "format": "HTML (view)"}),  # fmt: skip
+    params:
+        code=code("report_tables"),
     wildcard_constraints:
         table="(score|throughput|traffic|roofline)/[A-Za-z0-9._-]+",
     log:

@@ -26,7 +26,7 @@ from skipbench.figures import (
 from skipbench.figures_traffic import layers_figure, speedup_figure
 from skipbench.io import write_text
 from skipbench.report_tables import markdown_page
-from skipbench.summary import RunTables, build_summary, markdown, write_summary
+from skipbench.summary import RunTables, build_summary, markdown, subsets_markdown, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,10 @@ def draw_report(
         if extra:
             log.warning("%s: benchmarks %s are not in this run's config: left out of the figures", t.run, extra)
     summary = build_summary(runs, deployment_batch, hardware)
-    write_summary(summary, summary_parquet, summary_markdown)
+    per_subset = subsets_markdown(runs)
+    write_summary(summary, summary_parquet, summary_markdown, per_subset)
     if summary_html:  # the report's view of the same table
-        write_text(summary_html, markdown_page("Summary", markdown(summary)))
+        write_text(summary_html, markdown_page("Summary", markdown(summary) + per_subset))
     out_dir = Path(out_dir)
     columns = speedup_columns(runs, hardware)
     fronts = {}

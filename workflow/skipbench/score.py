@@ -66,6 +66,7 @@ SCORES_SCHEMA = pa.schema([
     ("dtype", pa.string()),
     ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
     ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
+    ("prompt_protocol", pa.string()),  # generation.prompt of the infer stage: completion | chat; null for external samples
     ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
@@ -208,7 +209,8 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
     for col in ("tokens_per_s", "experts_per_token", "dense_experts_per_token"):
         row[col] = _summary_value(summary, col)
     row["batch_size"] = _summary_value(summary, "batch_size", int)
-    for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path", "expert_kernel"):
+    for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path", "expert_kernel",
+                "prompt_protocol"):
         row[col] = _summary_value(summary, col, str)
     if dense is not None:
         dpass = sample_passes(_read(dense.execution))

@@ -67,6 +67,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("device", pa.string()),  # device of the infer stage (cpu:... numbers are CPU numbers)
     ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
     ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
+    ("prompt_protocol", pa.string()),  # generation.prompt: completion | chat (skipbench.prompts); null for external samples
     ("deployment_batch", pa.int32()),  # report.deployment_batch: batch of the next five columns
     ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device
@@ -101,6 +102,7 @@ class RunTables:
     predictions: pd.DataFrame | None = None  # PREDICTION_SCHEMA
     validation: pd.DataFrame | None = None  # roofline VALIDATION_SCHEMA (next to the predictions)
     traffic: dict[str, pd.DataFrame] = field(default_factory=dict)  # benchmark -> TRAFFIC_SCHEMA
+    subsets: pd.DataFrame | None = None  # score_subsets.SUBSET_SCORES_SCHEMA (next to the scores)
 
 
 def _read(path) -> pd.DataFrame | None:
@@ -120,6 +122,7 @@ def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | 
         # written by the same rule as the predictions, next to them
         validation=_read(Path(predictions).with_name("validation.parquet")) if predictions else None,
         traffic={b: df for b, p in (traffic or {}).items() if (df := _read(p)) is not None},
+        subsets=_read(Path(scores).with_name("subsets.parquet")),  # written by the same rule as the scores
     )
     for what, missing in (("throughput sweep", out.throughput is None), ("roofline predictions", out.predictions is None),
                           ("traffic tables", not out.traffic)):  # fmt: skip
@@ -324,6 +327,8 @@ def markdown(summary: pd.DataFrame) -> str:
     infer_on = ", ".join(sorted({f"{e} on {d}" for e, d in zip(summary["engine"], summary["device"]) if e and d}))
     hw = ", ".join(sorted(set(summary["predicted_hardware"].dropna())))
     cal = "; ".join(sorted(set(summary["predicted_calibration"].dropna()))) or "uncalibrated"
+    protocols = {b: "/".join(sorted(set(g["prompt_protocol"].dropna()))) for b, g in summary.groupby("benchmark", sort=False)
+                 if g["prompt_protocol"].notna().any()}  # fmt: skip
     columns = {
         "run": lambda r: r["run"],
         "benchmark": lambda r: r["benchmark"],
@@ -350,6 +355,8 @@ def markdown(summary: pd.DataFrame) -> str:
         "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token; `~`: off the "
         "front, but its pass@1 interval overlaps that of every point dominating it (not distinguishable from it).",
         f"tok/s (infer, measured): the infer stage's own batch, on {infer_on or 'n/a'}.",
+        "Prompt protocol: " + (", ".join(f"{b}: {p}" for b, p in protocols.items()) or "n/a") + " (completion: the "
+        "task text completed as it is; chat: the model's chat template as EvalPlus / LiveCodeBench prompt it).",
         f"Measured @{batch}: throughput sweep on {measured_on}; under the weight0 skip path the skipped "
         "experts are still computed, so no speedup is expected there." if measured_on
         else f"Measured @{batch}: no throughput sweep at this batch size.",
@@ -371,7 +378,25 @@ def markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def write_summary(summary: pd.DataFrame, parquet_path, markdown_path) -> None:
+def subsets_markdown(runs: list[RunTables]) -> str:
+    """Per-subset scores (LiveCodeBench per difficulty) as a Markdown section; "" if none."""
+    frames = [t.subsets.assign(run=t.run) for t in runs if t.subsets is not None and len(t.subsets)]
+    if not frames:
+        return ""
+    lines = ["", "Per difficulty (LiveCodeBench): pass@1 over every test of the subset's problems, Δ to dense "
+             "with its 95% Newcombe interval (McNemar p, Holm p within the benchmark and subset).", "",
+             "| run | benchmark | subset | variant | tasks | pass@1 [95% CI] | Δ vs dense [95% CI] (McNemar p, Holm p) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, r in pd.concat(frames, ignore_index=True).iterrows():
+        row = {"pass1_x": r["pass1"], "pass1_x_lo": r["pass1_lo"], "pass1_x_hi": r["pass1_hi"], "delta_x": r["delta"],
+               "delta_x_lo": r["delta_lo"], "delta_x_hi": r["delta_hi"], "mcnemar_p_x": r["mcnemar_p"],
+               "holm_p_x": r["holm_p"]}  # fmt: skip
+        lines.append(f"| {r['run']} | {r['benchmark']} | {r['subset_by']}={r['subset']} | {r['variant']} | "
+                     f"{r['tasks']} | {_interval(row, 'x')} | {_delta(row, 'x')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: pd.DataFrame, parquet_path, markdown_path, extra_markdown: str = "") -> None:
     table = pa.Table.from_pandas(summary, schema=SUMMARY_SCHEMA, preserve_index=False)
     write_table(parquet_path, table, SUMMARY_SCHEMA)
-    write_text(markdown_path, markdown(summary))
+    write_text(markdown_path, markdown(summary) + extra_markdown)
