@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from lcb_fixture import SOLUTIONS, write_release
 from skipbench.benchmarks import load_tasks
 from skipbench.checkpoint import TRAINING_SCHEMA
 from skipbench.execute import EXECUTE_SCHEMA
@@ -43,9 +44,20 @@ def micro_config(workdir: Path) -> dict:
     canonical, wrong = workdir / "canonical.jsonl", workdir / "wrong.jsonl"
     canonical.write_text("".join(json.dumps({"task_id": t.task_id, "solution": t.prompt + t.canonical_solution}) + "\n" for t in tasks))
     wrong.write_text("".join(json.dumps({"task_id": t.task_id, "completion": "    return None\n"}) + "\n" for t in tasks))
+    release = write_release(workdir / "lcb")
+    right = {}  # one correct fixture solution per LiveCodeBench problem, one wrong one for A+B
+    for qid, code, verdict in SOLUTIONS:
+        if verdict:
+            right.setdefault(qid, code)
+    lcb_samples = workdir / "lcb_samples.jsonl"
+    lcb_samples.write_text("".join(json.dumps({"task_id": q, "solution": c}) + "\n" for q, c in right.items())
+                           + json.dumps({"task_id": "abc001_a", "solution": "print(0)"}) + "\n")
     cfg["benchmarks"] = {
         "he": {**he, "samples": str(canonical)},  # dense + top1, and canonical solutions as "external"
         "he_wrong": {**he, "samples": str(wrong), "variants": []},  # only the always-wrong samples
+        # LiveCodeBench's path: execution by its rules, scores per difficulty (no generation: time)
+        "lcb": {"dataset": "livecodebench", "path": str(release), "released_after": "2024-01-01",
+                "samples": str(lcb_samples), "variants": []},
     }
     cfg["variants"] = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
     return cfg
@@ -107,6 +119,12 @@ def test_scores_canonical_pass_wrong_fail_and_skipping_costs_experts(run):
     scores = table(run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
     assert scores.loc[("he", "external"), "pass1_base"] == 1.0
     assert scores.loc[("he_wrong", "external"), "pass1_base"] == 0.0
+    # LiveCodeBench: 3 problems in the window, each solved by its first sample (the wrong A+B one is sample 1)
+    lcb = scores.loc[("lcb", "external")]
+    assert lcb["dataset"] == "livecodebench" and lcb["tasks"] == 3 and lcb["pass1_base"] == pytest.approx(5 / 6)
+    subsets = pq.read_table(run / "score/subsets.parquet").to_pandas().set_index("subset")
+    assert subsets.loc["easy", "pass1"] == pytest.approx(0.75) and subsets.loc["medium", "pass1"] == 1.0
+    assert "difficulty=easy" in (run / "figures/summary.md").read_text()
     dense, top1 = scores.loc[("he", "dense")], scores.loc[("he", "top1")]
     assert dense["experts_per_token"] == pytest.approx(4.0)
     assert top1["experts_per_token"] == pytest.approx(1.0)
