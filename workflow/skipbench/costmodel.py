@@ -86,6 +86,8 @@ def fit_cost_model(bench: pd.DataFrame, ms_column: str, expert_bytes: float, pai
     rate = 1e12 * 1e3 / ms_per_tflop if ms_per_tflop > 0 else float("inf")
     model = CostModel(float(layer_ms), float(expert_ms), float(bandwidth), float(rate), source, len(b), 0.0)
     err = float(np.max(np.abs(model.routed_ms(distinct, pairs, expert_bytes, pair_flops) / ms - 1)))
+    # the fit's own error travels with its source: every label naming the calibration shows it
+    source = f"{source}; fit within {100 * err:.0f}% on {len(b)} rows"
     model = CostModel(model.layer_ms, model.expert_ms, model.bandwidth, model.rate, source, len(b), err)
     log.info("cost model (%s): %.4f ms/layer + %.5f ms/expert + bytes at %.3g B/s + pairs at %.3g FLOP/s; "
              "in-sample error <= %.0f%%", source, layer_ms, expert_ms, bandwidth, rate, 100 * err)  # fmt: skip
