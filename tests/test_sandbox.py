@@ -284,3 +284,10 @@ def test_memory_cgroup_bounds_the_sum_of_processes(env):
     ), small)  # fmt: skip
     assert killed >= 1
     assert f"memory_cgroup={small.cgroup_mb()}MiB" in small.enforced()
+
+
+def test_sending_a_large_value_is_not_the_calls_time(env):
+    """A 40 MiB result is judged (WrongOutput), not timed out: its framing and transfer
+    have their own deadlines outside the test's limit and the split's budget."""
+    res, _ = _run(env, SIG + "    return 'x' * (40 << 20)\n")
+    assert (res.status, res.error_type) == ("fail", "WrongOutput"), res
