@@ -13,7 +13,7 @@ from skipbench.execute import EXECUTE_SCHEMA, run_execute
 from test_benchmarks import SHARED, mbpp_file, needs_shared
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
-EXEC = {"sandbox": "bwrap", "timeout_s": 20, "memory_mb": 1024}
+EXEC = {"sandbox": "bwrap", "timeout_s": 20, "memory_mb": 1024, "importable": []}
 
 
 def write_samples(path, rows):
@@ -57,6 +57,89 @@ def test_resume_keeps_finished_rows(tmp_path):
     again = {r["task_id"]: r for r in pq.read_table(out).to_pylist()}
     assert again[kept["task_id"]]["error_type"] == "FromPartial"
     assert again[first[1]["task_id"]]["status"] == "pass"
+
+
+def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
+    """An executor failure on one sample (here: an OverflowError raised while running it,
+    as main's bookkeeping did) is that sample's row; a torn journal line (a kill or a full
+    disk mid-append) is redone; the Parquet holds one row per (sample, split)."""
+    import skipbench.execute as execute
+
+    cfg = {"dataset": "humaneval", "tasks": 3}
+    tasks = load_benchmark(cfg).tasks
+    samples = write_samples(tmp_path / "s.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks])
+    out = tmp_path / "exec.parquet"
+    real = execute.execute_one
+
+    def flaky(profile, uid, bench, task, code, truth, exec_cfg):
+        if task.task_id == tasks[1].task_id:
+            raise OverflowError("integer division result too large for a float")
+        return real(profile, uid, bench, task, code, truth, exec_cfg)
+
+    monkeypatch.setattr(execute, "execute_one", flaky)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    partial.write_text('{"task_id": "HumanEval/0", "sample_id": 0, "spl')  # torn, no newline
+    run_execute(cfg, samples, EXEC, out, threads=2)
+    rows = {r["task_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == 3
+    assert rows[tasks[1].task_id]["status"] == "sandbox_error"
+    assert rows[tasks[1].task_id]["error_type"] == "Executor(OverflowError)"
+    assert rows[tasks[0].task_id]["status"] == rows[tasks[2].task_id]["status"] == "pass"
+    assert "tmpfs_dev_shm=16MiB" in json.loads(rows[tasks[0].task_id]["sandbox_profile"])["enforced"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"task_id": "HumanEval/0", "solution": 42}', "s.jsonl:2: solution of HumanEval/0 must be a string, not int"),
+    ('{"task_id": "HumanEval/0", "completion": ["x"]}', "s.jsonl:2: completion of HumanEval/0 must be a string"),
+    ('{"task_id": 0, "solution": "x"}', "s.jsonl:2: task_id must be a string"),
+    ('["HumanEval/0"]', "s.jsonl:2: a sample is a JSON object, not list"),
+    ("[" * 100000, "s.jsonl:2: not a JSON line (RecursionError)"),
+    ('{"task_id": "HumanEval/0", "solution": "x", "sample_id": "7"}', "s.jsonl:2: sample_id must be an integer"),
+    ('{"task_id": "HumanEval/0", "solution": "x", "sample_id": 0}', "s.jsonl:2: sample 0 of HumanEval/0 already given on line 1"),
+    ('{"task_id": "HumanEval/9", "solution": "x"}', "s.jsonl:2: task HumanEval/9 is not among the selected"),
+    ('{"task_id": "HumanEval/0"}', "s.jsonl:2: sample of HumanEval/0 has neither"),
+])  # fmt: skip
+def test_samples_file_is_validated_per_line_before_any_sandbox(tmp_path, monkeypatch, line, message):
+    import skipbench.execute as execute
+    from skipbench.samples import SamplesError
+
+    monkeypatch.setattr(execute, "check_sandbox", lambda p: pytest.fail("sandbox started before validation"))
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"task_id": "HumanEval/0", "solution": "x"}\n' + line + "\n")
+    with pytest.raises(SamplesError) as e:
+        run_execute({"dataset": "humaneval", "tasks": 1}, path, EXEC, tmp_path / "o.parquet", threads=1)
+    assert message in str(e.value)
+
+
+def test_ground_truth_retries_then_records(tmp_path, monkeypatch):
+    """A canonical run that fails once is retried; one that always fails is recorded and
+    its samples get groundtruth_error rows (main aborted the job: `canonical solution fail`)."""
+    import skipbench.groundtruth as gt
+    from skipbench.harness import Outcome
+
+    cfg = {"dataset": "humaneval", "tasks": 2}
+    tasks = load_benchmark(cfg).tasks
+    real, calls = gt.run_tests, {}
+
+    def flaky(profile, uid, job, budget_s, judge):
+        key = (job["code"][:200], job["mode"])
+        calls[key] = calls.get(key, 0) + 1
+        if tasks[1].prompt[:200] == job["code"][:200] and job["mode"] == "run":
+            return Outcome(status="fail", tests_total=1, error_type="Died")  # every try
+        if calls[key] == 1:
+            return Outcome(status="timeout", tests_total=1, error_type="Timeout")  # first try only
+        return real(profile, uid, job, budget_s, judge)
+
+    monkeypatch.setattr(gt, "run_tests", flaky)
+    samples = write_samples(tmp_path / "s.jsonl", [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks])
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, samples, {**EXEC, "groundtruth_dir": str(tmp_path / "gt")}, out, threads=1)
+    rows = {r["task_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert rows[tasks[0].task_id]["status"] == "pass"
+    assert rows[tasks[1].task_id]["status"] == "groundtruth_error"
+    assert max(calls.values()) == gt.RETRIES
+    cached = json.loads(next((tmp_path / "gt").glob("*.json")).read_text())
+    assert set(cached) == {tasks[0].task_id}  # the failed one is tried again next time
 
 
 def test_mbpp_plus_rules(tmp_path):
@@ -136,3 +219,20 @@ def test_parity_with_stock_evalplus(tmp_path):
     assert not mismatches
     assert all(ours[(t.task_id, 0)] == {"base": True, "plus": True} for t in bench.tasks)
     assert any(not v["plus"] for v in ours.values())  # the mutants do fail somewhere
+
+
+def test_score_counts_a_pass_only_when_every_test_was_judged():
+    """main's score read only the status: rows like `pass, 0/7` (forged captures) counted."""
+    import pandas as pd
+
+    from skipbench.score import sample_passes
+
+    ex = pd.DataFrame([
+        {"task_id": "T/0", "sample_id": 0, "split": "base", "status": "pass", "tests_passed": 7, "tests_total": 7},
+        {"task_id": "T/0", "sample_id": 0, "split": "plus", "status": "pass", "tests_passed": 0, "tests_total": 999},
+        {"task_id": "T/1", "sample_id": 0, "split": "base", "status": "pass", "tests_passed": 0, "tests_total": 7},
+        {"task_id": "T/1", "sample_id": 0, "split": "plus", "status": "pass", "tests_passed": 9, "tests_total": 9},
+    ])  # fmt: skip
+    p = sample_passes(ex)
+    assert p.loc[("T/0", 0), "base"] and not p.loc[("T/0", 0), "plus"]
+    assert not p.loc[("T/1", 0), "base"] and not p.loc[("T/1", 0), "plus"]

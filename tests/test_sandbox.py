@@ -268,3 +268,26 @@ def test_evalplus_execution_profile(env, name, code, task_index, status):
     code = code.replace("CANONICAL_RENAMED", canonical.replace(f"def {task.entry_point}(", "def _c("))
     res, _ = _run(env, code.replace("CANONICAL", canonical), task_index)
     assert res.status == status, res
+
+
+def test_memory_cgroup_bounds_the_sum_of_processes(env):
+    """Three processes of 150 MiB each stay under RLIMIT_AS (200 MiB) one by one; the
+    sandbox's memory cgroup (200 + 2 x 16 + 64 MiB) kills what exceeds their sum. main had
+    no group: all three lived."""
+    small = make_profile({"sandbox": "bwrap", "memory_mb": 200, "importable": []})
+    if small.memory_cgroup == "none":
+        pytest.skip("no memory cgroup can be made here (not root, or no delegated memory controller)")
+    killed = probe(env, (
+        "    import os, time\n    kids = []\n    for _ in range(3):\n        pid = __import__('posix').fork()\n"
+        "        if pid == 0:\n            b = b'x' * (150 << 20)\n            time.sleep(2)\n            os._exit(0)\n"
+        "        kids.append(pid)\n    return sum(os.WIFSIGNALED(os.waitpid(p, 0)[1]) for p in kids)\n"
+    ), small)  # fmt: skip
+    assert killed >= 1
+    assert f"memory_cgroup={small.cgroup_mb()}MiB" in small.enforced()
+
+
+def test_sending_a_large_value_is_not_the_calls_time(env):
+    """A 40 MiB result is judged (WrongOutput), not timed out: its framing and transfer
+    have their own deadlines outside the test's limit and the split's budget."""
+    res, _ = _run(env, SIG + "    return 'x' * (40 << 20)\n")
+    assert (res.status, res.error_type) == ("fail", "WrongOutput"), res

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from skipbench.sandbox import ProtocolError, SandboxProfile, SandboxRun, Usage
-from skipbench.sandbox_driver import ENCODE_S, decode
+from skipbench.sandbox_driver import ENCODE_S, TRANSFER_S, decode
 
 STARTUP_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
 GRACE_S = 1.0  # per-test slack on top of the relay's own timer: pipe, JSON, scheduling
@@ -172,8 +172,9 @@ class _Conversation:
         if not (_shape(msg, "i", "returned", "t") and msg["returned"] is True and type(msg["t"]) in (int, float)):
             raise ProtocolError("expected returned")
         t = float(msg["t"])
-        # The value is framed and sent after the call: its own deadline, not the budget's.
-        got = self.run.next_message(limit + ENCODE_S + GRACE_S)
+        # The value is framed and sent after the call: the relay's own deadlines (encode,
+        # then transfer), not the budget's.
+        got = self.run.next_message(limit + ENCODE_S + TRANSFER_S + GRACE_S)
         if got is None:
             _fail(res, "fail", "Died")
             return False

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from skipbench import sandbox_driver, seccomp
+from skipbench import cgroup, sandbox_driver, seccomp
 from skipbench.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
 from skipbench.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names
     SandboxProfile,
@@ -126,10 +127,19 @@ class SandboxRun:
             os.write(w, seccomp.program())
             os.close(w)
             filt = r
+        self._group = None
+        argv = self._argv(filt)
+        if self.profile.memory_cgroup != "none":
+            where = cgroup.parent()
+            if where is None:
+                raise SandboxUnavailable("the memory cgroup of this profile cannot be made here")
+            name = f"skipbench-{os.getpid()}-{secrets.token_hex(6)}"
+            self._group = cgroup.MemoryGroup(where, name, self.profile.cgroup_mb() << 20, self.uid)
+            argv = self._group.wrap(argv)
         self._t0 = time.perf_counter()
         try:
             self.proc = subprocess.Popen(
-                self._argv(filt), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={}, cwd=cwd, start_new_session=True, close_fds=True, pass_fds=(filt,) if filt else (),
                 user=self.uid, group=self.uid, extra_groups=[] if self.uid is not None else None,
             )  # fmt: skip
@@ -252,6 +262,8 @@ class SandboxRun:
         self.proc.stderr.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._group is not None:
+            self._group.close()
         u = self.usage
         u.wall_s = time.perf_counter() - self._t0
         u.cpu_s = ru.ru_utime + ru.ru_stime

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skipbench import seccomp
+from skipbench import cgroup, seccomp
 
 
 class SandboxUnavailable(RuntimeError):
@@ -33,6 +33,11 @@ class SandboxProfile:
     max_output_mb: int  # size of one message (one test's output) before the sandbox is killed
     importable: tuple[str, ...] = ()  # packages mounted read-only inside (EvalPlus solutions import numpy)
     seccomp: str = "none"  # "deny-list <arch> (N syscalls)" or "none"
+    memory_cgroup: str = "none"  # "v1" | "v2": one group per sandbox, limit `cgroup_mb()`; "none" where not allowed
+
+    def cgroup_mb(self) -> int:
+        """The group's limit: the configured memory, both tmpfs, and the relay's own."""
+        return self.memory_mb + 2 * self.tmp_mb + 64
 
     def describe(self) -> str:
         return json.dumps(dict(asdict(self), enforced=self.enforced()), sort_keys=True)
@@ -45,6 +50,8 @@ class SandboxProfile:
             out += ["namespaces", "ro_root", f"tmpfs_tmp={self.tmp_mb}MiB", f"tmpfs_dev_shm={self.tmp_mb}MiB", "ro_dev"]
         if self.seccomp != "none":
             out.append("seccomp")
+        if self.memory_cgroup != "none":
+            out.append(f"memory_cgroup={self.cgroup_mb()}MiB")
         if os.geteuid() == 0:
             out.append("leased_uid")
         return out
@@ -69,7 +76,9 @@ def make_profile(exec_cfg: dict) -> SandboxProfile:
     importable = tuple(exec_cfg.get("importable", ("numpy",)))
     for name in importable:
         _package_paths(name)  # fail early on a package that is not installed
+    group = cgroup.parent() if exec_cfg.get("memory_cgroup", True) else None
     return SandboxProfile(
+        memory_cgroup=group[1] if group else "none",
         kind=kind,
         tool_version=version,
         python=exec_cfg.get("python") or _default_python(),

@@ -100,7 +100,12 @@ def first_difference(a: list, b: list) -> int | None:
 
 
 def sample_passes(execution: pd.DataFrame) -> pd.DataFrame:
-    """(task_id, sample_id) -> base, plus (bool; plus is NaN without plus tests)."""
+    """(task_id, sample_id) -> base, plus (bool; plus is NaN without plus tests). A split
+    passes only when its row says pass AND every test was judged correct (tests_passed ==
+    tests_total): a row that claims pass on fewer tests is not one."""
+    if {"tests_passed", "tests_total"} <= set(execution):
+        judged = execution["tests_passed"] == execution["tests_total"]
+        execution = execution.assign(status=execution["status"].where(judged, "incomplete"))
     wide = execution.pivot_table(index=["task_id", "sample_id"], columns="split", values="status", aggfunc="first")
     out = pd.DataFrame(index=wide.index)
     out["base"] = wide["base"] == "pass"
