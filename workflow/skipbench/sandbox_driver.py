@@ -343,17 +343,12 @@ def _runner(job, w):
 
 
 def _guard(memory_bytes, code, flavour):
-    """EvalPlus 0.3.1's `reliability_guard` (evalplus/eval/utils.py), applied before the
-    candidate loads as EvalPlus does, so the same honest programs fail or pass. Flavour
-    "livecodebench": LiveCodeBench's (lcb_runner/evaluation/testing_util.py:491-574, called
-    without a memory limit) leaves `exit()` and `open()` alone."""
+    """EvalPlus 0.3.1's `reliability_guard` (evalplus/eval/utils.py), applied before the candidate
+    loads as EvalPlus does; "livecodebench": its own (testing_util.py:491-574, no memory limit)."""
     import builtins
 
-    if flavour == "livecodebench":
-        def exit(code=None):  # what site's exit() does; `-S` leaves it undefined
-            raise SystemExit(code)
-
-        builtins.exit, builtins.quit, builtins.help = exit, None, None
+    if flavour == "livecodebench":  # exit() raises SystemExit as site's does (-S leaves none); open() stays
+        builtins.exit, builtins.quit, builtins.help = sys.exit, None, None
     else:
         if sys.platform != "darwin":
             resource.setrlimit(resource.RLIMIT_STACK, (memory_bytes, memory_bytes))
@@ -366,8 +361,7 @@ def _guard(memory_bytes, code, flavour):
                  "renames truncate replace unlink fchmod fchown chmod chown chroot lchflags lchmod "
                  "lchown getcwd chdir").split():  # fmt: skip
         setattr(os, name, None)
-    # Importing these costs ~12 ms per sandbox, so only for programs that name them (an
-    # honest program that does not will not call them).
+    # ~12 ms per sandbox to import, so only for programs that name them (others will not call them).
     if "shutil" in code:
         import shutil
 
