@@ -17,6 +17,8 @@ rule checkpoint:
         benchmarks=BENCHMARKS,
     log:
         f"{RUN}/logs/checkpoint.log",
+    benchmark:
+        f"{RUN}/benchmarks/checkpoint.tsv",
     threads: workflow.cores
     resources:
         mem_mb=4000,

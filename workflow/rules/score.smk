@@ -15,6 +15,8 @@ rule score:
         entries=SCORED,
     log:
         f"{RUN}/logs/score.log",
+    benchmark:
+        f"{RUN}/benchmarks/score.tsv",
     conda:
         "../../envs/execute.yaml"
     script:

@@ -37,6 +37,8 @@ rule throughput:
         cache=f"{RUN}/.cache/throughput",
     log:
         f"{RUN}/logs/throughput.log",
+    benchmark:
+        f"{RUN}/benchmarks/throughput.tsv",
     threads: workflow.cores
     resources:
         gpu=config["engine"]["gpus"],
