@@ -124,3 +124,18 @@ def test_snakemake_config_from_the_command_line():
     assert "'3' is not of type" not in ok.stderr
     bad = _dry_run("throughput={variants: [dnese]}")
     assert bad.returncode != 0 and "throughput.variants names unknown variants ['dnese']" in bad.stderr + bad.stdout
+
+
+def test_show_prints_the_summary_table(tmp_path, capsys):
+    from report_fixtures import write_run
+    from skipbench.report import draw_report
+    from skipbench.summary import load_run
+
+    run_dir = tmp_path / "results" / "r1"
+    files = write_run(run_dir, optional=False)
+    out = run_dir / "figures"
+    draw_report([load_run("r1", files["scores"])], ["he"], out, out / "summary.parquet", out / "summary.md", 1, [])
+    assert main(["show", "r1", "--directory", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| r1 | he | dense" in text and "pass@1 base [95% CI]" in text
+    assert main(["show", "missing", "--directory", str(tmp_path)]) == 1
