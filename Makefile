@@ -18,6 +18,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 	$(VENV)/bin/snakemake --report results/report.html
+	$(VENV)/bin/skipbench show
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

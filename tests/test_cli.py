@@ -95,3 +95,47 @@ def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, caps
     results = json.loads((tmp_path / "samples_eval_results.json").read_text())
     assert results["hash"] == "fe585eb4df8c88d844eeb463ea4d0302"  # EvalPlus 0.3.1's HumanEval+ v0.1.10 hash
     assert results["eval"]["HumanEval/2"][0]["base_status"] == "fail"
+
+
+def test_bad_interpreter_is_named_without_suggesting_no_sandbox(tmp_path):
+    from skipbench.sandbox import SandboxUnavailable, check_sandbox, make_profile
+
+    profile = make_profile({"sandbox": "none", "python": str(tmp_path / "no-python")})
+    with pytest.raises(SandboxUnavailable, match="execution.python: .*no-python") as e:
+        check_sandbox(profile)
+    assert "sandbox: none" not in str(e.value)
+
+
+def _dry_run(*config):
+    import subprocess
+    import sys
+
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "Snakefile"), "-n", "--quiet", "rules",
+           "--cores", "1", "--config", *config]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.slow
+def test_snakemake_config_from_the_command_line():
+    """`--config 'variants={top3: {strategy: topk, k: 3}}'` adds a variant (k typed by the
+    schema); a typo in throughput.variants names the field."""
+    ok = _dry_run("variants={top3: {strategy: topk, k: 3}}")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "'3' is not of type" not in ok.stderr
+    bad = _dry_run("throughput={variants: [dnese]}")
+    assert bad.returncode != 0 and "throughput.variants names unknown variants ['dnese']" in bad.stderr + bad.stdout
+
+
+def test_show_prints_the_summary_table(tmp_path, capsys):
+    from report_fixtures import write_run
+    from skipbench.report import draw_report
+    from skipbench.summary import load_run
+
+    run_dir = tmp_path / "results" / "r1"
+    files = write_run(run_dir, optional=False)
+    out = run_dir / "figures"
+    draw_report([load_run("r1", files["scores"])], ["he"], out, out / "summary.parquet", out / "summary.md", 1, [])
+    assert main(["show", "r1", "--directory", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| r1 | he | dense" in text and "pass@1 base [95% CI]" in text
+    assert main(["show", "missing", "--directory", str(tmp_path)]) == 1

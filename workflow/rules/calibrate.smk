@@ -13,6 +13,8 @@ rule calibrate:
         benchmarks=BENCHMARKS,
     log:
         f"{RUN}/logs/calibrate.log",
+    benchmark:
+        f"{RUN}/benchmarks/calibrate.tsv",
     threads: workflow.cores
     resources:
         gpu=config["engine"]["gpus"],

@@ -18,6 +18,8 @@ rule checkpoint:
         tasks=memorised_tasks(),
     log:
         f"{RUN}/logs/checkpoint.log",
+    benchmark:
+        f"{RUN}/benchmarks/checkpoint.tsv",
     threads: workflow.cores
     resources:
         mem_mb=4000,

@@ -1,9 +1,13 @@
 # Paths, wildcards and helpers shared by the stage rules. Rules only wire files together;
 # the logic lives in the skipbench library (workflow/skipbench/).
+import os
 from pathlib import Path
 
 RUN = f"results/{config['run']}"
 LIB = f"{workflow.basedir}/workflow/skipbench"  # absolute: works with --directory
+# envs/*.yaml install this checkout as `-e ${SKIPBENCH_ROOT}` (pip expands it): a relative
+# path would resolve against Snakemake's copy of the env file under .snakemake/conda.
+os.environ.setdefault("SKIPBENCH_ROOT", str(workflow.basedir))
 MODEL = config["model"]
 BENCHMARKS = config["benchmarks"]
 VARIANTS = config["variants"]

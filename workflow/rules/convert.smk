@@ -16,6 +16,8 @@ rule fp8_convert:
         direction=MODEL.get("convert", "none"),
     log:
         f"{RUN}/logs/fp8_convert.log",
+    benchmark:
+        f"{RUN}/benchmarks/fp8_convert.tsv",
     threads: workflow.cores
     resources:
         mem_mb=8000,

@@ -13,6 +13,8 @@ rule evalplus_results:
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
     log:
         f"{RUN}/logs/evalplus_results/{{benchmark}}/{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/evalplus_results/{{benchmark}}/{{variant}}.tsv",
     conda:
         "../../envs/execute.yaml"
     script:

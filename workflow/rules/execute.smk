@@ -12,6 +12,8 @@ rule execute:
         execution=config["execution"],
     log:
         f"{RUN}/logs/execute/{{benchmark}}/{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/execute/{{benchmark}}/{{variant}}.tsv",
     threads: workflow.cores
     conda:
         "../../envs/execute.yaml"

@@ -21,6 +21,8 @@ rule figures:
         hardware=HARDWARE,
     log:
         f"{RUN}/logs/figures.log",
+    benchmark:
+        f"{RUN}/benchmarks/figures.tsv",
     conda:
         "../../envs/report.yaml"
     script:

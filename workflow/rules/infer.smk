@@ -25,6 +25,8 @@ rule generate:
         cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}",
     log:
         f"{RUN}/logs/generate/{{benchmark}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/generate/{{benchmark}}.tsv",
     # An engine uses every core (CPU) or its GPUs: run one at a time.
     threads: workflow.cores
     resources:
@@ -57,6 +59,8 @@ rule infer:
         cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}/{wc.variant}",
     log:
         f"{RUN}/logs/infer/{{benchmark}}/{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/infer/{{benchmark}}/{{variant}}.tsv",
     # Its own engine uses every core (CPU) or its GPUs: one at a time. From the cache: one core.
     threads: 1 if SHARED_ENGINE else workflow.cores
     resources:

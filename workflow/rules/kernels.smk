@@ -17,6 +17,8 @@ rule build_kernels:
         tensor_parallel_size=config["engine"].get("tensor_parallel_size", 1),
     log:
         f"{RUN}/logs/build_kernels.log",
+    benchmark:
+        f"{RUN}/benchmarks/build_kernels.tsv",
     threads: workflow.cores
     conda:
         "../../envs/model.yaml"

@@ -23,6 +23,8 @@ if TRACING:
             weight_dtype=ROOFLINE["weight_dtype"],
         log:
             f"{RUN}/logs/traffic/{{benchmark}}.log",
+        benchmark:
+            f"{RUN}/benchmarks/traffic/{{benchmark}}.tsv",
         conda:
             "../../envs/report.yaml"
         script:
@@ -47,6 +49,8 @@ if TRACING:
             context_len=config["generation"]["max_new_tokens"] // 2 + 256,
         log:
             f"{RUN}/logs/roofline.log",
+        benchmark:
+            f"{RUN}/benchmarks/roofline.tsv",
         threads: workflow.cores
         conda:
             "../../envs/model.yaml"

@@ -22,6 +22,8 @@ rule score:
         benchmarks=BENCHMARKS,
     log:
         f"{RUN}/logs/score.log",
+    benchmark:
+        f"{RUN}/benchmarks/score.tsv",
     conda:
         "../../envs/execute.yaml"
     script:

@@ -5,6 +5,9 @@
 
 THROUGHPUT = config["throughput"]
 THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS))
+if set(THROUGHPUT_VARIANTS) - set(VARIANTS):
+    raise ValueError(f"throughput.variants names unknown variants {sorted(set(THROUGHPUT_VARIANTS) - set(VARIANTS))}; "
+                     f"known: {sorted(VARIANTS)}")  # fmt: skip
 # Prompts are drawn from the first benchmark the workflow generates for.
 THROUGHPUT_BENCHMARK = next((b for b in BENCHMARKS if generated_variants(b)), next(iter(BENCHMARKS)))
 
@@ -35,6 +38,8 @@ rule throughput:
         cache=f"{RUN}/.cache/throughput",
     log:
         f"{RUN}/logs/throughput.log",
+    benchmark:
+        f"{RUN}/benchmarks/throughput.tsv",
     threads: workflow.cores
     resources:
         gpu=config["engine"]["gpus"],

@@ -29,6 +29,8 @@ rule table_view:
         table="(score|throughput|traffic|roofline)/[A-Za-z0-9._-]+",
     log:
         f"{RUN}/logs/views/{{table}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/views/{{table}}.tsv",
     conda:
         "../../envs/report.yaml"
     script:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.benchmarks import Task, load_tasks
 from skipbench.disjoint import EvaluatedTexts
@@ -192,7 +192,7 @@ def run_calibration(model_dir: Path, tasks: list[Task], out_path: Path, dtype: s
 
         handles += [norm.register_forward_pre_hook(pre), moe.register_forward_hook(post)]
     try:
-        for task in tqdm(tasks, desc="calibrate", unit="text"):
+        for task in track(tasks, desc="calibrate", unit="text"):
             ids = tok(task.prompt + task.canonical_solution, return_tensors="pt")["input_ids"][:, :max_tokens]
             model(ids)
     finally:

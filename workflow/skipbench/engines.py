@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skipbench.progress import heartbeat
 from skipbench.strategies import SkipRule
 from skipbench.traces import assemble_steps
 from skipbench_kernels.integration import SKIP_PATH as KERNEL_SKIP_PATH
@@ -143,7 +144,7 @@ class VllmEngine:
         if not torch.cuda.is_available():
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; tiny default
             env |= dict.fromkeys(BLAS_THREAD_VARS)
-        with _env(**env):
+        with _env(**env), heartbeat(f"vLLM engine start ({Path(model_dir).name})"):
             self.llm = LLM(model=str(model_dir), seed=seed, worker_extension_cls=WORKER_EXTENSION, **args)
         stats = self._check_rule(rule)
         if stats["skip_path"] == "mixed":
@@ -179,7 +180,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=stop, seed=seed)
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        with heartbeat(f"generate {len(prompts)} prompts"):
+            outs = self.llm.generate(prompts, params, use_tqdm=False)
         self._requests = [(o.request_id, len(o.prompt_token_ids)) for o in outs]
         return [
             Generation(o.outputs[0].text, list(o.outputs[0].token_ids), len(o.prompt_token_ids), o.outputs[0].finish_reason)

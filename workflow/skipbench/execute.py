@@ -24,7 +24,6 @@ from pathlib import Path
 from queue import Queue
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from skipbench import livecodebench as lcb
 from skipbench.benchmarks import Benchmark, Task, load_benchmark
@@ -32,6 +31,7 @@ from skipbench.compare import is_floats, outputs_match
 from skipbench.groundtruth import SplitTruth, build_groundtruth, output_mode
 from skipbench.harness import Outcome, run_tests
 from skipbench.io import write_table
+from skipbench.progress import track
 from skipbench.sandbox import SandboxProfile, check_sandbox, make_profile
 from skipbench.sandbox_driver import decode
 from skipbench.samples import read_journal, read_samples
@@ -192,7 +192,7 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
         rows = list(done.values())
         with ThreadPoolExecutor(threads) as pool:
             futures = [pool.submit(one, *j) for j in jobs]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"execute {bench.dataset}"):
+            for fut in track(as_completed(futures), total=len(futures), desc=f"execute {bench.dataset}", unit="run"):
                 rows.append(fut.result())
     rows.sort(key=lambda r: (r["task_id"], r["sample_id"], r["split"]))
     write_table(out_path, rows, EXECUTE_SCHEMA)

@@ -56,7 +56,8 @@ def variant_colours(strategy_of: dict[str, str], hues: dict[str, tuple] | None =
 
 def panel_grid(rows: int, cols: int, width: float = 5.2, height: float = 4.2):
     """A figure for a logical rows x cols grid of panels, wrapped to MAX_COLS per row.
-    Returns (fig, axes) with axes[r][c] the logical panel; spare cells are hidden."""
+    Returns (fig, axes) with axes[r][c] the logical panel; spare cells are removed, so
+    fig.axes lists the panels row by row."""
     rows, cols = max(rows, 1), max(cols, 1)
     per_row = min(cols, MAX_COLS)
     lines = math.ceil(cols / per_row)  # physical rows per logical row
@@ -66,7 +67,7 @@ def panel_grid(rows: int, cols: int, width: float = 5.2, height: float = 4.2):
     used = {id(ax) for row in axes for ax in row}
     for ax in grid_axes.flat:
         if id(ax) not in used:
-            ax.set_visible(False)
+            ax.remove()
     return fig, axes
 
 
@@ -81,15 +82,27 @@ _OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2) for dx, dy in
             ((5, 4), (5, -12), (-5, 4), (-5, -12), (0, 9), (0, -17), (9, -4), (-9, -4))]  # fmt: skip
 
 
-def place_labels(ax, points: list[tuple[float, float, str, tuple]], fontsize: float = MIN_FONT) -> list:
-    """Name each (x, y, text, colour) point without overlapping other labels or points.
+def label_points(ax, points: list[tuple[float, float, str, tuple]]) -> None:
+    """Name each (x, y, text, colour) point of `ax` when the figure is final (`place_labels`)."""
+    ax._skipbench_labels = list(points)  # read by place_labels; an Axes has no other slot for it
 
-    Greedy in the order given: every label takes the first offset whose box is inside the
-    axes and free, else the offset with the least overlap. Run after the axes' limits are
-    final (call it last); the layout engine is executed first so positions are final."""
-    fig = ax.figure
+
+def place_labels(fig, fontsize: float = MIN_FONT) -> None:
+    """Place every label of `label_points`, after one layout pass of the whole figure."""
     if fig.get_layout_engine() is not None:
         fig.get_layout_engine().execute(fig)
+    for ax in fig.axes:
+        if getattr(ax, "_skipbench_labels", None):
+            _place(ax, ax._skipbench_labels, fontsize)
+            ax._skipbench_labels = []
+
+
+def _place(ax, points: list[tuple[float, float, str, tuple]], fontsize: float) -> list:
+    """Name each (x, y, text, colour) point without overlapping other labels, points or lines.
+
+    Greedy in the order given: every label takes the first offset whose box is inside the
+    axes and free, else the offset with the least overlap."""
+    fig = ax.figure
     renderer = fig.canvas.get_renderer()
     to_px = fig.dpi / 72
     frame = ax.get_window_extent(renderer)

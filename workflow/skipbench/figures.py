@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skipbench.figstyle import FRONT_COLOUR, STYLE, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
+from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
 from skipbench.io import atomic_path  # noqa: E402
 from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
@@ -52,6 +52,7 @@ FIDELITY_AXES = [
 
 def save(fig, stem: Path) -> list[Path]:
     """Write `stem`.png and `stem`.svg with no date or software stamp (deterministic bytes)."""
+    place_labels(fig)  # now that every panel is final
     paths = []
     for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
         path = stem.with_suffix(f".{fmt}")
@@ -95,7 +96,7 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
                     errors: bool = True) -> list[tuple]:  # fmt: skip
     """One curve per strategy over its settings, ordered by experts per token (the amount
     of skipping the setting realised); dense a star, each setting a shade of its strategy's
-    hue. Returns the points to name, (x, y, variant, colour): name them with `place_labels`
+    hue. Returns the points to name, (x, y, variant, colour): name them with `label_points`
     once the axes are final."""
     shade = variant_colours(dict(zip(data["variant"], data["strategy"])), colours)
     points = []
@@ -139,7 +140,7 @@ def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, sp
     ax.set_ylim(-0.05, 1.1)
     ax.grid(alpha=0.3)
     legend_below(ax)
-    place_labels(ax, points)
+    label_points(ax, points)
     return data["variant"].iloc[front].tolist()
 
 
@@ -280,7 +281,7 @@ def fidelity_figure(runs: list[RunTables], benchmark: str):
             ax.set_title(f"{t.run}: {benchmark}")
             ax.grid(alpha=0.3)
             legend_below(ax)
-            place_labels(ax, points)
+            label_points(ax, points)
     fig.suptitle(f"{benchmark}: fidelity to the dense model vs experts per token")
     return fig
 

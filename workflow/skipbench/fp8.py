@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.io import atomic_dir, write_json, write_table
 from skipbench.layout import CONFIG_NAME, DTYPE_BYTES, copy_side_files, read_index, write_index
@@ -237,7 +237,7 @@ def convert_checkpoint(
     rows, new_map, total_size = [], {}, 0
     log.info("%s: %d shards of %s on %s", direction, len(shards), src_dir, dev)
     with atomic_dir(dst_dir) as tmp:
-        for shard in tqdm(shards, desc=direction, unit="shard"):
+        for shard in track(shards, desc=direction, unit="shard"):
             out: dict[str, torch.Tensor] = {}
             with safe_open(src_dir / shard, framework="pt") as f:
                 for name in f.keys():

@@ -17,7 +17,7 @@ from pathlib import Path
 from queue import Queue
 
 from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.benchmarks import Benchmark, Task
 from skipbench.harness import run_tests
@@ -120,7 +120,8 @@ def build_groundtruth(bench: Benchmark, profile: SandboxProfile, cache_dir: Path
                     slots.put(uid)
 
             with ThreadPoolExecutor(max(1, threads)) as pool:
-                for task_id, entry in tqdm(pool.map(one, todo), total=len(todo), desc=f"ground truth {bench.dataset}"):
+                for task_id, entry in track(pool.map(one, todo), total=len(todo), desc=f"ground truth {bench.dataset}",
+                                            unit="task"):
                     cache[task_id] = entry
         # A canonical solution that failed every try is not cached: the next run tries again.
         write_json(path, {k: v for k, v in cache.items() if not any("error" in e for e in v.values())})

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
@@ -205,7 +205,7 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
     """Generate cache.todo batch by batch with `engine` (already running cache.rule);
     each batch is checkpointed as soon as it is done. Returns the new batch records."""
     fresh = []
-    for batch in tqdm(_batches(cache.todo, gen.batch_size), desc=f"infer {cache.variant}", unit="batch"):
+    for batch in track(_batches(cache.todo, gen.batch_size), desc=f"infer {cache.variant}", unit="batch"):
         t0 = time.perf_counter()
         gens = engine.generate([t.prompt for t in batch], gen.max_new_tokens, gen.stop, gen.seed)
         wall = time.perf_counter() - t0

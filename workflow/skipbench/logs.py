@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from skipbench.progress import ENV, terminal_fd
+
 
 def log_to(path: str | os.PathLike | None, level: int = logging.INFO) -> None:
     """Send logging and the process's stdout/stderr file descriptors to `path`.
@@ -20,6 +22,8 @@ def log_to(path: str | os.PathLike | None, level: int = logging.INFO) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
         sys.stderr.flush()
+        if terminal_fd() is None:  # keep Snakemake's stderr for progress lines (skipbench.progress)
+            os.environ[ENV] = f"{os.getpid()}:{os.dup(2)}"
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)

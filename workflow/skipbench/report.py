@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.figures import (
     STYLE,
@@ -69,7 +69,7 @@ def draw_report(
     columns = speedup_columns(runs, hardware)
     fronts = {}
     with plt.rc_context(STYLE):
-        for stem in tqdm(report_files(out_dir, benchmarks), desc="figures"):
+        for stem in track(report_files(out_dir, benchmarks), desc="figures", unit="figure"):
             kind, _, benchmark = stem.partition("_")
             if kind == "tradeoff":
                 fig, fronts[(kind, benchmark)] = tradeoff_figure(runs, benchmark)

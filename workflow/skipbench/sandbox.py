@@ -275,6 +275,8 @@ class SandboxRun:
 
 def check_sandbox(profile: SandboxProfile) -> None:
     """Refuse to run untrusted code unless the sandbox really isolates it."""
+    if not os.access(profile.python, os.X_OK):  # a wrong path: turning isolation off would not help
+        raise SandboxUnavailable(f"execution.python: {profile.python} is not an executable interpreter on this machine")
     if profile.kind == "none":
         banner = "!" * 78
         log.warning("%s\n!! execution.sandbox: none -- untrusted code runs WITHOUT bubblewrap "

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
+from skipbench.progress import track
 
 from skipbench.calibrate import variant_rule
 from skipbench.engines import device_name, open_engine, swaps_rules
@@ -211,7 +211,7 @@ def _sweep(engine, names: list[str], rules: dict, prompts, prompt_len, concurren
             engine.set_rule(rules[name])
         skip_path[name] = engine.skip_path
 
-    for c in tqdm(concurrency, desc=f"throughput {' '.join(names)}", unit="level"):
+    for c in track(concurrency, desc=f"throughput {' '.join(names)}", unit="level"):
         for name in names:  # excluded: first shapes, allocations, the rule's first build
             use(name)
             run_wave(llm_engine, pool, c, c, output_len, f"warmup{c}-{name}")

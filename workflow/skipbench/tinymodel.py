@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, PreTrainedTokenizerFast
-from tqdm import tqdm
+from skipbench.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def memorise(
     model.train()
     out = TrainLog()
     t0 = time.perf_counter()
-    bar = tqdm(range(1, max_steps + 1), desc="memorise", unit="step")
+    bar = track(range(1, max_steps + 1), desc="memorise", unit="step")
     for step in bar:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -191,7 +191,7 @@ def greedy_completions(
     """Greedy completion of each prompt, stopping at EOS (which is not part of the text)."""
     model.eval()
     texts = []
-    for prompt in tqdm(prompts, desc="greedy check", unit="task"):
+    for prompt in track(prompts, desc="greedy check", unit="task"):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
