@@ -234,6 +234,12 @@ def test_bench_smoke_run_writes_a_table_the_roofline_reads(tmp_path):
     assert {"batch", "rule", "distinct_experts", "slots", "ms"} <= set(kernel.columns)
     cal = fit_kernel_calibration(kernel.dropna(subset=["ms"]), load_profile("h200"))
     assert cal.points == kernel["ms"].notna().sum()
+    live = pd.read_csv(tmp_path / "rows_live.csv")  # appended row by row: the same rows
+    assert len(live) == len(rows) and list(live["ms"].isna()) == list(rows["ms"].isna())
+    parts = pd.read_csv(tmp_path / "parts.csv")
+    assert {"layout", "prepare", "gate_up", "down", "layer", "vllm_fused_moe"} <= set(parts["part"])
+    assert parts[parts["part"] == "vllm_fused_moe"]["status"].str.startswith("not run").all()  # GPU only
+    assert parts[~parts["status"].str.startswith("ok")]["ms"].isna().all()
 
 
 def _tiny_transformers_model():
