@@ -68,6 +68,9 @@ class MoeConfig:
 # padding; kernels/static_check.py: 190 / 106 SASS instructions per K step per warp on
 # sm_90 (gate/up / down). kernel_build tunes per batch.
 DEFAULT_CONFIG = MoeConfig(8, GemmConfig(128, 128, 4, 4), GemmConfig(64, 128, 4, 4))
+# BF16/FP16/FP32 weights: 2-4x the bytes per tile, so narrower K steps to fit shared memory.
+DEFAULT_CONFIG_WIDE = MoeConfig(8, GemmConfig(64, 64, 4, 3), GemmConfig(64, 64, 4, 3))
+SMEM_LIMIT = 200 * 1024  # bytes of pipelined tiles per CTA: sm_90 allows 227 KiB, Triton needs some for itself
 CTAS_PER_SM = 2  # persistent grid: this many programs per SM, each looping over work items
 INTERPRETER_PROGRAMS = 3  # the interpreter runs programs one by one: few, to test the item loop
 
@@ -194,12 +197,20 @@ def _down_kernel(h_ptr, hs_ptr, w_desc, ws_ptr, stride_wse, stride_wsn,
                 tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=t[:, None] < T)
 
 
-def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool) -> str | None:
-    """Why `config` cannot tile these expert shapes (None: it can)."""
+def default_config(fp8: bool) -> MoeConfig:
+    return DEFAULT_CONFIG if fp8 else DEFAULT_CONFIG_WIDE
+
+
+def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool, weight_bytes: int = 1) -> str | None:
+    """Why `config` cannot tile these expert shapes with weights of weight_bytes (None: it can)."""
     for name, g, kd, n in (("gate_up", config.gate_up, hidden, intermediate), ("down", config.down, intermediate, hidden)):
         if kd % g.block_k or n % g.block_n or (fp8 and (BLOCK % g.block_k or BLOCK % g.block_n)):
             return (f"{name}: block_k {g.block_k} / block_n {g.block_n} do not divide {kd} / {n}"
                     + (" (FP8 needs both dividing 128)" if fp8 else ""))
+        tiles = 2 if name == "gate_up" else 1  # gate and up
+        smem = g.num_stages * (tiles * g.block_n * g.block_k * weight_bytes + config.block_m * g.block_k * (1 if fp8 else 4))
+        if smem > SMEM_LIMIT:
+            return f"{name}: {g.num_stages} stages of its tiles need {smem // 1024} KiB of shared memory (> {SMEM_LIMIT // 1024})"
     if fp8 and (hidden % BLOCK or intermediate % BLOCK):
         return f"FP8 block scales need hidden {hidden} and intermediate {intermediate} multiples of {BLOCK}"
     if fp8 and config.gate_up.block_n != BLOCK:
@@ -219,7 +230,7 @@ def _check(x, w13, w2, w13_scale, w2_scale, config: MoeConfig) -> bool:
     if fp8 and (tuple(w13_scale.shape) != (e, 2 * i // BLOCK, h // BLOCK) or tuple(w2_scale.shape) != (e, h // BLOCK, i // BLOCK)):
         raise ValueError(f"FP8 scales {tuple(w13_scale.shape)}, {tuple(w2_scale.shape)} are not 128x128 blocks of "
                          f"w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")  # fmt: skip
-    if (why := config_misfit(config, h, i, fp8)) is not None:
+    if (why := config_misfit(config, h, i, fp8, w13.element_size())) is not None:
         raise ValueError(why)
     if not (w13.is_contiguous() and w2.is_contiguous()):
         raise ValueError("weights must be contiguous (checkpoint layout [E, N, K]): the kernel reads them by TMA")
@@ -248,7 +259,7 @@ def moe_triton(
     keep: torch.Tensor | None = None,  # T, K   False = skipped: never loaded, never computed
     w13_scale: torch.Tensor | None = None,  # E, 2I/128, H/128   fp32 (FP8 only)
     w2_scale: torch.Tensor | None = None,  # E, H/128, I/128
-    config: MoeConfig = DEFAULT_CONFIG,
+    config: MoeConfig | None = None,  # None: default_config for the weights' dtype
     pad_slots: torch.Tensor | None = None,  # >= T ints: a token whose entry is negative is padding (zero output)
 ) -> torch.Tensor:
     """Routed-expert output [T, H] in x's dtype; same contract as reference.moe_reference
@@ -261,12 +272,13 @@ def moe_triton(
     return out
 
 
-def moe_launches(x, w13, w2, ids, weights, keep=None, w13_scale=None, w2_scale=None, config: MoeConfig = DEFAULT_CONFIG,
+def moe_launches(x, w13, w2, ids, weights, keep=None, w13_scale=None, w2_scale=None, config: MoeConfig | None = None,
                  pad_slots=None) -> tuple[dict[str, Callable[[], None]], torch.Tensor]:
     """({prepare, gate_up, down}: the layer's launches over shared buffers, out [T, H]).
     Arguments as moe_triton's. prepare has run once; each may be re-run alone (bench.py
     times them one by one): the down launch's last-arrival test counts modulo the used
     blocks, so its re-runs still write out (out then holds the sum of the runs)."""
+    config = config or default_config(w13.dtype == torch.float8_e4m3fn)
     fp8 = _check(x, w13, w2, w13_scale, w2_scale, config)
     t, h = x.shape
     e, two_i, _ = w13.shape

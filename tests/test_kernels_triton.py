@@ -23,7 +23,7 @@ if not CUDA and not mt.UPCAST_DOT:
     pytest.skip("kernels were jitted before TRITON_INTERPRET was set", allow_module_level=True)
 
 DEV = "cuda" if CUDA else "cpu"
-TINY = mt.MoeConfig(16, mt.GemmConfig(128, 128), mt.GemmConfig(64, 128))
+TINY = mt.MoeConfig(16, mt.GemmConfig(128, 128, 4, 1), mt.GemmConfig(64, 128, 4, 1))  # 1 stage: fp32 tiles fit
 
 
 def _case(kind, t=24, h=256, i=128, e=6, k=3, p_keep=0.7, seed=0, device=DEV):
@@ -83,8 +83,8 @@ def test_fp8_tensor_parallel_shards_sum_to_the_whole_layer():
     assert _rel_err(out, _ref64(args, scales, "fp8")) < 1e-4
 
 
-@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)), mt.DEFAULT_CONFIG,
-                                    mt.MoeConfig(32, mt.GemmConfig(128, 128), mt.GemmConfig(128, 64))])
+@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)), mt.DEFAULT_CONFIG_WIDE,
+                                    mt.MoeConfig(32, mt.GemmConfig(128, 64, 4, 2), mt.GemmConfig(128, 64))])
 def test_tile_configs_agree(config):
     args, scales = _case("fp32", seed=1)
     torch.testing.assert_close(mt.moe_triton(*args, config=config), mt.moe_triton(*args, config=TINY))
@@ -175,7 +175,7 @@ def test_config_round_trips_and_bad_shapes_are_refused():
 @pytest.mark.parametrize("tokens", [1, 64])
 def test_deepseek_v3_shapes_on_gpu(kind, tokens):
     args, scales = _case(kind, t=tokens, h=7168, i=2048, e=16, k=8, p_keep=0.6)
-    out = mt.moe_triton(*args, **scales, config=mt.DEFAULT_CONFIG)
+    out = mt.moe_triton(*args, **scales)  # the default config for the dtype
     assert _rel_err(out, _ref64(args, scales, kind)) < TOLERANCE[kind]
 
 

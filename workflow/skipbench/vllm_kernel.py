@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from skipbench_kernels.integration import SKIP_PATH, KernelChoice, triton_runs_on
-from skipbench_kernels.moe_triton import DEFAULT_CONFIG, config_misfit
+from skipbench_kernels.moe_triton import config_misfit, default_config
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
         return why
     if not fp8 and w13.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"weight dtype {w13.dtype}"
-    for config in {DEFAULT_CONFIG, *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
-        if (why := config_misfit(config, h, two_i // 2, fp8)) is not None:
+    for config in {default_config(fp8), *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
+        if (why := config_misfit(config, h, two_i // 2, fp8, w13.element_size())) is not None:
             return f"tile config {config.to_json()}: {why}"
     if w13.stride(-1) != 1 or w2.stride(-1) != 1:
         return "weights not contiguous along the reduction dim"
