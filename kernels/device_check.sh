@@ -76,6 +76,6 @@ export py
 phase facts 30 bash -c facts
 grep -q "no GPU" "$work/facts.log" && smoke=(--smoke)
 
-phase bench "$bench_s" "$py" kernels/bench.py --out "$work/bench" --budget-s $((bench_s - 25)) "${smoke[@]}"
+phase bench "$bench_s" "$py" kernels/bench.py --out "$work/bench" --budget-s $((bench_s - 45)) "${smoke[@]}"  # 45 s: imports, writing outputs
 phase gpu_tests "$tests_s" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_triton.py tests/test_vllm_kernel.py
 cat "$work/bench/summary.md" 2>/dev/null | head -40
