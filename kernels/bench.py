@@ -238,6 +238,8 @@ def write_outputs(out: Path, rows: list[dict], meta: dict, parts: list[dict] = (
         wide = pf.pivot_table(index=["batch", "rule"], columns="part", values="ms", sort=False).reset_index()
         parts_md = "\n\nPer launch, ms (`layout` alone; `prepare`, `gate_up`, `down`: the three launches; `layer`: all; " \
                    "`vllm_fused_moe`: vLLM's fused MoE, see parts.csv notes):\n\n" + _markdown(wide)
+        notes = pf[pf["part"] == "vllm_fused_moe"][["batch", "rule", "status", "note"]]
+        parts_md += "\n\nvLLM's fused MoE:\n\n" + _markdown(notes)
     else:
         parts_md = ""
     if not rows:

@@ -110,7 +110,6 @@ class Capture:
 
 def torch_ops(fn) -> list[str]:
     """Names of the torch ops fn runs that launch a kernel on a GPU (views, allocations left out)."""
-    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     ops = []
