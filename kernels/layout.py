@@ -1,4 +1,7 @@
-"""Routing -> expert-sorted, block-padded layout, on the device, with no host sync.
+"""Routing -> expert-sorted, block-padded layout: the readable reference (torch ops).
+
+The kernel runs the same layout as one CTA of its prepare launch (prepare.py); this
+version (some 40 small torch ops) is what tests compare it with.
 
 The grouped expert GEMMs work on blocks of `block_m` rows that all belong to one expert.
 A row is one routed (token, slot) pair, named by its flat index p = token * K + slot.
@@ -86,7 +89,7 @@ def with_shared_expert(
     """Add the shared expert as one more slot (id `shared_id`, weight 1, always kept).
 
     With its weights stacked after the routed experts (stack_shared_expert), the shared
-    expert then runs in the same two launches as the routed ones. Returns [T, K+1] each.
+    expert then runs in the same launches as the routed ones. Returns [T, K+1] each.
     """
     t = ids.shape[0]
     if keep is None:

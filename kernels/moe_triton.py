@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import triton
@@ -66,6 +68,9 @@ class MoeConfig:
 # padding; kernels/static_check.py: 190 / 106 SASS instructions per K step per warp on
 # sm_90 (gate/up / down). kernel_build tunes per batch.
 DEFAULT_CONFIG = MoeConfig(8, GemmConfig(128, 128, 4, 4), GemmConfig(64, 128, 4, 4))
+# BF16/FP16/FP32 weights: 2-4x the bytes per tile, so narrower K steps to fit shared memory.
+DEFAULT_CONFIG_WIDE = MoeConfig(8, GemmConfig(64, 64, 4, 3), GemmConfig(64, 64, 4, 3))
+SMEM_LIMIT = 200 * 1024  # bytes of pipelined tiles per CTA: sm_90 allows 227 KiB, Triton needs some for itself
 CTAS_PER_SM = 2  # persistent grid: this many programs per SM, each looping over work items
 INTERPRETER_PROGRAMS = 3  # the interpreter runs programs one by one: few, to test the item loop
 
@@ -79,23 +84,15 @@ UPCAST_DOT = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def _mma(w, a, acc, scale, FP8: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + w @ a (FP8: rescaled per K block by scale [BA], the weight block's scale times a's)."""
+def _mma(w, a, acc, ws_ptr, a_s, FP8: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + w @ a. FP8: rescaled per K block by the weight block's scale (read at ws_ptr)
+    times a's row scales a_s [BA]; other weights have no scales and read nothing."""
     if FP8:
-        return acc + tl.dot(w, a) * scale[None, :]
+        return acc + tl.dot(w, a) * (tl.load(ws_ptr) * a_s)[None, :]
     elif UPCAST:
         return tl.dot(w.to(tl.float32), a.to(w.dtype).to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(w, a.to(w.dtype), acc, input_precision="ieee")  # ieee: fp32 weights get no tf32
-
-
-@triton.jit
-def _w_scale(ptr, FP8: tl.constexpr):
-    """The weight block's scale (FP8; other weights have none and read nothing)."""
-    if FP8:
-        return tl.load(ptr)
-    else:
-        return 1.0
 
 
 @triton.jit
@@ -120,9 +117,9 @@ def _tile_matmul(w_desc, w_row0, W_ROW2, ws_ptr, stride_wsn,  # W: TMA descripto
     for k0 in range(0, KD, BLOCK_K):
         a = tl.load(a_ptrs, mask=a_mask[None, :], other=0.0)
         a_s = tl.load(as_ptr + a_rows * stride_asm + k0 // BLOCK_SCALE, mask=a_mask & FP8, other=0.0)  # BA
-        acc = _mma(w_desc.load([w_row0, k0]), a, acc, _w_scale(ws_ptrs, FP8) * a_s, FP8, UPCAST)
+        acc = _mma(w_desc.load([w_row0, k0]), a, acc, ws_ptrs, a_s, FP8, UPCAST)
         if PAIRED:
-            acc2 = _mma(w_desc.load([w_row0 + W_ROW2, k0]), a, acc2, _w_scale(ws_ptrs + ws2_offs, FP8) * a_s, FP8, UPCAST)
+            acc2 = _mma(w_desc.load([w_row0 + W_ROW2, k0]), a, acc2, ws_ptrs + ws2_offs, a_s, FP8, UPCAST)
         a_ptrs += BLOCK_K
         ws_ptrs += 1
     if PAIRED:
@@ -188,10 +185,11 @@ def _down_kernel(h_ptr, hs_ptr, w_desc, ws_ptr, stride_wse, stride_wsn,
         route_w = tl.load(route_w_ptr + pair, mask=valid, other=0.0).to(tl.float32)
         tl.atomic_add(acc_ptr + token[None, :].to(tl.int64) * H + cols[:, None], acc * route_w[None, :],
                       mask=valid[None, :], sem="relaxed")
-        # Every used block adds to every column tile once: the used-th arrival is the last.
+        # Every used block adds to every column tile once: the used-th arrival is the last
+        # (modulo: a launch re-run alone for timing, tickets not re-zeroed, still ends in a cast).
         # Barrier, then one release (CUTLASS's GenericBarrier::arrive_inc pattern).
         tl.debug_barrier()
-        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel") == used - 1:
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel") % used == used - 1:
             for t0 in range(0, T, BLOCK_M):
                 t = t0 + tl.arange(0, BLOCK_M)
                 offs = t[:, None].to(tl.int64) * H + cols[None, :]
@@ -199,12 +197,20 @@ def _down_kernel(h_ptr, hs_ptr, w_desc, ws_ptr, stride_wse, stride_wsn,
                 tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=t[:, None] < T)
 
 
-def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool) -> str | None:
-    """Why `config` cannot tile these expert shapes (None: it can)."""
+def default_config(fp8: bool) -> MoeConfig:
+    return DEFAULT_CONFIG if fp8 else DEFAULT_CONFIG_WIDE
+
+
+def config_misfit(config: MoeConfig, hidden: int, intermediate: int, fp8: bool, weight_bytes: int = 1) -> str | None:
+    """Why `config` cannot tile these expert shapes with weights of weight_bytes (None: it can)."""
     for name, g, kd, n in (("gate_up", config.gate_up, hidden, intermediate), ("down", config.down, intermediate, hidden)):
         if kd % g.block_k or n % g.block_n or (fp8 and (BLOCK % g.block_k or BLOCK % g.block_n)):
             return (f"{name}: block_k {g.block_k} / block_n {g.block_n} do not divide {kd} / {n}"
                     + (" (FP8 needs both dividing 128)" if fp8 else ""))
+        tiles = 2 if name == "gate_up" else 1  # gate and up
+        smem = g.num_stages * (tiles * g.block_n * g.block_k * weight_bytes + config.block_m * g.block_k * (1 if fp8 else 4))
+        if smem > SMEM_LIMIT:
+            return f"{name}: {g.num_stages} stages of its tiles need {smem // 1024} KiB of shared memory (> {SMEM_LIMIT // 1024})"
     if fp8 and (hidden % BLOCK or intermediate % BLOCK):
         return f"FP8 block scales need hidden {hidden} and intermediate {intermediate} multiples of {BLOCK}"
     if fp8 and config.gate_up.block_n != BLOCK:
@@ -224,7 +230,7 @@ def _check(x, w13, w2, w13_scale, w2_scale, config: MoeConfig) -> bool:
     if fp8 and (tuple(w13_scale.shape) != (e, 2 * i // BLOCK, h // BLOCK) or tuple(w2_scale.shape) != (e, h // BLOCK, i // BLOCK)):
         raise ValueError(f"FP8 scales {tuple(w13_scale.shape)}, {tuple(w2_scale.shape)} are not 128x128 blocks of "
                          f"w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")  # fmt: skip
-    if (why := config_misfit(config, h, i, fp8)) is not None:
+    if (why := config_misfit(config, h, i, fp8, w13.element_size())) is not None:
         raise ValueError(why)
     if not (w13.is_contiguous() and w2.is_contiguous()):
         raise ValueError("weights must be contiguous (checkpoint layout [E, N, K]): the kernel reads them by TMA")
@@ -253,13 +259,26 @@ def moe_triton(
     keep: torch.Tensor | None = None,  # T, K   False = skipped: never loaded, never computed
     w13_scale: torch.Tensor | None = None,  # E, 2I/128, H/128   fp32 (FP8 only)
     w2_scale: torch.Tensor | None = None,  # E, H/128, I/128
-    config: MoeConfig = DEFAULT_CONFIG,
+    config: MoeConfig | None = None,  # None: default_config for the weights' dtype
     pad_slots: torch.Tensor | None = None,  # >= T ints: a token whose entry is negative is padding (zero output)
 ) -> torch.Tensor:
     """Routed-expert output [T, H] in x's dtype; same contract as reference.moe_reference
     with quantize_activations = (weights are FP8). Three launches, no host sync.
     pad_slots: vLLM's slot mapping under CUDA graphs, where a batch is padded to a captured
     size; the padding tokens' routing is garbage and must not load experts."""
+    launches, out = moe_launches(x, w13, w2, ids, weights, keep, w13_scale, w2_scale, config, pad_slots)
+    launches["gate_up"]()  # prepare ran when its buffers were made
+    launches["down"]()
+    return out
+
+
+def moe_launches(x, w13, w2, ids, weights, keep=None, w13_scale=None, w2_scale=None, config: MoeConfig | None = None,
+                 pad_slots=None) -> tuple[dict[str, Callable[[], None]], torch.Tensor]:
+    """({prepare, gate_up, down}: the layer's launches over shared buffers, out [T, H]).
+    Arguments as moe_triton's. prepare has run once; each may be re-run alone (bench.py
+    times them one by one): the down launch's last-arrival test counts modulo the used
+    blocks, so its re-runs still write out (out then holds the sum of the runs)."""
+    config = config or default_config(w13.dtype == torch.float8_e4m3fn)
     fp8 = _check(x, w13, w2, w13_scale, w2_scale, config)
     t, h = x.shape
     e, two_i, _ = w13.shape
@@ -275,16 +294,18 @@ def moe_triton(
     p = lay.pairs.numel()
     h_buf = torch.empty(p, i, dtype=torch.float8_e4m3fn if fp8 else torch.float32, device=x.device)  # P, I
     hs = torch.empty(p, i // BLOCK, dtype=torch.float32, device=x.device) if fp8 else h_buf  # P, I/128
-    _gate_up_kernel[(persistent_grid(lay.max_blocks * (i // gu.block_n), x.device),)](
+    gate_up = partial(
+        _gate_up_kernel[(persistent_grid(lay.max_blocks * (i // gu.block_n), x.device),)],
         prep.xq, prep.xq.stride(0), prep.xs, _weight_desc(w13, gu), s13, s13.stride(0), s13.stride(1),
         h_buf, hs, lay.pairs, lay.block_expert, lay.used_blocks, h, i, lay.slots,
         BLOCK_M=config.block_m, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, FP8=fp8, UPCAST=UPCAST_DOT,
         num_warps=gu.num_warps, num_stages=gu.num_stages,
     )  # fmt: skip
-    _down_kernel[(persistent_grid(lay.max_blocks * (h // dn.block_n), x.device),)](
+    down = partial(
+        _down_kernel[(persistent_grid(lay.max_blocks * (h // dn.block_n), x.device),)],
         h_buf, hs, _weight_desc(w2, dn), s2, s2.stride(0), s2.stride(1),
         prep.acc, prep.out, prep.tickets, lay.pairs, lay.block_expert, lay.used_blocks, route_w, t, h, i, lay.slots,
         BLOCK_M=config.block_m, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, FP8=fp8, UPCAST=UPCAST_DOT,
         num_warps=dn.num_warps, num_stages=dn.num_stages,
     )  # fmt: skip
-    return prep.out
+    return {"prepare": prep.launch, "gate_up": gate_up, "down": down}, prep.out

@@ -20,6 +20,8 @@ Shapes: T tokens, K slots, N = T*K pairs, E experts, P padded rows, B blocks, H 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import triton
@@ -129,11 +131,13 @@ class Prepared:
     acc: torch.Tensor  # T, H fp32, zeroed: the down GEMM's accumulator
     out: torch.Tensor  # T, H in x's dtype, zeroed
     tickets: torch.Tensor  # down column tiles, zeroed
+    launch: Callable[[], None]  # the launch that fills them (again: same inputs, same result)
 
 
 def prepare(x: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None, experts: int, block_m: int, fp8: bool,
             down_tiles: int, pad_slots: torch.Tensor | None = None) -> Prepared:
-    """Launch prepare_kernel once: x [T, H], ids/keep [T, K] -> Prepared. T = 0 rows: layout only.
+    """Allocate, then launch prepare_kernel once: x [T, H], ids/keep [T, K] -> Prepared
+    (Prepared.launch repeats it). T = 0 rows: layout only.
     pad_slots [>= T] int (vLLM's slot mapping): a token whose entry is negative is padding."""
     t, k = ids.shape
     dev, n = ids.device, ids.numel()
@@ -149,14 +153,16 @@ def prepare(x: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None, exper
     out = torch.empty_like(x)
     tickets = torch.empty(down_tiles, dtype=torch.int32, device=dev)
     keep_arg = ids if keep is None else keep.view(torch.uint8)  # never read when KEEP_ALL
-    prepare_kernel[(1 + x.shape[0],)](
+    launch = partial(
+        prepare_kernel[(1 + x.shape[0],)],
         ids, keep_arg, ids if pad_slots is None else pad_slots, scratch, scratch[e_pad:], pairs, block_expert,
         scratch[-1:], x, x.stride(0), xq, xs, acc, out, tickets, h, down_tiles, n, k, experts, nb,
         BLOCK_M=block_m, E_PAD=e_pad, CH=CHUNK, BCH=max(1, CHUNK // e_pad), KEEP_ALL=keep is None,
         HAS_PAD=pad_slots is not None, FP8=fp8,
         Q_MAX=FP8_MAX, Q_EPS=AMAX_EPS,
     )  # fmt: skip
-    return Prepared(MoeLayout(pairs, block_expert, scratch[-1:], block_m, k), xq, xs, acc, out, tickets)
+    launch()
+    return Prepared(MoeLayout(pairs, block_expert, scratch[-1:], block_m, k), xq, xs, acc, out, tickets, launch)
 
 
 def layout_on_device(ids: torch.Tensor, keep: torch.Tensor | None, experts: int, block_m: int) -> MoeLayout:

@@ -3,7 +3,7 @@
     python kernels/static_check.py [--kernels DIR] [--out FILE.json]
 
 Runs moe_triton at DeepSeek-V3's shapes (256 experts, hidden 7168, intermediate 2048,
-FP8 128x128, top-8) on CPU tensors with every Triton launch intercepted: each launch is
+FP8 128x128 or --weights bf16, top-8) on CPU tensors with every Triton launch intercepted: each launch is
 compiled for an H100/H200 (GPUTarget cuda sm_90, warp 32) with the installed Triton and
 its SASS read (cuobjdump from the Triton wheel), and nothing runs. Torch ops are counted
 with a dispatch mode; views and allocations (no kernel) are left out.
@@ -110,7 +110,6 @@ class Capture:
 
 def torch_ops(fn) -> list[str]:
     """Names of the torch ops fn runs that launch a kernel on a GPU (views, allocations left out)."""
-    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     ops = []
@@ -128,16 +127,17 @@ def torch_ops(fn) -> list[str]:
     return ops
 
 
-def layer_case(mt, tokens: int, rule: str, config=None):
+def layer_case(mt, tokens: int, rule: str, config=None, weights: str = "fp8"):
     """One DeepSeek-V3 layer's call at this batch: FP8 weights left uninitialised (never
     touched, so the 11 GB are never paged in), DeepSeek-like routing."""
     import torch
 
     e, h, i, k = SHAPE["experts"], SHAPE["hidden"], SHAPE["intermediate"], SHAPE["top_k"]
-    w13 = torch.empty(e, 2 * i, h, dtype=torch.float8_e4m3fn)
-    w2 = torch.empty(e, h, i, dtype=torch.float8_e4m3fn)
-    s13 = torch.ones(e, 2 * i // 128, h // 128)
-    s2 = torch.ones(e, h // 128, i // 128)
+    dtype = torch.float8_e4m3fn if weights == "fp8" else torch.bfloat16
+    w13 = torch.empty(e, 2 * i, h, dtype=dtype)
+    w2 = torch.empty(e, h, i, dtype=dtype)
+    s13 = torch.ones(e, 2 * i // 128, h // 128) if weights == "fp8" else None
+    s2 = torch.ones(e, h // 128, i // 128) if weights == "fp8" else None
     g = torch.Generator().manual_seed(0)
     ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(tokens)])
     w = torch.rand(tokens, k, generator=g)
@@ -152,14 +152,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", type=Path, default=ROOT / "kernels", help="a copy of kernels/ to inspect")
     p.add_argument("--out", type=Path, help="also write the report as JSON")
-    p.add_argument("--config", help="a MoeConfig as JSON (default: the kernel's DEFAULT_CONFIG)")
+    p.add_argument("--config", help="a MoeConfig as JSON (default: the kernel's default for the weights)")
+    p.add_argument("--weights", choices=("fp8", "bf16"), default="fp8")
     args = p.parse_args(argv)
     mt = _load_kernels(args.kernels.resolve())
     bytes_per_cycle = BANDWIDTH / SMS / CLOCK_HZ
     report = {"gemms": {}, "launches": [], "target": "sm_90", "bandwidth": BANDWIDTH, "sms": SMS, "clock_hz": CLOCK_HZ}
     for tokens, rule in CASES:
         with Capture() as cap:
-            ops = torch_ops(layer_case(mt, tokens, rule, args.config))
+            ops = torch_ops(layer_case(mt, tokens, rule, args.config, args.weights))
         report["launches"].append({"batch": tokens, "rule": rule, "triton": [n for n, *_ in cap.launches],
                                    "torch_ops": ops, "total": len(cap.launches) + len(ops)})  # fmt: skip
         for name, grid, kw, compiled in cap.launches:
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
                 continue
             stats = k_step_stats(compiled.asm["sass"] if "sass" in compiled.asm else _sass(compiled))
             wide = 2 if name.startswith("_gate_up") else 1  # gate/up tiles hold gate and up rows
-            step_bytes = wide * kw["BLOCK_N"] * kw["BLOCK_K"]  # FP8 weight bytes per K step per CTA
+            step_bytes = wide * kw["BLOCK_N"] * kw["BLOCK_K"] * (1 if args.weights == "fp8" else 2)  # weight bytes per K step
             warps = compiled.metadata.num_warps
             need = (stats["instructions"] or 0) * warps / (step_bytes / bytes_per_cycle)
             report["gemms"][name] = {**stats, "grid": grid, "warps": warps, "stages": compiled.metadata.num_stages,

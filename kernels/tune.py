@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .moe_triton import DEFAULT_CONFIG, GemmConfig, MoeConfig
+from .moe_triton import GemmConfig, MoeConfig, default_config
 from .reference import BLOCK
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,14 @@ def tune(
                 timings[cfg] = float("inf")
         return timings[cfg]
 
-    measure(DEFAULT_CONFIG)
+    base = default_config(fp8)
+    measure(base)
     for block_m in block_m_space(tokens, slots, experts):
-        best_gu = DEFAULT_CONFIG.gate_up
+        best_gu = base.gate_up
         for g in gemm_space(fp8, hidden, intermediate, gate_up=True):
             if time.monotonic() > deadline:
                 break
-            if measure(MoeConfig(block_m, g, DEFAULT_CONFIG.down)) < measure(MoeConfig(block_m, best_gu, DEFAULT_CONFIG.down)):
+            if measure(MoeConfig(block_m, g, base.down)) < measure(MoeConfig(block_m, best_gu, base.down)):
                 best_gu = g
         for d in gemm_space(fp8, intermediate, hidden):
             if time.monotonic() > deadline:
@@ -116,7 +117,7 @@ def tune(
     if timings[best] == float("inf"):
         raise RuntimeError(f"tokens {tokens}: no tile config ran correctly ({len(timings)} tried)")
     log.info("tokens %d: best of %d configs %.4f ms (default %.4f ms): %s", tokens, len(timings), timings[best],
-             timings[DEFAULT_CONFIG], best.to_json())  # fmt: skip
+             timings[base], best.to_json())  # fmt: skip
     return Tuned(tokens, best, timings[best])
 
 
@@ -128,10 +129,11 @@ def configs_from_json(text: str) -> list[Tuned]:
     return [Tuned(d["tokens"], MoeConfig.from_json(json.dumps(d["config"])), d["ms"]) for d in json.loads(text)]
 
 
-def config_for(tuned: list[Tuned], tokens: int) -> MoeConfig:
-    """Config tuned at the smallest batch >= tokens (the largest beyond the table)."""
+def config_for(tuned: list[Tuned], tokens: int) -> MoeConfig | None:
+    """Config tuned at the smallest batch >= tokens (the largest beyond the table); None
+    (the kernel's default for the weights' dtype) when nothing was tuned."""
     if not tuned:
-        return DEFAULT_CONFIG
+        return None
     ordered = sorted(tuned, key=lambda t: t.tokens)
     return next((t.config for t in ordered if t.tokens >= tokens), ordered[-1].config)
 

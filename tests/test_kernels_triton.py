@@ -23,7 +23,7 @@ if not CUDA and not mt.UPCAST_DOT:
     pytest.skip("kernels were jitted before TRITON_INTERPRET was set", allow_module_level=True)
 
 DEV = "cuda" if CUDA else "cpu"
-TINY = mt.MoeConfig(16, mt.GemmConfig(128, 128), mt.GemmConfig(64, 128))
+TINY = mt.MoeConfig(16, mt.GemmConfig(128, 128, 4, 1), mt.GemmConfig(64, 128, 4, 1))  # 1 stage: fp32 tiles fit
 
 
 def _case(kind, t=24, h=256, i=128, e=6, k=3, p_keep=0.7, seed=0, device=DEV):
@@ -69,7 +69,7 @@ def test_fp8_kernel_quantises_activations_exactly_like_the_reference():
 def test_fp8_tensor_parallel_shards_sum_to_the_whole_layer():
     """Each of 2 ranks holds I/2 of every expert (gate, up rows and down columns, with their
     128x128 scale blocks): the ranks' outputs sum to the float64 reference of the layer."""
-    args, scales = _case("fp8", t=12, i=256, e=4, k=2, seed=7)
+    args, scales = _case("fp8", t=6, i=256, e=4, k=2, seed=7)
     x, w13, w2, ids, w, keep = args
     i, half = w2.shape[2], w2.shape[2] // 2
     out = torch.zeros(x.shape, dtype=torch.float64, device=DEV)
@@ -83,8 +83,8 @@ def test_fp8_tensor_parallel_shards_sum_to_the_whole_layer():
     assert _rel_err(out, _ref64(args, scales, "fp8")) < 1e-4
 
 
-@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)), mt.DEFAULT_CONFIG,
-                                    mt.MoeConfig(32, mt.GemmConfig(128, 128), mt.GemmConfig(128, 64))])
+@pytest.mark.parametrize("config", [mt.MoeConfig(16, mt.GemmConfig(64, 64), mt.GemmConfig(32, 128)), mt.DEFAULT_CONFIG_WIDE,
+                                    mt.MoeConfig(32, mt.GemmConfig(128, 64, 4, 2), mt.GemmConfig(128, 64))])
 def test_tile_configs_agree(config):
     args, scales = _case("fp32", seed=1)
     torch.testing.assert_close(mt.moe_triton(*args, config=config), mt.moe_triton(*args, config=TINY))
@@ -175,7 +175,7 @@ def test_config_round_trips_and_bad_shapes_are_refused():
 @pytest.mark.parametrize("tokens", [1, 64])
 def test_deepseek_v3_shapes_on_gpu(kind, tokens):
     args, scales = _case(kind, t=tokens, h=7168, i=2048, e=16, k=8, p_keep=0.6)
-    out = mt.moe_triton(*args, **scales, config=mt.DEFAULT_CONFIG)
+    out = mt.moe_triton(*args, **scales)  # the default config for the dtype
     assert _rel_err(out, _ref64(args, scales, kind)) < TOLERANCE[kind]
 
 
@@ -234,6 +234,12 @@ def test_bench_smoke_run_writes_a_table_the_roofline_reads(tmp_path):
     assert {"batch", "rule", "distinct_experts", "slots", "ms"} <= set(kernel.columns)
     cal = fit_kernel_calibration(kernel.dropna(subset=["ms"]), load_profile("h200"))
     assert cal.points == kernel["ms"].notna().sum()
+    live = pd.read_csv(tmp_path / "rows_live.csv")  # appended row by row: the same rows
+    assert len(live) == len(rows) and list(live["ms"].isna()) == list(rows["ms"].isna())
+    parts = pd.read_csv(tmp_path / "parts.csv")
+    assert {"layout", "prepare", "gate_up", "down", "layer", "vllm_fused_moe"} <= set(parts["part"])
+    assert parts[parts["part"] == "vllm_fused_moe"]["status"].str.startswith("not run").all()  # GPU only
+    assert parts[~parts["status"].str.startswith("ok")]["ms"].isna().all()
 
 
 def _tiny_transformers_model():
@@ -346,8 +352,8 @@ def test_reference_checker_passes_the_kernel_and_catches_a_wrong_one(monkeypatch
     from skipbench_kernels.tune import reference_checker
 
     (_, w13, w2, _, _, _), scales = _case("fp8", e=4, seed=6)
-    check = reference_checker(w13, w2, scales, tokens=20)
+    check = reference_checker(w13, w2, scales, tokens=9)
     assert check(TINY) < TOLERANCE["fp8"]
     right = mt.moe_triton
     monkeypatch.setattr(mt, "moe_triton", lambda *a, **kw: right(*a, **kw) * 1.05)  # a tile config gone wrong
-    assert reference_checker(w13, w2, scales, tokens=20)(TINY) > TOLERANCE["fp8"]
+    assert reference_checker(w13, w2, scales, tokens=9)(TINY) > TOLERANCE["fp8"]

@@ -182,10 +182,17 @@ def test_cuda_graph_padding_is_read_from_the_slot_mapping(monkeypatch):
     layer.skipbench_pad_from_slots = True
     slots = torch.tensor([3, 4, -1, -1])  # a batch of 2 padded to 4
     monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
-    monkeypatch.setattr(fc, "get_forward_context", lambda: SimpleNamespace(slot_mapping={"attn": slots}))
+    from vllm.config import CUDAGraphMode
+
+    def context(mapping, mode=CUDAGraphMode.PIECEWISE):
+        return lambda: SimpleNamespace(slot_mapping=mapping, cudagraph_runtime_mode=mode)
+
+    monkeypatch.setattr(fc, "get_forward_context", context({"attn": slots}))
     assert vllm_kernel._pad_slots(layer, 4) is slots
     assert vllm_kernel._pad_slots(layer, 5) is None  # shorter than the batch: not this step's mapping
-    monkeypatch.setattr(fc, "get_forward_context", lambda: SimpleNamespace(slot_mapping=[{"attn": slots}]))
+    monkeypatch.setattr(fc, "get_forward_context", context({"attn": slots}, CUDAGraphMode.NONE))
+    assert vllm_kernel._pad_slots(layer, 4) is None  # eager: never padded
+    monkeypatch.setattr(fc, "get_forward_context", context([{"attn": slots}]))
     assert vllm_kernel._pad_slots(layer, 4) is None  # micro-batches: no single mapping
     layer.skipbench_pad_from_slots = False  # decode context parallelism: -1 also marks remote tokens
     assert vllm_kernel._pad_slots(layer, 4) is None

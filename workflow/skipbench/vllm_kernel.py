@@ -21,7 +21,7 @@ layer keeps vLLM's own experts (and the reason is logged and reported):
   back to weight0 (choose vLLM's Triton MoE backend to avoid it);
 - Triton must run on the device (skipbench_kernels.integration.triton_runs_on).
 The layout step has fixed shapes per batch and no host sync, so CUDA graphs capture it.
-Under a CUDA graph vLLM pads the batch to a captured size; the padding tokens' slot
+Under a CUDA graph (only then) vLLM pads the batch to a captured size; the padding tokens' slot
 mapping is -1 (vllm/v1/worker/block_table.py, PAD_SLOT_ID), so the kernel gets it as
 `pad_slots` and never routes them (unless decode context parallelism, where -1 also
 marks real tokens stored on another rank).
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from skipbench_kernels.integration import SKIP_PATH, KernelChoice, triton_runs_on
-from skipbench_kernels.moe_triton import DEFAULT_CONFIG, config_misfit
+from skipbench_kernels.moe_triton import config_misfit, default_config
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def unsupported(layer, loaded: dict[str, torch.Tensor], choice: KernelChoice) ->
         return why
     if not fp8 and w13.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"weight dtype {w13.dtype}"
-    for config in {DEFAULT_CONFIG, *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
-        if (why := config_misfit(config, h, two_i // 2, fp8)) is not None:
+    for config in {default_config(fp8), *(t.config for t in choice.tuned)}:  # e.g. a tensor-parallel shard of I
+        if (why := config_misfit(config, h, two_i // 2, fp8, w13.element_size())) is not None:
             return f"tile config {config.to_json()}: {why}"
     if w13.stride(-1) != 1 or w2.stride(-1) != 1:
         return "weights not contiguous along the reduction dim"
@@ -129,7 +129,10 @@ def _pad_slots(layer, tokens: int) -> torch.Tensor | None:
 
     if not is_forward_context_available():
         return None
-    mapping = get_forward_context().slot_mapping
+    ctx = get_forward_context()
+    if ctx.cudagraph_runtime_mode.name == "NONE":  # eager steps are never padded
+        return None
+    mapping = ctx.slot_mapping
     if isinstance(mapping, list):  # ubatches: a different token split per micro-batch
         return None
     slots = next(iter(mapping.values()), None) if mapping else None
