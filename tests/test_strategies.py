@@ -54,6 +54,7 @@ def rules_for(k: int):
         st.builds(lambda p, r: SkipRule("top_p", p=p, renormalise=r), st.floats(1e-3, 1), r),
         st.builds(lambda p, r: SkipRule("top_p_within_k", p=p, renormalise=r), st.floats(1e-3, 1), r),
         st.builds(lambda k_, r: SkipRule("router_topk", k=k_, renormalise=r), st.integers(1, k + 1), r),
+        st.builds(lambda t, r: SkipRule("modulated", tau=t, layer_importance={1: 1.3}, renormalise=r), st.floats(0, 0.5), r),
         st.builds(lambda t, r: SkipRule("entropy_k", thresholds=t, renormalise=r),
                   st.lists(st.floats(0, 1), min_size=1, max_size=4, unique=True).map(lambda x: tuple(sorted(x))), r),
         st.builds(lambda g, r: SkipRule("group", topk_group=g, renormalise=r), st.integers(1, G), r),
@@ -179,6 +180,38 @@ def test_router_topk_is_the_router_with_fewer_slots():
     mask_keep = LayerRule(SkipRule("topk", k=2), sp).apply(w, ids, logits)[2]
     masked = torch.stack([ids[i][mask_keep[i]] for i in range(len(ids))]).sort(-1).values
     assert 0 < int((masked != order_want.values).any(-1).sum()) < len(ids)
+
+
+def test_modulated_threshold_by_hand():
+    # MoDES-style globally modulated gating: keep slot i iff importance(layer) * p_i >= tau,
+    # the token's top slot always kept; p over all experts (softmax router here)
+    s = softmax_spec(4, 3)
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.45, 0.3, 0.22, 0.03]])
+    w, ids = probs.topk(3)
+    rule = SkipRule("modulated", tau=0.2, layer_importance={1: 1.0, 2: 0.5})
+    keep = LayerRule(rule, s).apply(w, ids, probs.log())[2]
+    assert keep.tolist() == [[True, True, False], [True, True, True]]  # 0.15 < 0.2 <= 0.22
+    s2 = RouterSpec(layer=2, n_experts=4, top_k=3, n_group=1, topk_group=1, scoring="softmax",
+                    routed_scaling_factor=1.0, norm_topk_prob=False)
+    keep = LayerRule(rule, s2).apply(w, ids, probs.log())[2]  # importance 0.5: p_i must reach 0.4
+    assert keep.tolist() == [[True, False, False], [True, False, False]]
+    new = LayerRule(rule, s2).apply(w, ids, probs.log())[0]
+    torch.testing.assert_close(new[:, 0], w[:, 0])  # OLMoE-like router: bare probabilities, not renormalised
+    with pytest.raises(ValueError, match="calibration"):
+        LayerRule(SkipRule("modulated", tau=0.2), s)
+
+
+def test_decode_only_leaves_prefill_rows_dense():
+    w = torch.tensor([[1.0, 0.8, 0.5, 0.2], [1.2, 0.6, 0.5, 0.2]])
+    ids = torch.tensor([[0, 4, 8, 12], [1, 5, 9, 13]])
+    rule = SkipRule.from_config({"strategy": "topk", "k": 1, "decode_only": True})
+    new, out, keep = LayerRule(rule, spec(k=4)).apply(w, ids, None, torch.tensor([False, True]))
+    assert keep.tolist() == [[True] * 4, [True, False, False, False]]
+    assert torch.equal(new[0], w[0]) and new[1].tolist() == pytest.approx([2.5, 0, 0, 0])  # decode row: renormalised
+    assert torch.equal(LayerRule(rule, spec(k=4)).apply(w, ids, None)[2], keep[1:].expand(2, 4))  # no phase: decode
+    assert SkipRule.from_config({"strategy": "topk", "k": 1, "decode_only": False}).to_json() == SkipRule("topk", k=1).to_json()
+    with pytest.raises(ValueError, match="decode_only"):
+        SkipRule.from_config({"strategy": "topk", "k": 1, "decode_only": "yes"})
 
 
 def test_entropy_k_by_hand():
@@ -422,6 +455,7 @@ def test_rules_trace_without_graph_breaks(name):
     # tensor values: the rules stay CUDA-graph safe.
     params = {"dense": {}, "topk": {"k": 2}, "threshold": {"beta": 0.5}, "top_p": {"p": 0.6},
               "top_p_within_k": {"p": 0.6}, "router_topk": {"k": 2}, "entropy_k": {"thresholds": (0.5, 0.9)},
+              "modulated": {"tau": 0.05, "layer_importance": {1: 1.2}},
               "group": {"topk_group": 1}, "layers": {"layers": [1]}, "batch_aware": {"k0": 1},
               "prune": {"fraction": 0.25, "criterion": "reap", "pruned": {1: (0, 1, 2, 3)}}}[name]
     layer_rule = LayerRule(SkipRule(name, **params), spec(bias=torch.linspace(-0.1, 0.1, E)))
