@@ -101,6 +101,7 @@ def rules_for(layer: int) -> list[SkipRule]:
         SkipRule("top_p_within_k", p=0.5),
         SkipRule("router_topk", k=1),
         SkipRule("entropy_k", thresholds=(0.5, 0.9)),
+        SkipRule("modulated", tau=0.1, layer_importance={layer: 1.2}),
         SkipRule("layers", layers=(layer,)),
         SkipRule("batch_aware", k0=1),
         SkipRule("prune", fraction=0.25, criterion="frequency", pruned={layer: (0, 1, 2, 3)}),

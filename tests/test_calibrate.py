@@ -73,6 +73,10 @@ def test_bind_calibration(table):
             assert max(rows[layer][key][e] for e in removed) <= min(rows[layer][key][e] for e in kept)
         assert rule.is_calibrated and SkipRule.from_config(json.loads(rule.to_json())) == rule
     assert bind_calibration(SkipRule("prune", fraction=0.0, criterion="reap"), table).pruned == {1: (), 2: ()}
+    rule = bind_calibration(SkipRule("modulated", tau=0.1), table)  # MoDES-style: relative update, mean 1
+    mean = sum(r["relative_update"] for r in rows.values()) / len(rows)
+    assert rule.layer_importance == pytest.approx({l: r["relative_update"] / mean for l, r in rows.items()})
+    assert rule.is_calibrated and SkipRule.from_config(json.loads(rule.to_json())) == rule
     with pytest.raises(ValueError, match="calibration"):
         bind_calibration(SkipRule("layers", cheapest=1), None)
     assert bind_calibration(SkipRule("topk", k=2), None) == SkipRule("topk", k=2)

@@ -33,17 +33,20 @@ def test_run_fidelity_on_a_tiny_model(tmp_path):
                  token_ids=torch.randint(2, 200, (6,), generator=gen).tolist()) for t in tasks]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dense.parquet")
     variants = {"dense": {"strategy": "dense"}, "nothing": {"strategy": "layers", "layers": []},
-                "top1": {"strategy": "router_topk", "k": 1}}
+                "top1": {"strategy": "router_topk", "k": 1},
+                "top1-decode": {"strategy": "router_topk", "k": 1, "decode_only": True}}
     out = tmp_path / "fidelity.parquet"
     run_fidelity(model, tasks, "he", tmp_path / "dense.parquet", variants, out, batch_size=2)
     table = pq.read_table(out)
     assert table.schema == FIDELITY_SCHEMA
     got = {r["variant"]: r for r in table.to_pylist()}
-    assert list(got) == ["dense", "nothing", "top1"]  # noise floor first, dense itself not repeated
+    assert list(got) == ["dense", "nothing", "top1", "top1-decode"]  # noise floor first, dense itself not repeated
     assert got["dense"]["reference"] == "dense, batch 1" and got["dense"]["positions"] == 18
     assert got["dense"]["kl_mean"] < 1e-6 and got["dense"]["top1_agree"] == 1.0  # fp32: batching noise only
     assert got["nothing"]["kl_mean"] == 0.0 and got["nothing"]["top1_agree"] == 1.0  # same batches: exact
     assert got["top1"]["kl_mean"] > 1e-4 > got["dense"]["kl_mean"]
+    # decode_only: the prompt stays dense, completion positions skip: some drift, less than everywhere
+    assert 0 < got["top1-decode"]["kl_mean"] < got["top1"]["kl_mean"]
     rows[1]["prompt_tokens"] += 1
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dense.parquet")
     with pytest.raises(ValueError, match="task T/1: prompt is"):

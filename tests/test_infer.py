@@ -43,7 +43,7 @@ def test_outputs_and_expert_counts(tiny, tmp_path):
     assert summary["experts_per_token"] == 2.0 and summary["dense_experts_per_token"] == 4
     assert (summary["skip_path"], summary["engine"], summary["moe_layers"]) == ("sentinel", "transformers", 2)
     assert summary["expert_kernel"] == "transformers-eager"  # no kernel choice given
-    assert json.loads(summary["params"]) == {"k": 2, "renormalise": False}
+    assert json.loads(summary["params"]) == {"k": 2}  # renormalise absent: the strategy's own default
     assert summary["tokens_per_s"] == pytest.approx(summary["output_tokens"] / summary["wall_s"])
 
     _, dense_gens, (dense,) = run(tiny, tmp_path / "dense", {"strategy": "dense"})

@@ -34,6 +34,7 @@ RULES = [
     SkipRule("top_p_within_k", p=0.5),
     SkipRule("router_topk", k=2),  # the router re-run with K' = 2, biased ranking
     SkipRule("entropy_k", thresholds=(0.85, 0.87, 0.9)),  # the tiny model's entropies lie in 0.8-0.93
+    SkipRule("modulated", tau=0.1, layer_importance={1: 0.8, 2: 1.2}),  # top-4 probabilities 0.1-0.18
     SkipRule("threshold", beta=0.95, renormalise=False),
     SkipRule("group", topk_group=1),
     SkipRule("group", topk_group=1, renormalise=True, routed_scaling_factor=1.5),
@@ -254,7 +255,9 @@ def test_routing_matches_transformers_oracle(patched, oracle, rule):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("group", topk_group=1)], ids=lambda r: r.strategy)
+@pytest.mark.parametrize("rule", [SkipRule("topk", k=2), SkipRule("group", topk_group=1),
+                                  SkipRule("router_topk", k=1, decode_only=True)],
+                         ids=lambda r: r.strategy + ("-decode_only" if r.decode_only else ""))
 def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
     # Same prompts, greedy, batch-independent rules: the engines must record the same
     # routing at every decode step up to the first differing token (step j's input is
@@ -283,3 +286,6 @@ def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
     assert compared >= 12 and same == compared, f"{same} of {compared} decode steps agree"
     if rule.strategy == "topk":
         assert all(int(r.keep.sum(-1).max()) == 2 for r in vtrace)
+    if rule.decode_only:  # step 0 comes from the prompt pass (dense), every later step from decode
+        for trace in (vtrace, ttrace):
+            assert all(bool((r.keep[0].sum(-1) == 4).all()) and bool((r.keep[1:].sum(-1) == 1).all()) for r in trace)

@@ -221,6 +221,11 @@ def bind_calibration(rule: SkipRule, table: pa.Table | None) -> SkipRule:
             raise ValueError(f"cheapest {rule.cheapest} > {len(rows)} MoE layers")
         order = sorted(rows, key=lambda layer: (rows[layer]["relative_update"], layer))
         params["layers"] = sorted(order[: rule.cheapest])
+    if rule.strategy == "modulated":
+        # MoDES-style layer importance: how much the layer's routed experts change the
+        # residual stream (relative_update), normalised to mean 1 over the MoE layers
+        mean = sum(r["relative_update"] for r in rows.values()) / len(rows)
+        params["layer_importance"] = {layer: r["relative_update"] / mean if mean > 0 else 1.0 for layer, r in rows.items()}
     if rule.strategy == "prune":
         key = "frequency" if rule.criterion == "frequency" else "saliency"
         pruned = {}

@@ -16,7 +16,8 @@ has variant "dense" and reference "dense, batch 1".
 Engine: the transformers oracle (oracle.py; sentinel skip path), which returns full
 logits; in fp32 on CPU for the tiny model. batch_aware couples the tokens of one forward
 call: here those are the prompt + completion tokens of the batch (padding included),
-not a decode step's batch, so its numbers are indicative only. T positions, V vocabulary.
+not a decode step's batch, so its numbers are indicative only. decode_only rules skip at
+the completion's positions only, as in generation. T positions, V vocabulary.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ NOISE_BATCH = 1  # the noise floor's second dense run: one sequence per forward
 
 
 @torch.no_grad()
-def completion_logprobs(model, seqs: list[tuple[list[int], list[int]]], batch_size: int) -> list[torch.Tensor]:
+def completion_logprobs(model, seqs: list[tuple[list[int], list[int]]], batch_size: int,
+                        gates=()) -> list[torch.Tensor]:
     """Per sequence (prompt ids, completion ids): log-probabilities [N, V] (fp32, CPU) the model
     gives each completion position, teacher-forced. Right padding: a causal model's earlier
-    positions do not see it."""
+    positions do not see it. `gates` (oracle SkipGates) learn which rows are decode rows
+    (completion tokens, as in generation) for decode_only rules."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(seqs), batch_size):
@@ -64,10 +67,17 @@ def completion_logprobs(model, seqs: list[tuple[list[int], list[int]]], batch_si
         for b, (p, c) in enumerate(chunk):
             ids[b, : len(p) + len(c)] = torch.tensor(p + c)
             mask[b, : len(p) + len(c)] = 1
+        decode = torch.zeros_like(mask, dtype=torch.bool)  # [B, W]
+        for b, (p, c) in enumerate(chunk):
+            decode[b, len(p) : len(p) + len(c)] = True
+        for _, gate in gates:
+            gate.decode_rows = decode.flatten()
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [B, W, V]
         for b, (p, c) in enumerate(chunk):
             # position j predicts token j + 1: completion token t sits at len(p) + t
             out.append(logits[b, len(p) - 1 : len(p) + len(c) - 1].float().log_softmax(-1).cpu())
+    for _, gate in gates:
+        gate.decode_rows = None
     return out
 
 
@@ -115,7 +125,7 @@ def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_gener
     def run(rule: SkipRule, batch: int) -> list[torch.Tensor]:
         for _, gate in gates:
             gate.rule = rule
-        return completion_logprobs(model, seqs, batch)
+        return completion_logprobs(model, seqs, batch, gates)
 
     dense = run(SkipRule("dense"), batch_size)
     base = dict(benchmark=benchmark, sequences=len(seqs), engine=engine)

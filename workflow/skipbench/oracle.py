@@ -55,6 +55,8 @@ class SkipGate(nn.Module):
         self.kept = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (ids, weights, keep)
         self.tracing = False
+        self.prefill = False  # set per forward by patch_model's pre-hook: this call is a prompt pass
+        self.decode_rows: torch.Tensor | None = None  # [T] set by a teacher-forced caller: overrides `prefill`
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []  # per call (ids [T,K], keep [T,K])
 
     @property
@@ -69,7 +71,12 @@ class SkipGate(nn.Module):
         if self.layer_rule.spec.bias is not getattr(self.gate, "e_score_correction_bias", None):  # model.to() replaced buffers
             self.rule = self.rule
         logits, topk_weights, topk_ids = self.gate(hidden_states)  # [T,E], [T,K], [T,K]
-        weights, ids, keep = self.layer_rule.apply(topk_weights, topk_ids, logits)
+        rows = None
+        if self.rule.decode_only and self.decode_rows is not None:
+            rows = self.decode_rows.to(topk_ids.device)
+        elif self.rule.decode_only:  # [T] a prompt pass (more than one token per sequence) stays dense
+            rows = torch.full((topk_ids.shape[0],), not self.prefill, dtype=torch.bool, device=topk_ids.device)
+        weights, ids, keep = self.layer_rule.apply(topk_weights, topk_ids, logits, rows)
         self.tokens += keep.shape[0]
         self.kept += int(keep.sum())
         self.last = (ids, weights, keep)
@@ -96,6 +103,15 @@ def patch_model(model: nn.Module, rule: SkipRule) -> list[tuple[str, SkipGate]]:
         gates.append((name, module.gate))
     if not gates:
         raise ValueError("model has no MoE layer to patch")
+
+    def phase(module, args, kwargs):
+        # generate(): the prompt pass feeds every prompt token, each decode step one per sequence
+        x = kwargs.get("input_ids", args[0] if args else None)
+        x = kwargs.get("inputs_embeds") if x is None else x
+        for _, gate in gates:
+            gate.prefill = x is not None and x.shape[1] > 1
+
+    model.register_forward_pre_hook(phase, with_kwargs=True)
     return gates
 
 

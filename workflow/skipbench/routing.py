@@ -146,6 +146,9 @@ class LayerRule:
             self.allowed[removed] = False
         if rule.strategy == "entropy_k":
             self.entropy_t = torch.tensor(rule.thresholds, dtype=torch.float32, device=device)  # [n]
+        if rule.strategy == "modulated":
+            # MoDES-style: the global threshold seen through this layer's importance
+            self.modulated_tau = rule.tau / max(rule.layer_importance.get(spec.layer, 1.0), 1e-12)
         self.renormalise = rule.renormalise
         if self.renormalise is None:
             self.renormalise = {"threshold": True, "top_p": False}.get(rule.strategy, spec.norm_topk_prob)
@@ -153,8 +156,11 @@ class LayerRule:
         new = rule.routed_scaling_factor
         self.scale = 1.0 if new is None else new / spec.routed_scaling_factor
 
-    def apply(self, weights: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor | None):
-        """weights [T,K] and ids [T,K] from the model's router, logits [T,E] its input.
+    def apply(self, weights: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor | None,
+              decode_rows: torch.Tensor | None = None):
+        """weights [T,K] and ids [T,K] from the model's router, logits [T,E] its input;
+        decode_rows [T] bool (engines that know the phase): a decode_only rule leaves the
+        other rows exactly dense. Without it every row counts as decode.
 
         Returns (weights [T,K] (0 where skipped), ids [T,K] (changed only by re-routing
         strategies, in the dtype given), keep [T,K] bool)."""
@@ -165,6 +171,10 @@ class LayerRule:
         elif self.rule.strategy == "entropy_k":
             k = entropy_k(self.entropy_t, probabilities(self._logits(logits), self.spec), self.spec.top_k)
             ids_out, base, keep = ids, weights, keep_topk(k, weights)
+        elif self.rule.strategy == "modulated":
+            # keep slot i iff importance * p_i >= tau; the token's top slot always stays
+            probs = probabilities(self._logits(logits), self.spec).gather(1, ids.long())  # [T,K]
+            ids_out, base, keep = ids, weights, (probs >= self.modulated_tau) | keep_topk(1, weights)
         else:
             ids_out, base, keep = ids, weights, self.mask(weights, ids)
         w = base * keep
@@ -174,7 +184,11 @@ class LayerRule:
             w = w * (weights.sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1e-30))
         if self.scale != 1.0:
             w = w * self.scale
-        return w.to(weights.dtype), ids_out, keep
+        w = w.to(weights.dtype)
+        if self.rule.decode_only and decode_rows is not None:
+            d = decode_rows.view(-1, 1)  # [T,1]
+            w, ids_out, keep = torch.where(d, w, weights), torch.where(d, ids_out, ids), keep | ~d
+        return w, ids_out, keep
 
     def _logits(self, logits):
         if logits is None:

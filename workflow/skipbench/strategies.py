@@ -15,10 +15,15 @@ per token, E experts.
 | top_p          | probabilities of ALL experts      | p                                | Huang et al. 2024 (Dynamic_MoE)      |
 | top_p_within_k | slot weights                      | p                                | ablation: p within the top-K         |
 | entropy_k      | router entropy -> k per token     | thresholds                       | Adaptive-K routing                   |
+| modulated      | layer importance x probability    | tau (layer importance calibrated)| MoDES-style globally modulated gating|
 | group          | router scores (re-routes)         | topk_group                       | DeepSeek-V3 topk_group               |
 | layers         | layer index                       | layers, or cheapest (n)          |                                      |
 | prune          | router scores (re-routes)         | fraction, criterion              | NAEE pruning / REAP                  |
 | batch_aware    | slot weights + the whole batch    | k0                               | OEA                                  |
+
+Phase: `decode_only: true` (any strategy) applies the rule to decode rows only and leaves
+prefill rows dense (the engines tell the router which rows are which): skipping where
+decode is memory-bound, prompt processing untouched.
 
 Weights (routing.LayerRule has the per-strategy defaults and their source lines):
 - renormalise (default null = the strategy's source: NAEE renormalises, Huang's top-p
@@ -106,13 +111,14 @@ STRATEGIES: dict[str, _Strategy] = {
     "top_p": _Strategy(("p",), "Huang et al.: most probable experts of all E until their mass crosses p"),
     "top_p_within_k": _Strategy(("p",), "keep the smallest weight-ordered prefix of the top-K with mass >= p"),
     "entropy_k": _Strategy(("thresholds",), "k = 1 + thresholds reached by the router's normalised entropy"),
+    "modulated": _Strategy(("tau",), "drop slot i if importance(layer) * probability_i < tau (MoDES-style)"),
     "group": _Strategy(("topk_group",), "DeepSeek group-limited routing with fewer groups"),
     "layers": _Strategy(("layers|cheapest",), "no routed experts in chosen layers (shared stays)"),
     "prune": _Strategy(("fraction", "criterion"), "remove experts offline, re-route to the rest"),
     "batch_aware": _Strategy(("k0",), "top-k0 per token plus experts the batch loads anyway (OEA)"),
 }
-_PARAMS = ("k", "beta", "p", "thresholds", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
-_CALIBRATION = ("layer_beta", "pruned")  # filled by calibrate.bind_calibration, never by hand
+_PARAMS = ("k", "beta", "p", "thresholds", "tau", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
+_CALIBRATION = ("layer_beta", "pruned", "layer_importance")  # filled by calibrate.bind_calibration, never by hand
 
 
 def _is_int(x) -> bool:
@@ -128,6 +134,7 @@ class SkipRule:
     beta: float | str | None = None  # threshold: fraction of the token's largest weight, or "calibrated"
     p: float | None = None  # top_p: share of the probability over all E; top_p_within_k: of the top-K mass
     thresholds: tuple[float, ...] | None = None  # entropy_k: increasing normalised-entropy cut points in [0, 1]
+    tau: float | None = None  # modulated: global threshold on importance(layer) * probability
     topk_group: int | None = None  # group: expert groups a token may use (DeepSeek-V3: 4 of 8)
     layers: tuple[int, ...] | None = None  # layers: model layer indices without routed experts
     cheapest: int | None = None  # layers: that many layers, least routed contribution in calibration
@@ -135,10 +142,12 @@ class SkipRule:
     criterion: str | None = None  # prune: "frequency" or "reap" (saliency), lowest removed
     k0: int | None = None  # batch_aware: slots a token always keeps
     renormalise: bool | None = None  # None: the strategy's source (routing.LayerRule)
+    decode_only: bool | None = None  # true: prefill rows stay dense, the rule applies to decode rows only
     routed_scaling_factor: float | None = None  # None: the model's
     # from the calibration table (calibrate.bind_calibration):
     layer_beta: dict[int, float] | None = None  # threshold "calibrated": layer -> median w2/w1
     pruned: dict[int, tuple[int, ...]] | None = None  # prune: layer -> removed expert ids
+    layer_importance: dict[int, float] | None = None  # modulated: layer -> calibrated importance (mean 1)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -152,13 +161,16 @@ class SkipRule:
             if not any(getattr(self, name) is not None for name in spec.split("|")):
                 raise ValueError(f"strategy {self.strategy!r} needs parameter {spec.replace('|', ' or ')!r}")
         self._check_values()
+        if self.decode_only is False:  # the default, spelled out: one JSON form per rule
+            object.__setattr__(self, "decode_only", None)
         # JSON has string keys and lists: normalise so equality and hashing of to_json hold
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
         if self.thresholds is not None:
             object.__setattr__(self, "thresholds", tuple(float(x) for x in self.thresholds))
-        if self.layer_beta is not None:
-            object.__setattr__(self, "layer_beta", {int(l): float(b) for l, b in self.layer_beta.items()})
+        for name in ("layer_beta", "layer_importance"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, {int(l): float(b) for l, b in getattr(self, name).items()})
         if self.pruned is not None:
             object.__setattr__(self, "pruned", {int(l): tuple(sorted(int(e) for e in ids)) for l, ids in self.pruned.items()})
 
@@ -173,6 +185,8 @@ class SkipRule:
         if self.beta is not None and self.beta != CALIBRATED:
             if not isinstance(self.beta, float) or not 0.0 <= self.beta <= 1.0:
                 bad("beta", f"a number in [0, 1] or {CALIBRATED!r}")
+        if self.tau is not None and not (isinstance(self.tau, float) and self.tau >= 0.0):
+            bad("tau", "a number >= 0")
         if self.p is not None and not (isinstance(self.p, float) and 0.0 < self.p <= 1.0):
             bad("p", "a number in (0, 1]")
         if self.fraction is not None and not (isinstance(self.fraction, float) and 0.0 <= self.fraction < 1.0):
@@ -183,6 +197,8 @@ class SkipRule:
             bad("layers", "a list of layer indices >= 0")
         if self.layers is not None and self.cheapest is not None and len(self.layers) != self.cheapest:
             bad("layers", f"{self.cheapest} layers (the resolved cheapest), or absent")
+        if self.decode_only is not None and not isinstance(self.decode_only, bool):
+            bad("decode_only", "true or false")
         if self.renormalise is not None and not isinstance(self.renormalise, bool):
             bad("renormalise", "true, false, or null for the strategy's source")
         if self.thresholds is not None:
@@ -205,7 +221,7 @@ class SkipRule:
             raise ValueError(f"unknown skip-rule keys {unknown} in {variant_cfg!r}; known: {sorted(known)}")
         if "strategy" not in cfg:
             raise ValueError(f"skip rule {variant_cfg!r} has no 'strategy'")
-        for name in ("beta", "p", "fraction", "routed_scaling_factor"):  # YAML writes 1 for 1.0
+        for name in ("beta", "p", "tau", "fraction", "routed_scaling_factor"):  # YAML writes 1 for 1.0
             if _is_int(cfg.get(name)):
                 cfg[name] = float(cfg[name])
         for name in ("layers", "thresholds"):
@@ -225,8 +241,9 @@ class SkipRule:
                 out[name] = list(out[name])
         if "pruned" in out:
             out["pruned"] = {str(l): list(ids) for l, ids in out["pruned"].items()}
-        if "layer_beta" in out:
-            out["layer_beta"] = {str(l): b for l, b in out["layer_beta"].items()}
+        for name in ("layer_beta", "layer_importance"):
+            if name in out:
+                out[name] = {str(l): b for l, b in out[name].items()}
         return out
 
     @property
@@ -236,7 +253,7 @@ class SkipRule:
     @property
     def needs_calibration(self) -> bool:
         """Whether the rule reads the calibration table (a DAG input of its infer job)."""
-        return self.beta == CALIBRATED or self.cheapest is not None or self.strategy == "prune"
+        return self.beta == CALIBRATED or self.cheapest is not None or self.strategy in ("prune", "modulated")
 
     @property
     def is_calibrated(self) -> bool:
@@ -244,6 +261,8 @@ class SkipRule:
         if self.beta == CALIBRATED and self.layer_beta is None:
             return False
         if self.cheapest is not None and self.layers is None:
+            return False
+        if self.strategy == "modulated" and self.layer_importance is None:
             return False
         return not (self.strategy == "prune" and self.pruned is None)
 

@@ -104,6 +104,7 @@ class SkipHook:
         self.rule = rule
         self.kernel = kernel  # a triton KernelChoice: MoE layers run vllm_kernel where they can
         self.tracing = False
+        self.decode_rows: torch.Tensor | None = None  # [T] of the current step (SkipStatsWorker._record_steps)
 
     def layer_rule(self, router, device) -> LayerRule:
         """The rule bound to this router, rebuilt when the rule was swapped."""
@@ -120,7 +121,10 @@ class SkipHook:
         def wrapped(router, hidden_states, router_logits, topk_indices_dtype=None, **kwargs):
             topk_weights, topk_ids = select_experts(router, hidden_states, router_logits, topk_indices_dtype, **kwargs)
             rule = self.layer_rule(router, topk_weights.device)
-            new_weights, new_ids, keep = rule.apply(topk_weights, topk_ids, router_logits)  # [T,K] x3
+            rows = self.decode_rows if rule.rule.decode_only else None
+            if rows is not None and rows.shape[0] != topk_ids.shape[0]:
+                rows = None  # not this step's layout (a profiling or padded run): every row as decode
+            new_weights, new_ids, keep = rule.apply(topk_weights, topk_ids, router_logits, rows)  # [T,K] x3
             stats = router.__dict__.get("skipbench_stats")
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
@@ -226,7 +230,9 @@ class SkipStatsWorker:
         return dict(rule=rule, skip_path=skip_path, kernel_fallback=sorted(fallback), layers=layers)
 
     def skipbench_reset(self) -> None:
-        """Zero the counters and drop traces (call after engine start: profiling runs count too)."""
+        """Zero the counters and drop traces (call after engine start: profiling runs count too);
+        from then on the step recorder tells decode_only rules the phase of every row."""
+        self._record_steps()
         for _, stats in self._skipbench_router_stats():
             stats.reset()
         for _, runner in self._skipbench_runners():
@@ -245,20 +251,32 @@ class SkipStatsWorker:
         if on and not self.vllm_config.model_config.enforce_eager:
             raise RuntimeError("routing traces need an eager engine (engine.enforce_eager: true)")
         hook.tracing = on
+        self._record_steps()
+
+    def _record_steps(self) -> None:
+        """Wrap the model runner's _prepare_inputs once: every forward step, tell the hook
+        which rows are decode rows (sequence position >= the request's prompt length;
+        decode_only rules) and, while tracing, record the step's batch layout."""
         runner = self.model_runner
-        if on and "_prepare_inputs" not in runner.__dict__:
-            prepare = runner._prepare_inputs
+        if "_prepare_inputs" in runner.__dict__:
+            return
+        prepare = runner._prepare_inputs
 
-            def recording(scheduler_output, num_scheduled_tokens, *args, **kwargs):
-                n = runner.input_batch.num_reqs
-                self.__dict__.setdefault("_skipbench_steps", []).append((list(runner.input_batch.req_ids[:n]),
-                              runner.input_batch.num_computed_tokens_cpu[:n].tolist(),
-                              np.asarray(num_scheduled_tokens[:n]).tolist()))
-                return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        def recording(scheduler_output, num_scheduled_tokens, *args, **kwargs):
+            hook, batch = installed_hook(), runner.input_batch
+            n = batch.num_reqs
+            counts = np.asarray(num_scheduled_tokens[:n])
+            starts = batch.num_computed_tokens_cpu[:n]
+            if hook is not None:
+                pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))  # [T]
+                decode = pos >= np.repeat(batch.num_prompt_tokens[:n], counts)
+                hook.decode_rows = torch.from_numpy(decode).to(runner.device)
+                if hook.tracing:
+                    self.__dict__.setdefault("_skipbench_steps", []).append(
+                        (list(batch.req_ids[:n]), starts.tolist(), counts.tolist()))
+            return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
-            runner._prepare_inputs = recording
-        elif not on:
-            runner.__dict__.pop("_prepare_inputs", None)
+        runner._prepare_inputs = recording
 
     def skipbench_take_trace(self) -> dict:
         """Recorded steps and router calls since the last take, then cleared.
