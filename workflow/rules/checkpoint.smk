@@ -18,7 +18,7 @@ rule checkpoint:
         tasks=memorised_tasks(),
     log:
         f"{RUN}/logs/checkpoint.log",
-    threads: workflow.cores
+    threads: 1  # training is pinned to one thread: a bit-identical checkpoint (tinymodel.deterministic)
     resources:
         mem_mb=4000,
     conda:

@@ -28,6 +28,12 @@ def generated_variants(benchmark):
     return [v for v in variants_of(benchmark) if v != EXTERNAL]
 
 
+def tasks_of(benchmark):
+    """The fields of a benchmark that choose its tasks (a param of the jobs that generate
+    for it): its external samples and variant list are other jobs' business."""
+    return {k: v for k, v in BENCHMARKS[benchmark].items() if k not in ("samples", "variants")}
+
+
 def variant_files(benchmark, variant):
     """The files the score stage reads for one (benchmark, variant)."""
     files = {"execution": f"{RUN}/execute/{benchmark}/{variant}.parquet"}

@@ -131,7 +131,13 @@ def _reproduced(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int) ->
 
 
 def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> dict:
-    """Build, optionally memorise, and write the tiny model into `out_dir`; returns the training row."""
+    """Build, optionally memorise, and write the tiny model into `out_dir`; returns the training row.
+    Deterministic (tinymodel.deterministic): the same files whatever the caller's thread count."""
+    with tinymodel.deterministic():
+        return _synthetic_checkpoint(synth, tasks, out_dir)
+
+
+def _synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> dict:
     texts = [t.prompt + t.canonical_solution for t in tasks]
     tokenizer = tinymodel.train_tokenizer(texts, synth["vocab_size"])
     if len(tokenizer) > synth["vocab_size"]:

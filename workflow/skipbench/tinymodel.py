@@ -8,6 +8,7 @@ the solutions greedily (a memorisation demo, not a capable model).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -86,6 +87,25 @@ def release_config(arch: dict, vocab_size: int) -> dict:
         "vocab_size": vocab_size,
         **arch,
     }
+
+
+# Bit-identical training on any x86-64 machine with AVX2: one thread (a reduction's order
+# depends on the thread count), deterministic algorithms, and the SIMD paths pinned before
+# torch loads (skipbench.reproducible).
+TRAIN_THREADS = 1
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = TRAIN_THREADS):
+    """Training and its greedy checks independent of the caller's thread count; restores torch's settings."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def build_model(config: dict, seed: int) -> DeepseekV3ForCausalLM:
