@@ -104,3 +104,17 @@ def test_external_samples_validated_per_line(tmp_path):
     f.write_bytes(b"\xff\xfe\n")
     with pytest.raises(ConfigError, match="cannot read it"):
         check_samples_file(f, {"T/0"}, "benchmarks.b")
+
+
+def test_datasets_not_downloaded_yet_are_checked_later_and_planning_stays_offline(tmp_path, monkeypatch):
+    import evalplus.data.utils
+
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    monkeypatch.setattr(evalplus.data.utils, "get_dataset_metadata",
+                        lambda *a, **k: ("https://unreachable", str(tmp_path / "not-cached.jsonl")))
+    assert check_benchmarks({"hp": {"dataset": "humaneval_plus"}}) == {"hp": None}
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": 3, "completion": "x"}\n')
+    with pytest.raises(ConfigError, match=r"s.jsonl:2: task_id 3") as err:
+        check_samples_file(f, None, "benchmarks.hp")
+    assert ":1:" not in str(err.value)

@@ -8,6 +8,7 @@ from the downloaded config.json before an engine starts (skipbench.infer).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -108,12 +109,29 @@ def check_variants_against_checkpoint(variants: dict[str, dict], model_dir: Path
 # --- benchmarks, calibration, external samples ----------------------------------------
 
 
-def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str]]:
-    """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids per benchmark."""
+def needs_download(bench: dict) -> bool:
+    """Whether loading a dataset would fetch it (EvalPlus, no local file yet): then its
+    check waits for the stage that downloads it, and planning stays offline."""
+    from skipbench.benchmarks import DATASETS
+
+    src = DATASETS.get(bench.get("dataset"))
+    if bench.get("dataset") == "humaneval" or bench.get("path") or src is None or os.environ.get(src.env):
+        return False
+    from evalplus.data.utils import get_dataset_metadata
+
+    return not os.path.exists(get_dataset_metadata(src.release, src.version, mini=False)[1])
+
+
+def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str] | None]:
+    """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids
+    per benchmark (None: the dataset is not downloaded yet, checked when it is)."""
     from skipbench.benchmarks import load_tasks
 
     ids = {}
     for name, bench in benchmarks.items():
+        if needs_download(bench):
+            ids[name] = None
+            continue
         try:
             ids[name] = {t.task_id for t in load_tasks(bench)}
         except (OSError, ValueError, KeyError) as e:
@@ -127,6 +145,8 @@ def check_calibration(calibration: dict, benchmarks: dict[str, dict]) -> None:
     from skipbench.calibrate import DEFAULT_CALIBRATION, calibration_tasks
 
     cfg = DEFAULT_CALIBRATION | dict(calibration)
+    if any(needs_download(b) for b in [cfg, *benchmarks.values()]):
+        return  # calibrate checks it after the download
     if isinstance(cfg["tasks"], list):
         pool = {t.task_id for t in load_tasks({k: v for k, v in cfg.items() if k != "tasks"})}
         if unknown := [t for t in cfg["tasks"] if t not in pool]:
@@ -137,9 +157,10 @@ def check_calibration(calibration: dict, benchmarks: dict[str, dict]) -> None:
         raise ConfigError(f"calibration (dataset {cfg['dataset']!r}, tasks {cfg['tasks']!r}): {e}") from None
 
 
-def check_samples_file(path: str | Path, task_ids: set[str], where: str) -> None:
-    """External samples: one JSON object per line with a known task_id and a string
-    `solution` or `completion`. Raises with file:line of every bad line (up to 10)."""
+def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) -> None:
+    """External samples: one JSON object per line with a known task_id (any string while
+    the dataset is not downloaded: task_ids None) and a string `solution` or `completion`.
+    Raises with file:line of every bad line (up to 10)."""
     errors = []
     try:
         lines = Path(path).read_text().splitlines()
@@ -155,7 +176,7 @@ def check_samples_file(path: str | Path, task_ids: set[str], where: str) -> None
             continue
         if not isinstance(s, dict):
             errors.append(f"{path}:{n}: a {type(s).__name__}, not an object")
-        elif s.get("task_id") not in task_ids:
+        elif not isinstance(s.get("task_id"), str) or (task_ids is not None and s["task_id"] not in task_ids):
             errors.append(f"{path}:{n}: task_id {s.get('task_id')!r} is not a task of this benchmark")
         elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
             got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}
