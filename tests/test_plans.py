@@ -65,6 +65,18 @@ def copy_of(finished: Path, dst: Path, metadata: bool = True) -> Path:
     return dst
 
 
+def clone_sources(dst: Path) -> Path:
+    """The workflow's sources copied with new mtimes, as `git clone` leaves them."""
+    dst.mkdir()
+    for part in SOURCES:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dst / part, copy_function=shutil.copy, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst / part)
+    return dst
+
+
 def edit_config(workdir: Path, change) -> None:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     change(cfg)
@@ -72,21 +84,13 @@ def edit_config(workdir: Path, change) -> None:
 
 
 def test_fresh_clone_with_copied_results_plans_nothing(finished, tmp_path):
-    clone = tmp_path / "clone"  # every source file with a new mtime, as `git clone` leaves them
-    for part in SOURCES:
-        src = ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, clone / part, copy_function=shutil.copy, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, clone / part)
+    clone = clone_sources(tmp_path / "clone")  # every source file with a new mtime
     workdir = copy_of(finished, tmp_path / "work", metadata=False)
     assert planned_jobs(snakemake(workdir, "-n", snakefile=clone / "Snakefile")) == {}
 
 
 def test_edited_library_code_reruns_its_rules_only(finished, tmp_path):
-    clone = tmp_path / "clone"
-    for part in SOURCES:
-        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, clone / part)
+    clone = clone_sources(tmp_path / "clone")
     score = clone / "workflow/skipbench/score.py"
     score.write_text(score.read_text() + "\n# an edit\n")
     workdir = copy_of(finished, tmp_path / "work")
