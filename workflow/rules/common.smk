@@ -147,7 +147,7 @@ def _check_config():
         except ValueError as e:
             raise config_check.ConfigError(f"variants.{name}: {e}") from None
     if MODEL["source"] == "synthetic":
-        shape = config_check.RoutingShape.from_config_json(MODEL["synthetic"]["architecture"])
+        shape = config_check.RoutingShape.of({"model_type": "deepseek_v3", **MODEL["synthetic"]["architecture"]})
         config_check.check_variants(VARIANTS, shape)
     task_ids = config_check.check_benchmarks(BENCHMARKS)
     for name, bench in BENCHMARKS.items():

@@ -53,21 +53,17 @@ def check_unique_keys(paths: Iterable[str | Path]) -> None:
 class RoutingShape:
     experts: int  # routed experts per MoE layer
     top_k: int  # slots per token
-    groups: int  # expert groups (n_group)
+    groups: int  # expert groups (n_group; 1: none)
     topk_group: int  # groups kept per token
-    layers: int  # decoder layers
-    first_moe: int  # layers before it are dense
+    moe_layers: tuple[int, ...]  # layer indices with routed experts
 
     @classmethod
-    def from_config_json(cls, cfg: dict) -> "RoutingShape":
-        """From a DeepSeek-V3 config.json (or the synthetic model's architecture block)."""
-        return cls(int(cfg["n_routed_experts"]), int(cfg["num_experts_per_tok"]), int(cfg.get("n_group") or 1),
-                   int(cfg.get("topk_group") or 1), int(cfg["num_hidden_layers"]),
-                   int(cfg.get("first_k_dense_replace", 0)))
+    def of(cls, config: dict) -> "RoutingShape":
+        """From a config.json of any supported family (skipbench.adapters)."""
+        from skipbench.adapters import routing_of
 
-    @property
-    def moe_layers(self) -> range:
-        return range(self.first_moe, self.layers)
+        r = routing_of(config)
+        return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))
 
 
 def _at_most(field: str, value, limit: int, what: str) -> list[str]:
@@ -79,7 +75,9 @@ def _at_most(field: str, value, limit: int, what: str) -> list[str]:
 def _check_layers(v: dict, s: RoutingShape) -> list[str]:
     moe = s.moe_layers
     bad = [layer for layer in v.get("layers") or [] if layer not in moe]
-    errors = [f"layers = {v['layers']!r}: {bad} are not MoE layers; allowed {moe.start}..{moe.stop - 1}"] if bad else []
+    contiguous = moe == tuple(range(moe[0], moe[-1] + 1)) if moe else False
+    allowed = f"{moe[0]}..{moe[-1]}" if contiguous else list(moe)
+    errors = [f"layers = {v['layers']!r}: {bad} are not MoE layers; allowed {allowed}"] if bad else []
     return errors + _at_most("cheapest", v.get("cheapest"), len(moe), "the model's MoE layers")
 
 
@@ -103,7 +101,7 @@ def check_variants(variants: dict[str, dict], shape: RoutingShape, where: str = 
 def check_variants_against_checkpoint(variants: dict[str, dict], model_dir: Path) -> None:
     """check_variants with the shape of a checkpoint on disk (downloaded models, before an engine start)."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    check_variants(variants, RoutingShape.from_config_json(cfg))
+    check_variants(variants, RoutingShape.of(cfg))
 
 
 # --- benchmarks, calibration, external samples ----------------------------------------
