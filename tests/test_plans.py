@@ -16,7 +16,6 @@ import yaml
 from test_workflow import ROOT, SNAKEMAKE, micro_config
 
 pytestmark = pytest.mark.slow  # a handful of Snakemake invocations: minutes on a busy machine
-SOURCES = ("Snakefile", "workflow", "config", "kernels", "profiles")
 
 
 def snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
@@ -65,38 +64,10 @@ def copy_of(finished: Path, dst: Path, metadata: bool = True) -> Path:
     return dst
 
 
-def clone_sources(dst: Path) -> Path:
-    """The workflow's sources copied with new mtimes, as `git clone` leaves them."""
-    dst.mkdir()
-    for part in SOURCES:
-        src = ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, dst / part, copy_function=shutil.copy, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst / part)
-    return dst
-
-
 def edit_config(workdir: Path, change) -> None:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     change(cfg)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-
-
-def test_fresh_clone_with_copied_results_plans_nothing(finished, tmp_path):
-    clone = clone_sources(tmp_path / "clone")  # every source file with a new mtime
-    workdir = copy_of(finished, tmp_path / "work", metadata=False)
-    assert planned_jobs(snakemake(workdir, "-n", snakefile=clone / "Snakefile")) == {}
-
-
-def test_edited_library_code_reruns_its_rules_only(finished, tmp_path):
-    clone = clone_sources(tmp_path / "clone")
-    score = clone / "workflow/skipbench/score.py"
-    score.write_text(score.read_text() + "\n# an edit\n")
-    workdir = copy_of(finished, tmp_path / "work")
-    # The library is imported from the clone: the content hash of score.py changed.
-    jobs = planned_jobs(snakemake(workdir, "-n", snakefile=clone / "Snakefile"))
-    assert jobs == {"score": 1, "figures": 1, "all": 1}, jobs
 
 
 def test_added_external_benchmark_does_not_touch_the_checkpoint(finished, tmp_path):
