@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -260,3 +262,39 @@ def test_huggingface_source_needs_a_revision(tmp_path):
     cfg = {"source": "huggingface", "huggingface": {"repo_id": "org/tiny", "revision": ""}}
     with pytest.raises(ValueError, match="revision"):
         run_checkpoint(copy.deepcopy(cfg), [], tmp_path / "c", tmp_path / "m.parquet", tmp_path / "t.parquet")
+
+
+TRAIN_TWICE = """
+import hashlib, json, sys
+from pathlib import Path
+from skipbench.reproducible import pin_cpu_paths
+pin_cpu_paths()  # as workflow/scripts/checkpoint.py, before torch loads
+import torch
+from skipbench.benchmarks import Task
+from skipbench.checkpoint import synthetic_checkpoint
+threads, out, synth, tasks = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+torch.set_num_threads(threads)  # what the caller happens to have: must not matter
+out.mkdir(parents=True)
+row = synthetic_checkpoint(synth, [Task(**t) for t in tasks], out)
+digest = hashlib.sha256()
+for p in sorted(out.rglob("*")):
+    if p.is_file():
+        digest.update(p.name.encode() + p.read_bytes())
+print(json.dumps({"sha256": digest.hexdigest(), "losses": row["loss_curve"], "threads": torch.get_num_threads()}))
+"""
+
+
+def test_training_is_bit_identical_whatever_the_thread_count(tmp_path):
+    synth = model_cfg(memorise=True)["synthetic"]
+    synth["memorise"] |= {"max_steps": 12, "target_loss": 0.0}  # every step runs
+    tasks = json.dumps([t.__dict__ for t in TASKS], default=list)
+    runs = []
+    for threads in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", TRAIN_TWICE, str(threads), str(tmp_path / f"t{threads}"),
+                               json.dumps(synth), tasks], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert len(runs[0]["losses"]) == 12
+    assert runs[0]["losses"] == runs[1]["losses"]
+    assert runs[0]["sha256"] == runs[1]["sha256"]
+    assert [r["threads"] for r in runs] == [1, 2]  # the caller's setting is restored afterwards

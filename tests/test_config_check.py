@@ -10,7 +10,7 @@ from skipbench.config_check import (
 )
 
 # The embedded default's routing: 16 experts top-4 in 4 groups (keep 2), layers 1-3 MoE.
-TINY = RoutingShape(experts=16, top_k=4, groups=4, topk_group=2, layers=4, first_moe=1)
+TINY = RoutingShape(experts=16, top_k=4, groups=4, topk_group=2, moe_layers=(1, 2, 3))
 
 
 @pytest.mark.parametrize("variant, needle", [
@@ -39,11 +39,15 @@ def test_fitting_parameters_pass_and_every_error_is_listed():
 
 def test_downloaded_checkpoint_shape_read_from_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
-        "n_routed_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+        "model_type": "deepseek_v3", "n_routed_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
         "num_hidden_layers": 61, "first_k_dense_replace": 3}))
     check_variants_against_checkpoint({"v": {"strategy": "topk", "k": 8}}, tmp_path)
     with pytest.raises(ConfigError, match="layers = \\[1\\]: \\[1\\] are not MoE layers; allowed 3..60"):
         check_variants_against_checkpoint({"v": {"strategy": "layers", "layers": [1]}}, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({  # another family's field names
+        "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 32}))
+    with pytest.raises(ConfigError, match="variants.v.k = 3: at most 2"):
+        check_variants_against_checkpoint({"v": {"strategy": "topk", "k": 3}}, tmp_path)
 
 
 def test_duplicate_keys_are_rejected_with_file_and_line(tmp_path):
@@ -104,3 +108,17 @@ def test_external_samples_validated_per_line(tmp_path):
     f.write_bytes(b"\xff\xfe\n")
     with pytest.raises(ConfigError, match="cannot read it"):
         check_samples_file(f, {"T/0"}, "benchmarks.b")
+
+
+def test_datasets_not_downloaded_yet_are_checked_later_and_planning_stays_offline(tmp_path, monkeypatch):
+    import evalplus.data.utils
+
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    monkeypatch.setattr(evalplus.data.utils, "get_dataset_metadata",
+                        lambda *a, **k: ("https://unreachable", str(tmp_path / "not-cached.jsonl")))
+    assert check_benchmarks({"hp": {"dataset": "humaneval_plus"}}) == {"hp": None}
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": 3, "completion": "x"}\n')
+    with pytest.raises(ConfigError, match=r"s.jsonl:2: task_id 3") as err:
+        check_samples_file(f, None, "benchmarks.hp")
+    assert ":1:" not in str(err.value)

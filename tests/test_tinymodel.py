@@ -101,3 +101,24 @@ def test_selection_bias_is_seeded_and_changes_some_rankings():
     unbiased = route(logits, spec, 1)[0].sort(-1).values
     differ = int((unbiased != ids.sort(-1).values).any(-1).sum())
     assert 0 < differ < 200  # biased (the router) and unbiased rankings differ for some tokens
+
+
+def test_killed_training_resumes_bit_identically(tmp_path):
+    tok = tinymodel.train_tokenizer(TEXTS, 300)
+    config = tinymodel.release_config(MICRO_ARCH, 300)
+    seqs = [tinymodel.encode_pair(tok, t[:10], t[10:]) for t in TEXTS]
+
+    def train(steps, resume=None):
+        model = tinymodel.build_model(config, seed=0)
+        log = tinymodel.memorise(model, seqs, 3e-3, steps, 0.0, tok.eos_token_id, resume=resume, save_every=3)
+        return log, model
+
+    with tinymodel.deterministic():
+        whole, model = train(8)
+        state = tmp_path / "train.pt"
+        killed, _ = train(5, state)  # "killed" after step 5: the last save is step 3
+        resumed, again = train(8, state)
+    assert killed.losses[:3] == whole.losses[:3]
+    assert resumed.steps == 8 and resumed.losses == whole.losses
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -44,7 +44,7 @@ def micro_config(workdir: Path) -> dict:
     canonical, wrong = workdir / "canonical.jsonl", workdir / "wrong.jsonl"
     canonical.write_text("".join(json.dumps({"task_id": t.task_id, "solution": t.prompt + t.canonical_solution}) + "\n" for t in tasks))
     wrong.write_text("".join(json.dumps({"task_id": t.task_id, "completion": "    return None\n"}) + "\n" for t in tasks))
-    release = write_release(workdir / "lcb")
+    write_release(workdir / "lcb")
     right = {}  # one correct fixture solution per LiveCodeBench problem, one wrong one for A+B
     for qid, code, verdict in SOLUTIONS:
         if verdict:
@@ -52,12 +52,13 @@ def micro_config(workdir: Path) -> dict:
     lcb_samples = workdir / "lcb_samples.jsonl"
     lcb_samples.write_text("".join(json.dumps({"task_id": q, "solution": c}) + "\n" for q, c in right.items())
                            + json.dumps({"task_id": "abc001_a", "solution": "print(0)"}) + "\n")
+    # Relative to the working directory: a copy of it is the same run (test_fresh_clone_...).
     cfg["benchmarks"] = {
-        "he": {**he, "samples": str(canonical)},  # dense + top1, and canonical solutions as "external"
-        "he_wrong": {**he, "samples": str(wrong), "variants": []},  # only the always-wrong samples
+        "he": {**he, "samples": canonical.name},  # dense + top1, and canonical solutions as "external"
+        "he_wrong": {**he, "samples": wrong.name, "variants": []},  # only the always-wrong samples
         # LiveCodeBench's path: execution by its rules, scores per difficulty (no generation: time)
-        "lcb": {"dataset": "livecodebench", "path": str(release), "released_after": "2024-01-01",
-                "samples": str(lcb_samples), "variants": []},
+        "lcb": {"dataset": "livecodebench", "path": "lcb/test.jsonl", "released_after": "2024-01-01",
+                "samples": lcb_samples.name, "variants": []},
     }
     cfg["variants"] = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
     return cfg
@@ -66,7 +67,7 @@ def micro_config(workdir: Path) -> dict:
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
            "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2300)  # under pytest's 2400 s: a slow machine, not a hang
     if proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.rglob("logs/**/*.log")))
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stderr[-4000:]}\n{logs}")
@@ -150,54 +151,3 @@ def test_report_renders(run):
     html = (workdir / "report.html").read_text(errors="replace")
     assert "tradeoff_he" in html
 
-
-def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts by rule from a dry run's "Job stats" table ({} when nothing is planned)."""
-    lines = proc.stdout.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    jobs = {}
-    for line in lines[lines.index("Job stats:") + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
-def copy_workdir(src: Path, dst: Path, metadata: bool) -> Path:
-    """A copy of a finished working directory, mtimes kept (cp -a); with or without
-    Snakemake's metadata (.snakemake), i.e. the same clone or a fresh one."""
-    shutil.copytree(src, dst, symlinks=True, ignore=None if metadata else shutil.ignore_patterns(".snakemake"))
-    cfg = (dst / "config.yaml").read_text().replace(str(src), str(dst))
-    (dst / "config.yaml").write_text(cfg)
-    return dst
-
-
-def test_fresh_clone_with_copied_results_plans_nothing(run, tmp_path):
-    # A fresh clone: every source file has a new mtime, no .snakemake metadata.
-    clone = tmp_path / "clone"
-    for part in ("Snakefile", "workflow", "config", "kernels", "profiles"):
-        src = ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, clone / part, copy_function=shutil.copy, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, clone / part)
-    workdir = copy_workdir(run.parents[1], tmp_path / "work", metadata=False)
-    cmd = [SNAKEMAKE, "-s", str(clone / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", "-n"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(proc) == {}, proc.stdout[-3000:]
-
-
-def test_added_external_benchmark_does_not_touch_the_checkpoint(run, tmp_path):
-    workdir = copy_workdir(run.parents[1], tmp_path / "work", metadata=True)
-    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
-    cfg["benchmarks"]["he_more"] = {"dataset": "humaneval", "tasks": TASKS,
-                                    "samples": str(workdir / "canonical.jsonl"), "variants": []}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = planned_jobs(snakemake(workdir, "-n"))
-    # Its samples are executed and scored; nothing upstream of them (model, engine) reruns.
-    assert jobs.get("execute") == 1 and jobs.get("score") == 1 and jobs.get("figures") == 1, jobs
-    assert not {"checkpoint", "fp8_convert", "build_kernels", "calibrate", "generate", "infer", "throughput"} & set(jobs), jobs

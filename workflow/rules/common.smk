@@ -38,6 +38,12 @@ def generated_variants(benchmark):
 TEACHER_FORCED = MODEL["source"] == "synthetic"
 
 
+def tasks_of(benchmark):
+    """The fields of a benchmark that choose its tasks (a param of the jobs that generate
+    for it): its external samples and variant list are other jobs' business."""
+    return {k: v for k, v in BENCHMARKS[benchmark].items() if k not in ("samples", "variants")}
+
+
 def variant_files(benchmark, variant):
     """The files the score stage reads for one (benchmark, variant)."""
     files = {"execution": f"{RUN}/execute/{benchmark}/{variant}.parquet"}
@@ -155,7 +161,7 @@ def _check_config():
         except ValueError as e:
             raise config_check.ConfigError(f"variants.{name}: {e}") from None
     if MODEL["source"] == "synthetic":
-        shape = config_check.RoutingShape.from_config_json(MODEL["synthetic"]["architecture"])
+        shape = config_check.RoutingShape.of({"model_type": "deepseek_v3", **MODEL["synthetic"]["architecture"]})
         config_check.check_variants(VARIANTS, shape)
     task_ids = config_check.check_benchmarks(BENCHMARKS)
     for name, bench in BENCHMARKS.items():

@@ -8,7 +8,7 @@ rule execute:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
     params:
         code=code("execute", "sandbox", "sandbox_driver", "benchmarks", "harness", "groundtruth", "compare", "proctable"),
-        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        benchmark=lambda wc: tasks_of(wc.benchmark),
         execution=config["execution"],
     log:
         f"{RUN}/logs/execute/{{benchmark}}/{{variant}}.log",

@@ -17,7 +17,7 @@ rule generate:
         report=f"{RUN}/generate/{{benchmark}}.parquet",
     params:
         code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
-        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        benchmark=lambda wc: tasks_of(wc.benchmark),
         variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
         engine=config["engine"],
         generation=config["generation"],
@@ -51,7 +51,7 @@ rule infer:
         trace=f"{RUN}/infer/{{benchmark}}/{{variant}}/trace.parquet" if TRACING else [],
     params:
         code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
-        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        benchmark=lambda wc: tasks_of(wc.benchmark),
         variant=lambda wc: VARIANTS[wc.variant],
         engine=config["engine"],
         generation=config["generation"],

@@ -31,7 +31,7 @@ rule throughput:
         code=code("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
         variants={v: VARIANTS[v] for v in THROUGHPUT_VARIANTS},
         engine=config["engine"],
-        benchmark=BENCHMARKS[THROUGHPUT_BENCHMARK],
+        benchmark=tasks_of(THROUGHPUT_BENCHMARK),
         sweep=THROUGHPUT,
         seed=config["generation"]["seed"],
         prompt=config["generation"]["prompt"],

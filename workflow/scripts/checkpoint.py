@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-import torch
+from skipbench.reproducible import pin_cpu_paths
+
+pin_cpu_paths()  # before torch loads (via the modules below): a bit-identical checkpoint
 
 from skipbench.adapters import check_routing
 from skipbench.benchmarks import Task
@@ -14,7 +16,6 @@ from skipbench.logs import log_to
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
     log_to(snakemake.log[0])
-    torch.set_num_threads(snakemake.threads)  # training: use the cores the rule was given
     model_cfg = snakemake.params.model
     # The memorisation demo trains on the tasks it is then evaluated on (said in the README).
     run_checkpoint(

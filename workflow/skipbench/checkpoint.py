@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from skipbench.benchmarks import Task
 from skipbench.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, dequantize_fp8_blocks, is_fp8_weight, quantize_fp8_blocks
-from skipbench.io import atomic_dir, write_json, write_table
+from skipbench.io import atomic_dir, stable_hash, write_json, write_table
 from skipbench.layout import CONFIG_NAME, MANIFEST_SCHEMA, manifest_rows, shard_name, write_index
 from skipbench import tinymodel
 
@@ -130,8 +130,15 @@ def _reproduced(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int) ->
     return [t.task_id for t, text in zip(tasks, texts) if text == t.canonical_solution]
 
 
-def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> dict:
-    """Build, optionally memorise, and write the tiny model into `out_dir`; returns the training row."""
+def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path, resume: Path | None = None) -> dict:
+    """Build, optionally memorise, and write the tiny model into `out_dir`; returns the training row.
+    Deterministic (tinymodel.deterministic): the same files whatever the caller's thread count.
+    `resume`: training state saved every few steps, continued by a rerun after a kill."""
+    with tinymodel.deterministic():
+        return _synthetic_checkpoint(synth, tasks, out_dir, resume)
+
+
+def _synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path, resume: Path | None) -> dict:
     texts = [t.prompt + t.canonical_solution for t in tasks]
     tokenizer = tinymodel.train_tokenizer(texts, synth["vocab_size"])
     if len(tokenizer) > synth["vocab_size"]:
@@ -152,7 +159,7 @@ def synthetic_checkpoint(synth: dict, tasks: Sequence[Task], out_dir: Path) -> d
         budget = max(len(ids) - n for ids, n in seqs) + 8  # longest solution + EOS, with slack
         train = tinymodel.memorise(
             model, seqs, mem["lr"], mem["max_steps"], mem["target_loss"], pad_id=tokenizer.eos_token_id,
-            until=lambda: len(_reproduced(model, tokenizer, tasks, budget)) == len(tasks),
+            until=lambda: len(_reproduced(model, tokenizer, tasks, budget)) == len(tasks), resume=resume,
         )
         row.update(steps=train.steps, target_loss=mem["target_loss"], final_loss=train.losses[-1],
                    loss_curve=train.losses, seconds=train.seconds,
@@ -207,8 +214,13 @@ def run_checkpoint(
     out_dir = Path(out_dir)
     source = model_cfg["source"]
     if source == "synthetic":
+        # Outside the staging folder (removed after a kill), keyed by what training depends on.
+        key = stable_hash([model_cfg["synthetic"], [(t.task_id, t.prompt, t.canonical_solution) for t in tasks]])
+        resume = out_dir.parent / f".{out_dir.name}.train-{key}.pt"
         with atomic_dir(out_dir) as tmp:
-            row = synthetic_checkpoint(model_cfg["synthetic"], tasks, tmp)
+            row = synthetic_checkpoint(model_cfg["synthetic"], tasks, tmp, resume)
+        for state in out_dir.parent.glob(f".{out_dir.name}.train-*.pt"):
+            state.unlink()
     elif source == "huggingface":
         download_checkpoint(model_cfg["huggingface"], out_dir)
         row = {"source": "huggingface", "seed": None, "parameters": None, "memorise_enabled": False,

@@ -8,6 +8,7 @@ from the downloaded config.json before an engine starts (skipbench.infer).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,21 +56,17 @@ def check_unique_keys(paths: Iterable[str | Path]) -> None:
 class RoutingShape:
     experts: int  # routed experts per MoE layer
     top_k: int  # slots per token
-    groups: int  # expert groups (n_group)
+    groups: int  # expert groups (n_group; 1: none)
     topk_group: int  # groups kept per token
-    layers: int  # decoder layers
-    first_moe: int  # layers before it are dense
+    moe_layers: tuple[int, ...]  # layer indices with routed experts
 
     @classmethod
-    def from_config_json(cls, cfg: dict) -> "RoutingShape":
-        """From a DeepSeek-V3 config.json (or the synthetic model's architecture block)."""
-        return cls(int(cfg["n_routed_experts"]), int(cfg["num_experts_per_tok"]), int(cfg.get("n_group") or 1),
-                   int(cfg.get("topk_group") or 1), int(cfg["num_hidden_layers"]),
-                   int(cfg.get("first_k_dense_replace", 0)))
+    def of(cls, config: dict) -> "RoutingShape":
+        """From a config.json of any supported family (skipbench.adapters)."""
+        from skipbench.adapters import routing_of
 
-    @property
-    def moe_layers(self) -> range:
-        return range(self.first_moe, self.layers)
+        r = routing_of(config)
+        return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))
 
 
 def _at_most(field: str, value, limit: int, what: str) -> list[str]:
@@ -81,7 +78,9 @@ def _at_most(field: str, value, limit: int, what: str) -> list[str]:
 def _check_layers(v: dict, s: RoutingShape) -> list[str]:
     moe = s.moe_layers
     bad = [layer for layer in v.get("layers") or [] if layer not in moe]
-    errors = [f"layers = {v['layers']!r}: {bad} are not MoE layers; allowed {moe.start}..{moe.stop - 1}"] if bad else []
+    contiguous = moe == tuple(range(moe[0], moe[-1] + 1)) if moe else False
+    allowed = f"{moe[0]}..{moe[-1]}" if contiguous else list(moe)
+    errors = [f"layers = {v['layers']!r}: {bad} are not MoE layers; allowed {allowed}"] if bad else []
     return errors + _at_most("cheapest", v.get("cheapest"), len(moe), "the model's MoE layers")
 
 
@@ -105,18 +104,35 @@ def check_variants(variants: dict[str, dict], shape: RoutingShape, where: str = 
 def check_variants_against_checkpoint(variants: dict[str, dict], model_dir: Path) -> None:
     """check_variants with the shape of a checkpoint on disk (downloaded models, before an engine start)."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    check_variants(variants, RoutingShape.from_config_json(cfg))
+    check_variants(variants, RoutingShape.of(cfg))
 
 
 # --- benchmarks, calibration, external samples ----------------------------------------
 
 
-def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str]]:
-    """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids per benchmark."""
+def needs_download(bench: dict) -> bool:
+    """Whether loading a dataset would fetch it (EvalPlus, no local file yet): then its
+    check waits for the stage that downloads it, and planning stays offline."""
+    from skipbench.benchmarks import DATASETS
+
+    src = DATASETS.get(bench.get("dataset"))
+    if bench.get("dataset") == "humaneval" or bench.get("path") or src is None or os.environ.get(src.env):
+        return False
+    from evalplus.data.utils import get_dataset_metadata
+
+    return not os.path.exists(get_dataset_metadata(src.release, src.version, mini=False)[1])
+
+
+def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str] | None]:
+    """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids
+    per benchmark (None: the dataset is not downloaded yet, checked when it is)."""
     from skipbench.benchmarks import load_tasks
 
     ids = {}
     for name, bench in benchmarks.items():
+        if needs_download(bench):
+            ids[name] = None
+            continue
         try:
             ids[name] = {t.task_id for t in load_tasks(bench)}
         except DatasetUnavailable as e:  # offline planning: the stage that reads it fetches it (or says why not)
@@ -131,9 +147,11 @@ def check_calibration(calibration: dict, benchmarks: dict[str, dict]) -> None:
     from skipbench.calibrate import DEFAULT_CALIBRATION
 
     cfg = DEFAULT_CALIBRATION | dict(calibration)
+    if any(needs_download(b) for b in [cfg, *benchmarks.values()]):
+        return  # calibrate checks it after the download
     try:
         _check_calibration(cfg, calibration, benchmarks)
-    except DatasetUnavailable as e:
+    except DatasetUnavailable as e:  # a LiveCodeBench release not here yet
         _not_checked("calibration", e)
 
 
@@ -155,9 +173,10 @@ def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]
         raise ConfigError(f"calibration (dataset {cfg['dataset']!r}, tasks {cfg['tasks']!r}): {e}") from None
 
 
-def check_samples_file(path: str | Path, task_ids: set[str], where: str) -> None:
-    """External samples: one JSON object per line with a known task_id and a string
-    `solution` or `completion`. Raises with file:line of every bad line (up to 10)."""
+def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) -> None:
+    """External samples: one JSON object per line with a known task_id (any string while
+    the dataset is not downloaded: task_ids None) and a string `solution` or `completion`.
+    Raises with file:line of every bad line (up to 10)."""
     errors = []
     try:
         lines = Path(path).read_text().splitlines()
@@ -173,7 +192,7 @@ def check_samples_file(path: str | Path, task_ids: set[str], where: str) -> None
             continue
         if not isinstance(s, dict):
             errors.append(f"{path}:{n}: a {type(s).__name__}, not an object")
-        elif s.get("task_id") not in task_ids:
+        elif not isinstance(s.get("task_id"), str) or (task_ids is not None and s["task_id"] not in task_ids):
             errors.append(f"{path}:{n}: task_id {s.get('task_id')!r} is not a task of this benchmark")
         elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
             got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}

@@ -8,16 +8,20 @@ the solutions greedily (a memorisation demo, not a capable model).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, PreTrainedTokenizerFast
 from skipbench.progress import track
+
+from skipbench.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,25 @@ def release_config(arch: dict, vocab_size: int) -> dict:
     }
 
 
+# Bit-identical training on any x86-64 machine with AVX2: one thread (a reduction's order
+# depends on the thread count), deterministic algorithms, and the SIMD paths pinned before
+# torch loads (skipbench.reproducible).
+TRAIN_THREADS = 1
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = TRAIN_THREADS):
+    """Training and its greedy checks independent of the caller's thread count; restores torch's settings."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
 def build_model(config: dict, seed: int) -> DeepseekV3ForCausalLM:
     """Seeded random init of the architecture config.json describes (fp32)."""
     cfg = DeepseekV3Config.from_dict({k: v for k, v in config.items() if k != "quantization_config"})
@@ -137,12 +160,17 @@ class TrainLog:
 def memorise(
     model: DeepseekV3ForCausalLM, seqs: list[tuple[list[int], int]], lr: float, max_steps: int,
     target_loss: float, pad_id: int, until: Callable[[], bool] | None = None, check_every: int = 10,
+    resume: Path | None = None, save_every: int = 25,
 ) -> TrainLog:
     """Full-batch fp32 AdamW on every token (prompt, completion, EOS) until loss <= target_loss
     and `until()` agrees (asked then, and every `check_every` steps after), or max_steps.
 
     A low loss can still leave one token of one solution wrong; `until` (a greedy check)
-    keeps training until the solutions actually come out."""
+    keeps training until the solutions actually come out.
+
+    `resume`: a file that holds model, optimiser and log every `save_every` steps; a killed
+    run started again with the same file continues from its last save (bit-identical to an
+    uninterrupted run: training is deterministic)."""
     B, L = len(seqs), max(len(ids) for ids, _ in seqs)  # B sequences, L tokens
     ids = torch.full((B, L), pad_id)
     mask = torch.zeros(B, L, dtype=torch.long)
@@ -154,8 +182,16 @@ def memorise(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     out = TrainLog()
-    t0 = time.perf_counter()
-    bar = track(range(1, max_steps + 1), desc="memorise", unit="step")
+    first = 1
+    if resume is not None and Path(resume).exists():
+        state = torch.load(resume, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        out = state["log"]
+        first = out.steps + 1
+        log.info("memorise: resuming after step %d from %s", out.steps, resume)
+    t0 = time.perf_counter() - out.seconds
+    bar = track(range(first, max_steps + 1), desc="memorise", unit="step")
     for step in bar:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -167,6 +203,10 @@ def memorise(
         bar.set_postfix(loss=f"{out.losses[-1]:.4f}")
         if step % 25 == 0:
             log.info("step %d loss %.4f", step, out.losses[-1])
+        if resume is not None and step % save_every == 0:
+            out.seconds = time.perf_counter() - t0
+            with atomic_path(resume) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "log": out}, tmp)
         if out.losses[-1] <= target_loss:
             due = out.first_at_target is None or (step - out.first_at_target) % check_every == 0
             out.first_at_target = out.first_at_target or step

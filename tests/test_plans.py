@@ -1,0 +1,78 @@
+"""What a change reruns, read from dry runs of a finished run faked with `--touch`.
+
+The fixture plans the micro workflow (test_workflow.micro_config), creates every output,
+then `snakemake --touch --forceall` records Snakemake's metadata as a real run would
+(params, code, input sets), in seconds instead of a workflow run. Each test copies it.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import ROOT, SNAKEMAKE, micro_config
+
+pytestmark = pytest.mark.slow  # a handful of Snakemake invocations: minutes on a busy machine
+
+
+def snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir), "--cores", "1",
+           "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts by rule from a dry run's "Job stats" table ({} when nothing is planned)."""
+    lines = proc.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    jobs = {}
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("finished")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(micro_config(workdir)))
+    for line in snakemake(workdir, "-n").stdout.splitlines():
+        if m := re.match(r"\s+output: (.*)", line):
+            for out in m.group(1).split(", "):
+                path = workdir / out
+                if path.name in ("checkpoint", "converted"):  # directory() outputs
+                    path.mkdir(parents=True, exist_ok=True)
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+    snakemake(workdir, "--touch", "--forceall")
+    assert planned_jobs(snakemake(workdir, "-n")) == {}
+    return workdir
+
+
+def copy_of(finished: Path, dst: Path, metadata: bool = True) -> Path:
+    """The working directory copied with its mtimes (cp -a); without .snakemake: a fresh clone's."""
+    shutil.copytree(finished, dst, symlinks=True, ignore=None if metadata else shutil.ignore_patterns(".snakemake"))
+    return dst
+
+
+def edit_config(workdir: Path, change) -> None:
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    change(cfg)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_added_external_benchmark_does_not_touch_the_checkpoint(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    edit_config(workdir, lambda c: c["benchmarks"].update(
+        he_more={"dataset": "humaneval", "tasks": 3, "samples": "canonical.jsonl", "variants": []}))
+    jobs = planned_jobs(snakemake(workdir, "-n"))
+    assert jobs == {"execute": 1, "score": 1, "figures": 1, "all": 1}, jobs
