@@ -33,5 +33,10 @@ if [[ ",$extras," == *",cpu,"* ]]; then
     # beside torch 2.13.0+cpu. Triton stays: its interpreter runs the kernel tests on CPU.
     "$venv/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
 fi
+if [[ ",$extras," == *",test,"* ]]; then
+    # LiveCodeBench's evaluator, the oracle of tests/test_livecodebench.py. Without its
+    # dependencies (API clients, datasets, ...): the tests load only its evaluator module.
+    "$venv/bin/pip" install -q "${constraints[@]}" --no-deps nvidia-livecodebench
+fi
 bash workflow/pip_check.sh "$venv"
 "$venv/bin/python" -c "import skipbench, vllm, transformers; print('setup ok: vllm', vllm.__version__, 'transformers', transformers.__version__)"
