@@ -122,3 +122,15 @@ def test_datasets_not_downloaded_yet_are_checked_later_and_planning_stays_offlin
     with pytest.raises(ConfigError, match=r"s.jsonl:2: task_id 3") as err:
         check_samples_file(f, None, "benchmarks.hp")
     assert ":1:" not in str(err.value)
+
+
+def test_new_strategies_are_checked_against_the_routing_shape():
+    from skipbench.config_check import ConfigError, RoutingShape, check_variants
+
+    shape = RoutingShape(16, 4, 4, 2, (1, 2, 3))
+    check_variants({"a": {"strategy": "router_topk", "k": 4}, "b": {"strategy": "entropy_k", "thresholds": [0.2, 0.5, 0.8]}},
+                   shape)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"variants.r.k = 5: at most 4"):
+        check_variants({"r": {"strategy": "router_topk", "k": 5}}, shape)
+    with pytest.raises(ConfigError, match=r"variants.e.thresholds = .*at most 3 cut points"):
+        check_variants({"e": {"strategy": "entropy_k", "thresholds": [0.1, 0.2, 0.3, 0.4]}}, shape)
