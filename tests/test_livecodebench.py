@@ -249,3 +249,13 @@ def test_sandboxed_verdicts_equal_livecodebench_s(release, tmp_path):
             next(p for p in PROBLEMS if p["question_id"] == q)["private"])
     slow = by_sample["3001"][max(by_sample["3001"])]
     assert slow["status"] == "timeout" and slow["time_limit_s"] == (lcb.TIMEOUT_S + 1) * 3 + 5
+
+
+def test_calibration_is_held_out_from_a_livecodebench_benchmark(release):
+    """A LiveCodeBench benchmark is its own dataset family: calibration on HumanEval still plans."""
+    from skipbench.calibrate import calibration_tasks
+
+    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 3},
+                              {"he": {"dataset": "humaneval", "tasks": 2},
+                               "lcb": {"dataset": "livecodebench", "path": str(release)}})  # fmt: skip
+    assert [t.task_id for t in tasks] == ["HumanEval/2", "HumanEval/3", "HumanEval/4"]

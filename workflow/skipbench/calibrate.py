@@ -58,7 +58,8 @@ DEFAULT_CALIBRATION = {"dataset": "humaneval", "tasks": 16}
 
 
 def _family(dataset: str) -> str:
-    return {"humaneval": "humaneval", "humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}[dataset]
+    """Datasets that share task ids (HumanEval and HumanEval+); any other is its own family."""
+    return {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}.get(dataset, dataset)
 
 
 def _no_duplicate_ids(ids, where: str) -> None:
