@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from skipbench.io import read_table
 from skipbench.strategies import SkipRule
-from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, traffic_table, write_traffic
+from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
 
 
 def quantile(xs, q):
@@ -129,6 +130,18 @@ def test_batch_aware_masks_recomputed_for_each_replayed_batch():
     # any other strategy replays its recorded masks
     other = traffic_table(pd.DataFrame(rows), "top1", [1], 1, SkipRule("topk", k=1))
     assert other[other["layer"] == 3]["distinct_mean"].iloc[0] == 2.0
+
+
+def test_batch_aware_in_bounded_groups_of_batches_equals_one_call():
+    rng = np.random.default_rng(0)
+    ids = np.argsort(rng.random((300, 16)), -1)[:, :4]  # M=300 rows, E=16, K=4
+    weights, batch = rng.random((300, 4)).astype(np.float32), rng.integers(0, 40, 300)
+    whole = batch_aware_kept(2, weights, ids, batch)
+    assert np.array_equal(whole, batch_aware_kept(2, weights, ids, batch, table=16 * 3))  # 3 batches a call
+    alone = [batch_aware_kept(2, weights[batch == b], ids[batch == b], np.zeros((batch == b).sum(), np.int64))
+             for b in range(40)]  # each batch by itself
+    assert all(np.array_equal(whole[batch == b], a) for b, a in enumerate(alone))
+    assert whole.sum(1).min() >= 2 and whole.sum() > 2 * 300  # top-2 plus some piggybacking
 
 
 @settings(max_examples=40, deadline=None)

@@ -138,14 +138,24 @@ def refill_schedule(lengths: np.ndarray, concurrency: int) -> tuple[np.ndarray, 
     return np.asarray(samples, np.int64), np.asarray(starts, np.int64), n_steps
 
 
-def batch_aware_kept(k0: int, weights: np.ndarray, ids: np.ndarray, batch: np.ndarray) -> np.ndarray:
+def batch_aware_kept(k0: int, weights: np.ndarray, ids: np.ndarray, batch: np.ndarray,
+                     table: int = 1 << 24) -> np.ndarray:
     """OEA masks [M,K] of M replayed rows, each row in replayed batch `batch` [M] (one step at
-    one layer): strategies.keep_batch_aware run once over all batches, with expert ids keyed
-    by batch (batch * E + id) so that a token only piggybacks on its own batch's experts."""
+    one layer): strategies.keep_batch_aware over many batches per call, with expert ids keyed
+    by batch (batch * E + id) so that a token only piggybacks on its own batch's experts.
+    Batches go in groups whose loaded-expert table stays under `table` entries (memory)."""
     n_exp = int(ids.max()) + 1 if ids.size else 1
-    n_batch = int(batch.max()) + 1 if batch.size else 1
-    key = torch.from_numpy(batch[:, None] * n_exp + ids)  # [M,K] expert of one batch
-    return keep_batch_aware(k0, torch.from_numpy(weights), key, n_batch * n_exp).numpy()
+    per = max(1, table // n_exp)  # batches per call
+    order = np.argsort(batch, kind="stable")  # M rows grouped by batch
+    bounds = np.searchsorted(batch[order], np.arange(0, int(batch.max(initial=0)) + per + 1, per))
+    kept = np.zeros(ids.shape, bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        rows = order[lo:hi]
+        if len(rows):
+            b = batch[rows] - batch[rows].min()
+            key = torch.from_numpy(b[:, None] * n_exp + ids[rows])  # [m,K] expert of one batch
+            kept[rows] = keep_batch_aware(k0, torch.from_numpy(weights[rows]), key, (int(b.max()) + 1) * n_exp).numpy()
+    return kept
 
 
 def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule | None = None) -> pd.DataFrame:
