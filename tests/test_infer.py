@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -9,6 +11,7 @@ import skipbench.infer as infer
 from skipbench.benchmarks import Task
 from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
+from skipbench.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 TASKS = [Task(f"T/{i}", p, "f", "") for i, p in enumerate(["def f(x):\n", "def add(a, b):\n", "x = [", "import os\n", "class A:\n"])]
@@ -138,7 +141,7 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):
-    from skipbench.traffic import TRACE_SCHEMA, trace_arrays
+    from skipbench.traffic import TRACE_SCHEMA, trace_arrays, traffic_table
 
     out = tmp_path / "oea"
     paths = dict(samples_path=out / "s.jsonl", generations_path=out / "g.parquet", summary_path=out / "sum.parquet")
@@ -151,9 +154,40 @@ def test_trace_and_calibrated_variant(tiny, tmp_path):
     assert sorted(set(a["layer"].tolist())) == [1, 2]
     kept = a["kept"].sum(1)
     assert kept.min() >= 1 and kept.max() > 1, "batch of 2: some token piggybacks on the other's expert"
+    # the router's weights of every slot, skipped ones included; the kept top-1 is the heaviest
+    assert (a["weights"] > 0).all() and a["kept"][np.arange(len(kept)), a["weights"].argmax(1)].all()
+    # replayed one sequence at a time, OEA at k0 = 1 is top-1: one expert per layer and step
+    one = traffic_table(trace, "oea", [1], 1, SkipRule("batch_aware", k0=1))
+    assert (one["distinct_mean"] == 1.0).all() and (one["experts_per_token"] == 1.0).all()
     with pytest.raises(ValueError, match="calibration"):
         run_infer(tiny, TASKS, "p", {"strategy": "prune", "fraction": 0.25, "criterion": "reap"}, TF, GEN,
                   cache_dir=out / "cache", **paths)
+
+
+def test_batch_aware_generates_at_the_deployment_batch(tiny, tmp_path):
+    """generation.batch_size is 2; batch_aware variants generate at report.deployment_batch
+    (1 here: each step holds one sequence, so its decode steps are top-k0 and repeat run to run)."""
+    oea, top2 = {"strategy": "batch_aware", "k0": 1}, {"strategy": "topk", "k": 2}
+
+    def go(name, cfg, deployment_batch=1):
+        out = tmp_path / name
+        paths = dict(samples_path=out / "s.jsonl", generations_path=out / "g.parquet", summary_path=out / "sum.parquet")
+        run_infer(tiny, TASKS, name, cfg, TF, GEN, cache_dir=out / "cache", trace_path=out / "t.parquet",
+                  deployment_batch=deployment_batch, **paths)
+        return (pq.read_table(out / "g.parquet").to_pylist(), pq.read_table(out / "sum.parquet").to_pylist()[0],
+                pq.read_table(out / "t.parquet"))
+
+    gens, summary, trace = go("oea-a", oea)
+    assert {g["batch_size"] for g in gens} == {1} and summary["batch_size"] == 1
+    decode = trace.filter(pc.greater_equal(trace["position"], 1))
+    assert all(bin(k).count("1") == 1 for k in decode["keep"].to_pylist()), "alone in its steps: top-k0"
+    again, _, trace_again = go("oea-b", oea)
+    assert [g["token_ids"] for g in again] == [g["token_ids"] for g in gens] and trace_again.equals(trace)
+    gens, summary, _ = go("top2", top2)  # a per-token rule keeps generation.batch_size
+    assert summary["batch_size"] == 2 and {g["batch_size"] for g in gens} == {1, 2}
+    _, summary, _ = go("oea-none", oea, deployment_batch=None)  # no deployment batch given: generation's
+    assert summary["batch_size"] == 2
+    assert infer.GenerationSettings.from_config(GEN, 4).for_rule(SkipRule.from_config(oea)).batch_size == 4
 
 
 VARIANTS = {"top2": {"strategy": "topk", "k": 2}, "dense": {"strategy": "dense"},

@@ -112,3 +112,13 @@ def test_within_ci_of_front_marks_points_the_front_does_not_beat_significantly()
     xs, ys = [4, 1, 2, 4], [0.9, 0.5, 0.45, 0.2]
     los, his = [0.8, 0.4, 0.3, 0.1], [1.0, 0.6, 0.65, 0.3]
     assert within_ci_of_front(xs, ys, los, his, x_higher_better=False) == [2]
+
+
+def test_markdown_says_at_which_batch_batch_aware_quality_was_generated(tmp_path):
+    s = build_summary([full_run(tmp_path)], 1, ["h200"])
+    batches = "/".join(map(str, sorted(set(s["infer_batch"].dropna().astype(int)))))
+    assert f"Quality generated at batch {batches} (generation.batch_size)." in markdown(s)
+    s.loc[s["variant"] == "top1", ["strategy", "infer_batch"]] = ["batch_aware", 1]
+    rest = "/".join(map(str, sorted(set(s.loc[s["variant"] != "top1", "infer_batch"].dropna().astype(int)))))
+    assert (f"Quality generated at batch {rest} (generation.batch_size); batch_aware (OEA) variants at batch 1 "
+            "(report.deployment_batch)") in markdown(s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skipbench.io import read_table
-from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, traffic_table, write_traffic
+from skipbench.strategies import SkipRule
+from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
 
 
 def quantile(xs, q):
@@ -80,7 +82,8 @@ def traces(draw):
             for layer in layers:
                 ids = draw(st.permutations(range(n_exp)))[:k]
                 rows.append(dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids,
-                                 keep=draw(st.integers(0, 2**k - 1))))  # fmt: skip
+                                 keep=draw(st.integers(0, 2**k - 1)),
+                                 weights=draw(st.lists(st.floats(0.0625, 1.0, width=32), min_size=k, max_size=k))))
     return draw(st.permutations(rows))  # row order must not matter beyond first appearance
 
 
@@ -106,8 +109,51 @@ def test_matches_brute_force(rows, concurrency):
             assert row["bytes_per_step"] == pytest.approx(mean * 1000)
 
 
-def _row(task, pos, layer, ids, keep, sample=0):
-    return dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids, keep=keep)
+def _row(task, pos, layer, ids, keep, sample=0, weights=None):
+    weights = [1.0 - 0.1 * k for k in range(len(ids))] if weights is None else weights  # slot order = rank
+    return dict(task_id=task, sample_id=sample, position=pos, layer=layer, expert_ids=ids, keep=keep, weights=weights)
+
+
+def test_batch_aware_masks_recomputed_for_each_replayed_batch():
+    # OEA, k0 = 1, K = 2, recorded at some other batch with every slot kept (0b11).
+    # A's token: experts 0 (0.6), 1 (0.4); B's: 1 (0.7), 2 (0.3).
+    rows = [_row("A", 0, 3, [0, 1], 0b11, weights=[0.6, 0.4]), _row("A", 1, 3, [0, 1], 0b11, weights=[0.6, 0.4]),
+            _row("B", 0, 3, [1, 2], 0b11, weights=[0.7, 0.3]), _row("B", 1, 3, [1, 2], 0b11, weights=[0.7, 0.3])]
+    oea = SkipRule("batch_aware", k0=1)
+    got = traffic_table(pd.DataFrame(rows), "oea1", [1, 2], 1, oea).set_index(["concurrency", "layer"])
+    # c = 1: each token alone is top-k0: A {0}, B {1}
+    assert got.loc[(1, 3), "distinct_mean"] == 1.0 and got.loc[(1, 3), "experts_per_token"] == 1.0
+    # c = 2, one step: A keeps 0 and piggybacks on 1 (B's top-1, loaded anyway); B keeps 1, not 2
+    assert got.loc[(2, 3), "distinct_mean"] == 2.0 and got.loc[(2, 3), "slots_per_step"] == 3.0
+    # the prefill rows are not replayed: reported as recorded
+    assert (got["prefill_experts_per_token"] == 2.0).all()
+    # any other strategy replays its recorded masks
+    other = traffic_table(pd.DataFrame(rows), "top1", [1], 1, SkipRule("topk", k=1))
+    assert other[other["layer"] == 3]["distinct_mean"].iloc[0] == 2.0
+
+
+def test_batch_aware_in_bounded_groups_of_batches_equals_one_call():
+    rng = np.random.default_rng(0)
+    ids = np.argsort(rng.random((300, 16)), -1)[:, :4]  # M=300 rows, E=16, K=4
+    weights, batch = rng.random((300, 4)).astype(np.float32), rng.integers(0, 40, 300)
+    whole = batch_aware_kept(2, weights, ids, batch)
+    assert np.array_equal(whole, batch_aware_kept(2, weights, ids, batch, table=16 * 3))  # 3 batches a call
+    alone = [batch_aware_kept(2, weights[batch == b], ids[batch == b], np.zeros((batch == b).sum(), np.int64))
+             for b in range(40)]  # each batch by itself
+    assert all(np.array_equal(whole[batch == b], a) for b, a in enumerate(alone))
+    assert whole.sum(1).min() >= 2 and whole.sum() > 2 * 300  # top-2 plus some piggybacking
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=traces(), k0=st.integers(1, 4))
+def test_batch_aware_at_batch_one_is_top_k0(rows, k0):
+    k = len(rows[0]["expert_ids"])
+    table = pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
+    got = traffic_table(table, "oea", [1, 3], 1, SkipRule("batch_aware", k0=k0))
+    one = got[got["concurrency"] == 1]
+    assert (one["experts_per_token"] == min(k0, k)).all() and (one["distinct_mean"] == min(k0, k)).all()
+    many = got[got["concurrency"] == 3]
+    assert (many["experts_per_token"] >= min(k0, k)).all()
 
 
 def test_hand_computed_refill_keeps_load_constant():
@@ -161,6 +207,9 @@ def test_samples_refill_in_order_of_first_appearance():
 def test_rejects_ragged_slots_and_empty():
     with pytest.raises(ValueError, match="same length K"):
         traffic_table(pd.DataFrame([_row("A", 0, 1, [0, 1], 3), _row("A", 1, 1, [0], 1)]), "v", [1], 1)
+    with pytest.raises(ValueError, match="weights must have K"):
+        traffic_table(pd.DataFrame([_row("A", 0, 1, [0, 1], 3), _row("A", 1, 1, [0, 1], 1, weights=[1.0])]),
+                      "v", [1], 1)
     with pytest.raises(ValueError, match="empty"):
         traffic_table(TRACE_SCHEMA.empty_table(), "v", [1], 1)
     with pytest.raises(ValueError, match="concurrency"):

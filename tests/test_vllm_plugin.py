@@ -274,18 +274,31 @@ def test_trace_matches_transformers_engine(patched, tiny, tmp_path, rule):
     tgens = tf.generate(prompts, 8, [], 0)
     ttrace = tf.take_trace(tgens)
     kept = lambda r, j: [sorted(r.ids[j, l][r.keep[j, l]].tolist()) for l in range(2)]  # noqa: E731
+
+    def shares(r, j, l):
+        """(expert ids, share of the row's traced weight) of the slots that carry weight, by id."""
+        w, ids = r.weights[j, l], r.ids[j, l]
+        order = np.argsort(ids[w > 0])
+        return ids[w > 0][order], (w[w > 0] / w.sum())[order]
+
     same = compared = 0
     for v, t, vg, tg in zip(vtrace, ttrace, vgens, tgens):
         assert v.layers == t.layers == (1, 2)
         assert v.ids.shape == (len(vg.token_ids), 2, 4) and t.ids.shape == (len(tg.token_ids), 2, 4)
         assert kept(v, 0) == kept(t, 0)
         agree = next((j for j, (a, b) in enumerate(zip(vg.token_ids, tg.token_ids)) if a != b), len(vg.token_ids))
+        assert v.weights.shape == v.ids.shape and t.weights.shape == t.ids.shape  # both engines trace weights
         for j in range(min(agree + 1, len(vg.token_ids))):
             same += kept(v, j) == kept(t, j)
             compared += 1
+            for l in range(2):  # the same weights, up to the scale each engine applies the factor at
+                (vi, vw), (ti, tw) = shares(v, j, l), shares(t, j, l)
+                assert vi.tolist() == ti.tolist() and np.allclose(vw, tw, rtol=1e-4, atol=1e-5), (j, l)
     assert compared >= 12 and same == compared, f"{same} of {compared} decode steps agree"
     if rule.strategy == "topk":
         assert all(int(r.keep.sum(-1).max()) == 2 for r in vtrace)
+        # a masking rule traces the router's weights of every slot, skipped ones included (OEA replays need them)
+        assert all((r.weights > 0).all() for r in vtrace + ttrace)
     if rule.decode_only:  # step 0 comes from the prompt pass (dense), every later step from decode
         for trace in (vtrace, ttrace):
             assert all(bool((r.keep[0].sum(-1) == 4).all()) and bool((r.keep[1:].sum(-1) == 1).all()) for r in trace)

@@ -21,6 +21,7 @@ rule generate:
         variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
         engine=config["engine"],
         generation=config["generation"],
+        deployment_batch=config["report"]["deployment_batch"],  # batch_aware variants generate at it
         trace=TRACING,
         cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}",
     log:
@@ -55,6 +56,7 @@ rule infer:
         variant=lambda wc: VARIANTS[wc.variant],
         engine=config["engine"],
         generation=config["generation"],
+        deployment_batch=config["report"]["deployment_batch"],  # batch_aware variants generate at it
         shared_engine=SHARED_ENGINE,
         cache=lambda wc: f"{RUN}/.cache/infer/{wc.benchmark}/{wc.variant}",
     log:

@@ -17,8 +17,10 @@ if TRACING:
         output:
             f"{RUN}/traffic/{{benchmark}}.parquet",
         params:
-            code=code("traffic", "specs"),
+            code=code("traffic", "specs", "strategies"),
             variants=lambda wc: generated_variants(wc.benchmark),
+            # batch_aware masks are recomputed per replayed batch from the variant's rule
+            rules=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
             concurrency=TRAFFIC_CONCURRENCY,
             weight_dtype=ROOFLINE["weight_dtype"],
         log:
@@ -26,7 +28,7 @@ if TRACING:
         benchmark:
             f"{RUN}/benchmarks/traffic/{{benchmark}}.tsv",
         conda:
-            "../../envs/report.yaml"
+            "../../envs/model.yaml"  # torch: the batch_aware rule
         script:
             "../scripts/traffic.py"
 

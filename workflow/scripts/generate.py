@@ -24,4 +24,5 @@ if __name__ == "__main__":
         tracing=snakemake.params.trace,
         calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
         kernel=load_kernel_choice(snakemake.input.kernels),
+        deployment_batch=snakemake.params.deployment_batch,
     )

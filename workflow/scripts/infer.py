@@ -29,4 +29,5 @@ if __name__ == "__main__":
         trace_path=Path(snakemake.output.trace) if snakemake.output.get("trace") else None,
         calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
         kernel=load_kernel_choice(snakemake.input.kernels),
+        deployment_batch=snakemake.params.deployment_batch,
     )

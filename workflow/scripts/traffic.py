@@ -4,6 +4,7 @@ from pathlib import Path
 
 from skipbench.logs import log_to
 from skipbench.specs import ModelShape
+from skipbench.strategies import SkipRule
 from skipbench.traffic import write_traffic
 
 
@@ -16,4 +17,5 @@ if __name__ == "__main__":
         concurrency=snakemake.params.concurrency,
         bytes_per_expert=shape.expert_bytes(snakemake.params.weight_dtype or shape.weight_dtype),
         out_path=snakemake.output[0],
+        rules={v: SkipRule.from_config(cfg) for v, cfg in snakemake.params.rules.items()},
     )

@@ -55,6 +55,7 @@ class Routing:
     layers: tuple[int, ...]  # [L] model layer indices
     ids: "np.ndarray"  # [N, L, K] expert ids
     keep: "np.ndarray"  # [N, L, K] bool, slot computed
+    weights: "np.ndarray"  # [N, L, K] float32, slot weights before skipping (traces.slot_weights)
 
 
 @dataclass(frozen=True)
@@ -210,11 +211,12 @@ class VllmEngine:
                 offset += n
             layouts.append(np.asarray(rows, dtype=np.int64).reshape(-1, 3))
         layers = tuple(layer for layer, _ in rec["layers"])
-        calls = [[(np.frombuffer(ids, np.int16).reshape(shape), np.frombuffer(keep, bool).reshape(shape))
-                  for shape, ids, keep in (per_layer[c] for _, per_layer in rec["layers"])]
+        calls = [[(np.frombuffer(ids, np.int16).reshape(shape), np.frombuffer(w, np.float32).reshape(shape),
+                   np.frombuffer(keep, bool).reshape(shape))
+                  for shape, ids, w, keep in (per_layer[c] for _, per_layer in rec["layers"])]
                  for c in range(len(rec["steps"]))]
         steps = assemble_steps(calls, layouts, [len(g.token_ids) for g in gens])
-        return [Routing(layers, ids, keep) for ids, keep in steps]
+        return [Routing(layers, ids, keep, weights) for ids, weights, keep in steps]
 
     def take_counts(self) -> ExpertCount:
         """Counts since the last call (rank 0's routers: every TP rank routes the same)."""
@@ -306,7 +308,7 @@ class TransformersEngine:
         b*P + P-1 is decode step 0 of sample b; call c > 0 holds step c of every row b
         (finished rows keep being computed as padding and are cut at their length)."""
         b, p = len(gens), self._prompt_width
-        calls = list(zip(*[g.calls for _, g in self.gates]))  # [C][L] (ids, keep)
+        calls = list(zip(*[g.calls for _, g in self.gates]))  # [C][L] (ids, weights, keep)
         rows = np.arange(b)
         layouts = [np.stack([rows, rows * p + p - 1, np.zeros(b, np.int64)], 1)]
         layouts += [np.stack([rows, rows, np.full(b, c)], 1) for c in range(1, len(calls))]
@@ -314,7 +316,7 @@ class TransformersEngine:
         for _, g in self.gates:
             g.calls = []
         layers = tuple(g.layer for _, g in self.gates)
-        return [Routing(layers, ids, keep) for ids, keep in steps]
+        return [Routing(layers, ids, keep, weights) for ids, weights, keep in steps]
 
     def take_counts(self) -> ExpertCount:
         counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates))

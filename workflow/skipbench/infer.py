@@ -1,6 +1,6 @@
 """Stage `infer`: greedy completions of every task per skip variant, resumable.
 
-Work is cut into batches of `generation.batch_size` prompts; each finished batch is
+Work is cut into batches of `generation.batch_size` prompts (batch_aware: for_rule); each finished batch is
 checkpointed as one JSON file (and, when tracing, its routing trace as Parquet) under
 <variant cache dir>/infer-<key>/, where key hashes the model files, the rule (with its
 calibration values), the engine settings and the generation settings. A killed run
@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,7 +74,7 @@ INFER_SUMMARY_SCHEMA = pa.schema([
     ("output_tokens", pa.int64()),  # summed over samples
     ("wall_s", pa.float64()),  # generation wall time, summed over batches (engine start excluded)
     ("tokens_per_s", pa.float64()),  # output_tokens / wall_s at this batch size
-    ("batch_size", pa.int32()),  # generation.batch_size
+    ("batch_size", pa.int32()),  # prompts per engine call: generation.batch_size, batch_aware: report.deployment_batch
     ("experts_per_token", pa.float64()),  # kept routed experts per token, mean over all processed tokens (prompt and generated) and MoE layers
     ("dense_experts_per_token", pa.int32()),  # the model's num_experts_per_tok
     ("moe_layers", pa.int32()),
@@ -152,11 +152,17 @@ class GenerationSettings:
     seed: int
     stop: list[str]
     batch_size: int
+    deployment_batch: int | None = None  # report.deployment_batch: batch_aware variants generate at it
 
     @classmethod
-    def from_config(cls, generation_cfg: dict) -> "GenerationSettings":
+    def from_config(cls, generation_cfg: dict, deployment_batch: int | None = None) -> "GenerationSettings":
         return cls(int(generation_cfg["max_new_tokens"]), int(generation_cfg.get("seed", 0)),
-                   list(generation_cfg.get("stop", HUMANEVAL_STOP)), int(generation_cfg.get("batch_size", DEFAULT_BATCH)))
+                   list(generation_cfg.get("stop", HUMANEVAL_STOP)), int(generation_cfg.get("batch_size", DEFAULT_BATCH)),
+                   deployment_batch and int(deployment_batch))
+
+    def for_rule(self, rule: SkipRule) -> "GenerationSettings":
+        """OEA decides from the whole step: batch_aware generates at the deployment batch (1: same steps run to run)."""
+        return replace(self, batch_size=self.deployment_batch) if rule.strategy == "batch_aware" and self.deployment_batch else self
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ def open_cache(model_dir: Path, tasks: list[Task], variant: str, rule: SkipRule,
                gen: GenerationSettings, cache_dir: Path, tracing: bool, kernel: KernelChoice | None) -> VariantCache:
     key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg,
                            max_new_tokens=gen.max_new_tokens, seed=gen.seed, stop=gen.stop,
-                           batch_size=gen.batch_size, trace=tracing, kernel=kernel.backend if kernel else None))
+                           batch_size=gen.for_rule(rule).batch_size, trace=tracing, kernel=kernel.backend if kernel else None))
     run_dir = Path(cache_dir) / f"infer-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
     done = _load_done(run_dir)
@@ -202,9 +208,9 @@ def _start(model_dir: Path, rule: SkipRule, engine_cfg: dict, gen: GenerationSet
 
 
 def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, tracing: bool) -> list[dict]:
-    """Generate cache.todo batch by batch with `engine` (already running cache.rule);
-    each batch is checkpointed as soon as it is done. Returns the new batch records."""
-    fresh = []
+    """Generate cache.todo batch by batch with `engine` (already running cache.rule) and
+    gen.for_rule(cache.rule); each batch is checkpointed as soon as it is done. Returns the new batch records."""
+    gen, fresh = gen.for_rule(cache.rule), []
     for batch in track(_batches(cache.todo, gen.batch_size), desc=f"infer {cache.variant}", unit="batch"):
         t0 = time.perf_counter()
         gens = engine.generate([t.prompt for t in batch], gen.max_new_tokens, gen.stop, gen.seed)
@@ -213,7 +219,7 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
         if tracing:  # written before the batch record: a record always has its trace
             routing = engine.take_trace(gens)  # before take_counts, whose reset drops traces
             write_table(cache.run_dir / f"trace-{batch_key}.parquet", trace_table(
-                [SampleTrace(t.task_id, 0, r.layers, r.ids, r.keep) for t, r in zip(batch, routing)]), TRACE_SCHEMA)
+                [SampleTrace(t.task_id, 0, r.layers, r.ids, r.keep, r.weights) for t, r in zip(batch, routing)]), TRACE_SCHEMA)
         counts = engine.take_counts()
         record = dict(
             wall_s=wall, batch_size=len(batch), kept=counts.kept, token_layers=counts.token_layers,
@@ -232,16 +238,16 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
 def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dict, engine_cfg: dict,
               generation_cfg: dict, samples_path: Path, generations_path: Path, summary_path: Path,
               cache_dir: Path, trace_path: Path | None = None, calibration_path: Path | None = None,
-              kernel: KernelChoice | None = None) -> None:
+              kernel: KernelChoice | None = None, deployment_batch: int | None = None) -> None:
     """Generate completions for `tasks` under one skip variant in an engine of its own (if
     any are missing from the cache); write samples, generations, summary and (trace_path)
     the routing trace. Variants that need calibration statistics read them from
     calibration_path (calibrate.CALIBRATION_SCHEMA). `kernel`: the build_kernels stage's
-    choice (engines.py: where the skip kernel runs)."""
+    choice (engines.py: where the skip kernel runs); deployment_batch: see for_rule."""
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
     check_variants_against_checkpoint({variant: variant_cfg}, model_dir)  # before any engine start
-    gen = GenerationSettings.from_config(generation_cfg)
+    gen = GenerationSettings.from_config(generation_cfg, deployment_batch)
     tracing = trace_path is not None
     cache = open_cache(model_dir, tasks, variant, variant_rule(variant_cfg, calibration_path), engine_cfg, gen,
                        cache_dir, tracing, kernel)
@@ -259,13 +265,13 @@ def run_infer(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dic
 def write_infer_outputs(model_dir: Path, tasks: list[Task], variant: str, variant_cfg: dict, engine_cfg: dict,
                         generation_cfg: dict, samples_path: Path, generations_path: Path, summary_path: Path,
                         cache_dir: Path, trace_path: Path | None = None,
-                        calibration_path: Path | None = None, kernel: KernelChoice | None = None) -> None:
+                        calibration_path: Path | None = None, kernel: KernelChoice | None = None, deployment_batch: int | None = None) -> None:
     """run_infer's outputs from a cache that generate_variants filled; starts no engine.
 
     The summary's resumed_samples counts the samples generate_variants resumed (from an
     earlier, killed job), so it reads as it would after run_infer."""
     model_dir = Path(model_dir)
-    gen = GenerationSettings.from_config(generation_cfg)
+    gen = GenerationSettings.from_config(generation_cfg, deployment_batch)
     tracing = trace_path is not None
     cache = open_cache(model_dir, tasks, variant, variant_rule(variant_cfg, calibration_path), engine_cfg, gen,
                        Path(cache_dir), tracing, kernel)
@@ -286,7 +292,7 @@ def _generated_by_last_job(cache: VariantCache) -> int:
 
 def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, dict], engine_cfg: dict,
                       generation_cfg: dict, cache_dir: Path, report_path: Path, tracing: bool = False,
-                      calibration_path: Path | None = None, kernel: KernelChoice | None = None) -> pa.Table:
+                      calibration_path: Path | None = None, kernel: KernelChoice | None = None, deployment_batch: int | None = None) -> pa.Table:
     """Fill the batch cache of every variant (cache_dir/<variant>/infer-<key>, as run_infer
     with cache_dir/<variant>) and write one GENERATE_SCHEMA row per variant to report_path.
 
@@ -297,7 +303,7 @@ def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, di
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
     _check_engine(engine_cfg)
     check_variants_against_checkpoint(variants, model_dir)  # a downloaded model: before any engine start
-    gen = GenerationSettings.from_config(generation_cfg)
+    gen = GenerationSettings.from_config(generation_cfg, deployment_batch)
     caches = [open_cache(model_dir, tasks, name, variant_rule(cfg, calibration_path), engine_cfg, gen,
                          cache_dir / name, tracing, kernel) for name, cfg in variants.items()]
     shared = swaps_rules(engine_cfg)

@@ -22,6 +22,7 @@ from torch import nn
 from skipbench.adapters import gate_spec, moe_blocks
 from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
+from skipbench.traces import slot_weights
 
 SKIP_PATH = "sentinel"
 
@@ -42,7 +43,7 @@ def router_spec(gate: nn.Module, layer: int) -> RouterSpec:
 class SkipGate(nn.Module):
     """Routes like the wrapped DeepseekV3TopkRouter, then applies the rule; counts kept slots.
 
-    With `tracing` on, every call's (ids, keep) is kept on the host for traces.py.
+    With `tracing` on, every call's (ids, weights, keep) is kept on the host for traces.py.
     """
 
     def __init__(self, gate: nn.Module, rule: SkipRule, layer: int):
@@ -57,7 +58,7 @@ class SkipGate(nn.Module):
         self.tracing = False
         self.prefill = False  # set per forward by patch_model's pre-hook: this call is a prompt pass
         self.decode_rows: torch.Tensor | None = None  # [T] set by a teacher-forced caller: overrides `prefill`
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []  # per call (ids [T,K], keep [T,K])
+        self.calls: list[tuple[np.ndarray, ...]] = []  # per call (ids, weights, keep) [T,K] each
 
     @property
     def rule(self) -> SkipRule:
@@ -81,7 +82,8 @@ class SkipGate(nn.Module):
         self.kept += int(keep.sum())
         self.last = (ids, weights, keep)
         if self.tracing:
-            self.calls.append((ids.cpu().numpy(), keep.cpu().numpy()))
+            traced = slot_weights(self.rule.strategy, topk_weights, weights)  # [T,K]
+            self.calls.append((ids.cpu().numpy(), traced.float().cpu().numpy(), keep.cpu().numpy()))
         if not self.rule.is_dense:
             ids = ids.masked_fill(~keep, self.num_experts)
         return logits, weights, ids

@@ -320,6 +320,15 @@ def _validation_notes(summary: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _batch_note(summary: pd.DataFrame) -> str:
+    """At which batch the quality columns were generated: batch_aware (OEA) at its own."""
+    at = {oea: "/".join(map(str, sorted(set(b.dropna().astype(int))))) or "n/a"
+          for oea, b in summary["infer_batch"].groupby(summary["strategy"] == "batch_aware")}
+    oea = (f"; batch_aware (OEA) variants at batch {at[True]} (report.deployment_batch): a token's experts "
+           "depend on the other tokens of its step, so their quality is that batch's") if True in at else ""
+    return f"Quality generated at batch {at.get(False, 'n/a')} (generation.batch_size){oea}."
+
+
 def markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table, with the provenance of every throughput column."""
     batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
@@ -355,6 +364,7 @@ def markdown(summary: pd.DataFrame) -> str:
         "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token; `~`: off the "
         "front, but its pass@1 interval overlaps that of every point dominating it (not distinguishable from it).",
         f"tok/s (infer, measured): the infer stage's own batch, on {infer_on or 'n/a'}.",
+        _batch_note(summary),
         "Prompt protocol: " + (", ".join(f"{b}: {p}" for b, p in protocols.items()) or "n/a") + " (completion: the "
         "task text completed as it is; chat: the model's chat template as EvalPlus / LiveCodeBench prompt it).",
         f"Measured @{batch}: throughput sweep on {measured_on}; under the weight0 skip path the skipped "

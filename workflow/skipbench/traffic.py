@@ -15,6 +15,12 @@ The replay runs ceil(decode tokens / c) steps, about one pass over the trace. On
 tokens count: position 0 of a trace is the prompt's last token, computed in the prefill,
 and is reported apart (`prefill_experts_per_token`). Equal load per step is what makes a
 ratio of tokens/s between variants a speedup. Shapes: N trace rows, K router slots, E experts.
+
+A batch_aware (OEA) mask depends on the batch it ran in, so the recorded one is only right
+at the batch the variant generated at: the replay recomputes it for every replayed batch
+(one step at one layer) from the traced ids and weights, with the strategy's own rule
+(strategies.keep_batch_aware). At c = 1 that is exactly top-k0. Every other strategy's
+mask is per token and is replayed as recorded.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import logging
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
+
+from skipbench.strategies import SkipRule, keep_batch_aware
 
 log = logging.getLogger(__name__)
 
 # One row per (sample, generated token, MoE layer). Written by the inference stage
-# (strategies/vllm plugin), read here. About 2K + 14 bytes per token per layer before
-# Parquet compression: ~30 B on DeepSeek-V3 (K = 8), i.e. ~1.7 kB per token for 58 layers.
+# (strategies/vllm plugin), read here. About 6K + 18 bytes per token per layer before
+# Parquet compression: ~66 B on DeepSeek-V3 (K = 8); traces.py gives the compressed size.
 TRACE_SCHEMA = pa.schema(
     [
         ("task_id", pa.string()),  # benchmark task, e.g. "HumanEval/0"
@@ -39,6 +48,9 @@ TRACE_SCHEMA = pa.schema(
         ("layer", pa.int16()),  # MoE layer index in the model (not counting from first MoE)
         ("expert_ids", pa.list_(pa.int16())),  # [K] the router's chosen experts, slot order
         ("keep", pa.uint32()),  # bit k set = slot k computed, clear = skipped
+        # [K] slot weights before any slot is skipped (traces.slot_weights): what batch_aware
+        # re-decides from when the replay batches the tokens differently
+        ("weights", pa.list_(pa.float32())),
     ]
 )
 
@@ -70,7 +82,7 @@ TRAFFIC_SCHEMA = pa.schema(
 
 def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
     """Columns of a trace as numpy: sample [N] (order of first appearance), position [N],
-    layer [N], ids [N, K] int64, kept [N, K] bool."""
+    layer [N], ids [N, K] int64, kept [N, K] bool, weights [N, K] float32."""
     if isinstance(trace, pd.DataFrame):
         trace = pa.Table.from_pandas(trace, preserve_index=False)
     trace = trace.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
@@ -82,6 +94,10 @@ def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
     if k > 32:
         raise ValueError(f"keep is a uint32 bitmask: at most 32 slots, got K={k}")
     ids = trace["expert_ids"].combine_chunks().flatten().to_numpy().astype(np.int64).reshape(n, k)
+    weights = trace["weights"].combine_chunks()
+    if n and (weights.value_lengths().to_numpy(zero_copy_only=False) != k).any():
+        raise ValueError("weights must have K entries per row, as expert_ids")
+    weights = weights.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, k)
     keep = trace["keep"].to_numpy().astype(np.uint64)
     kept = ((keep[:, None] >> np.arange(k, dtype=np.uint64)) & 1).astype(bool)  # N, K
     # samples keyed by (task_id, sample_id), numbered in order of first appearance
@@ -93,6 +109,7 @@ def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
         layer=trace["layer"].to_numpy().astype(np.int64),
         ids=ids,
         kept=kept,
+        weights=weights,
     )
 
 
@@ -121,8 +138,29 @@ def refill_schedule(lengths: np.ndarray, concurrency: int) -> tuple[np.ndarray, 
     return np.asarray(samples, np.int64), np.asarray(starts, np.int64), n_steps
 
 
-def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFrame:
-    """One row per (step, layer) of the refill replay: tokens, kept slots, distinct kept experts."""
+def batch_aware_kept(k0: int, weights: np.ndarray, ids: np.ndarray, batch: np.ndarray,
+                     table: int = 1 << 24) -> np.ndarray:
+    """OEA masks [M,K] of M replayed rows, each row in replayed batch `batch` [M] (one step at
+    one layer): strategies.keep_batch_aware over many batches per call, with expert ids keyed
+    by batch (batch * E + id) so that a token only piggybacks on its own batch's experts.
+    Batches go in groups whose loaded-expert table stays under `table` entries (memory)."""
+    n_exp = int(ids.max()) + 1 if ids.size else 1
+    per = max(1, table // n_exp)  # batches per call
+    order = np.argsort(batch, kind="stable")  # M rows grouped by batch
+    bounds = np.searchsorted(batch[order], np.arange(0, int(batch.max(initial=0)) + per + 1, per))
+    kept = np.zeros(ids.shape, bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        rows = order[lo:hi]
+        if len(rows):
+            b = batch[rows] - batch[rows].min()
+            key = torch.from_numpy(b[:, None] * n_exp + ids[rows])  # [m,K] expert of one batch
+            kept[rows] = keep_batch_aware(k0, torch.from_numpy(weights[rows]), key, (int(b.max()) + 1) * n_exp).numpy()
+    return kept
+
+
+def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule | None = None) -> pd.DataFrame:
+    """One row per (step, layer) of the refill replay: tokens, kept slots, distinct kept experts.
+    A batch_aware `rule` recomputes the kept slots for each replayed batch."""
     decode = arrays["position"] >= 1  # N; position 0 ran in the prefill
     sample, dpos = arrays["sample"][decode], arrays["position"][decode] - 1  # R decode rows
     ids, kept, layer = arrays["ids"][decode], arrays["kept"][decode], arrays["layer"][decode]
@@ -144,6 +182,8 @@ def step_traffic(arrays: dict[str, np.ndarray], concurrency: int) -> pd.DataFram
     # a single int64 key per step, and per (step, expert): union sizes by unique + bincount
     step_key = step * len(layers) + layer_idx  # M
     steps, step_of_row = np.unique(step_key, return_inverse=True)  # S
+    if rule is not None and rule.strategy == "batch_aware":
+        kept = batch_aware_kept(rule.k0, arrays["weights"][decode][row], ids, step_of_row)
     pairs = np.unique((step_of_row[:, None] * n_exp + ids)[kept])  # distinct (step, expert)
     distinct = np.bincount(pairs // n_exp, minlength=len(steps))  # S
     tokens = np.bincount(step_of_row, minlength=len(steps))  # S
@@ -180,15 +220,17 @@ def traffic_table(
     variant: str,
     concurrency: list[int],
     bytes_per_expert: int,
+    rule: SkipRule | None = None,
 ) -> pd.DataFrame:
-    """TRAFFIC_SCHEMA rows for one variant's trace at each concurrency level."""
+    """TRAFFIC_SCHEMA rows for one variant's trace at each concurrency level; `rule`, the
+    variant's skip rule, decides whether its masks are recomputed per replayed batch."""
     if len(trace) == 0:
         raise ValueError(f"routing trace of variant {variant!r} is empty")
     arrays = trace_arrays(trace)
     k = arrays["ids"].shape[1]
     frames = []
     for c in concurrency:
-        steps = step_traffic(arrays, c)
+        steps = step_traffic(arrays, c, rule)
         per_layer = _summarise(steps, "layer")
         # model-wide: average the layers within each step first, then summarise the steps
         whole = _summarise(
@@ -218,14 +260,16 @@ def write_traffic(
     concurrency: list[int],
     bytes_per_expert: int,
     out_path: str,
+    rules: dict[str, SkipRule] | None = None,
 ) -> pa.Table:
-    """Read each variant's trace Parquet ({variant: path}) and write one TRAFFIC_SCHEMA table."""
+    """Read each variant's trace Parquet ({variant: path}) and write one TRAFFIC_SCHEMA table;
+    `rules` ({variant: SkipRule}) says which variants are batch_aware."""
     import pyarrow.parquet as pq
 
     from skipbench.io import write_table
 
     frames = [
-        traffic_table(pq.read_table(path), variant, concurrency, bytes_per_expert)
+        traffic_table(pq.read_table(path), variant, concurrency, bytes_per_expert, (rules or {}).get(variant))
         for variant, path in trace_paths.items()
     ]
     table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRAFFIC_SCHEMA, preserve_index=False)

@@ -44,6 +44,7 @@ from skipbench import vllm_kernel
 from skipbench.oracle import layer_index
 from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
+from skipbench.traces import slot_weights
 from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,17 @@ class RouterStats:
         self.kept = torch.zeros((), dtype=torch.int64, device=device)
         self.calls = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.trace: list[tuple[torch.Tensor, torch.Tensor]] = []  # per call (ids [T,K], keep [T,K])
+        self.trace: list[tuple[torch.Tensor, ...]] = []  # per call (ids, weights, keep) [T,K] each
 
-    def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, tracing: bool) -> None:
-        # ids, weights, keep [T,K]
+    def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, tracing: bool,
+               traced_weights: torch.Tensor | None = None) -> None:
+        # ids, weights, keep, traced_weights [T,K]; traced_weights: traces.slot_weights
         self.tokens += keep.shape[0]
         self.kept += keep.sum()
         self.calls += 1
         self.last = (ids, weights, keep)
         if tracing:  # device tensors: no sync here, copied out by skipbench_take_trace
-            self.trace.append((ids.to(torch.int16), keep))
+            self.trace.append((ids.to(torch.int16), traced_weights.float(), keep))
 
     @torch.inference_mode()  # the counters were made inside vLLM's forward: inference tensors
     def reset(self) -> None:
@@ -128,7 +130,8 @@ class SkipHook:
             stats = router.__dict__.get("skipbench_stats")
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
-            stats.record(new_ids, new_weights, keep, self.tracing)
+            stats.record(new_ids, new_weights, keep, self.tracing,
+                         slot_weights(rule.rule.strategy, topk_weights, new_weights))
             router.skipbench_keep = keep  # read by the kernel path's experts call, next
             # the CPU experts read contiguous float32/int32 buffers, ignoring strides
             return new_weights.to(topk_weights.dtype).contiguous(), new_ids.contiguous()
@@ -282,15 +285,15 @@ class SkipStatsWorker:
         """Recorded steps and router calls since the last take, then cleared.
 
         {steps: [(req_ids, start positions, tokens per request)],
-         layers: [(layer index, [(shape, ids int16 bytes, keep bool bytes) per step])]}"""
+         layers: [(layer index, [(shape, ids int16 bytes, weights float32 bytes, keep bool bytes) per step])]}"""
         steps = self.__dict__.get("_skipbench_steps", [])
         self.__dict__["_skipbench_steps"] = []
         layers = []
         for name, stats in sorted(self._skipbench_router_stats(), key=lambda x: layer_index(x[0])):
             if len(stats.trace) != len(steps):
                 raise RuntimeError(f"{name}: {len(stats.trace)} router calls for {len(steps)} forward steps")
-            calls = [(list(ids.shape), ids.cpu().numpy().tobytes(), keep.cpu().numpy().tobytes())
-                     for ids, keep in stats.trace]
+            calls = [(list(ids.shape), ids.cpu().numpy().tobytes(), w.cpu().numpy().tobytes(),
+                      keep.cpu().numpy().tobytes()) for ids, w, keep in stats.trace]
             layers.append((layer_index(name), calls))
             stats.trace = []
         return dict(steps=steps, layers=layers)
