@@ -7,7 +7,8 @@ import pytest
 from lcb_fixture import write_release
 from skipbench.score import VariantInputs, paired_test, pass_at_1, sample_passes
 from skipbench.score_subsets import SUBSET_SCORES_SCHEMA, score_subsets, subsets_of
-from skipbench.summary import RunTables, subsets_markdown
+from skipbench.summary import RunTables
+from skipbench.summary_table import subsets_markdown
 
 
 def _exec(path, statuses):

@@ -8,7 +8,8 @@ import pytest
 from report_fixtures import (FRONT_BASE_VS_EPT, FRONT_PLUS_VS_EPT, IDEAL_STRETCH, PREDICTED_H200, SWEEP, VALIDATION_ERROR,
                              scores_rows, write_run, write_scores)  # fmt: skip
 
-from skipbench.summary import SUMMARY_SCHEMA, build_summary, load_run, markdown, predicted_whole_model, write_summary
+from skipbench.summary import SUMMARY_SCHEMA, build_summary, load_run, predicted_whole_model
+from skipbench.summary_table import markdown, write_summary
 
 
 def full_run(tmp_path, name="tiny"):

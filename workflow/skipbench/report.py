@@ -26,7 +26,8 @@ from skipbench.figures import (
 from skipbench.figures_traffic import layers_figure, speedup_figure
 from skipbench.io import write_text
 from skipbench.report_tables import markdown_page
-from skipbench.summary import RunTables, build_summary, markdown, subsets_markdown, write_summary
+from skipbench.summary import RunTables, build_summary
+from skipbench.summary_table import markdown, subsets_markdown, write_summary
 
 log = logging.getLogger(__name__)
 
