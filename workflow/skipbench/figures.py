@@ -132,7 +132,7 @@ def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, sp
         ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
         ax.set_ylim(-0.05, 1.1)
         ax.grid(alpha=0.3)
-        place_labels(ax, points)
+        label_points(ax, points)
         return []
     front = pareto_front(data[x].tolist(), data[y].tolist(), x_higher)
     ax.plot(data[x].iloc[front], data[y].iloc[front], "--", color=FRONT_COLOUR, lw=1.5, zorder=0, label="Pareto front")
