@@ -219,7 +219,7 @@ def vllm_steps(engine, rule):
         assert set(counts) == {1}, "one-token prompts: one row per request"
         kept = []
         for _, calls in rec["layers"]:
-            shape, ids, keep = calls[c]
+            shape, ids, _, keep = calls[c]  # the slot weights are the trace tests' business
             ids = torch.from_numpy(np.frombuffer(ids, np.int16).reshape(shape).astype(np.int64))
             keep = torch.from_numpy(np.frombuffer(keep, bool).reshape(shape).copy())
             kept.append(torch.zeros(shape[0], 16, dtype=torch.bool).scatter_(1, ids, keep))

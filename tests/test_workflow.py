@@ -61,6 +61,7 @@ def micro_config(workdir: Path) -> dict:
                 "samples": lcb_samples.name, "variants": []},
     }
     cfg["variants"] = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
+    cfg["throughput"]["variants"] = ["dense", "top1"]
     return cfg
 
 
