@@ -87,9 +87,27 @@ def label_points(ax, points: list[tuple[float, float, str, tuple]]) -> None:
     ax._skipbench_labels = list(points)  # read by place_labels; an Axes has no other slot for it
 
 
+def legend_below(ax) -> None:
+    """The legend under the axes (inside, it would cover points and their labels); moved
+    below the x axis label by `place_labels`, once that label's wrapped height is known."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
+
+
+def _legends_under_xlabels(fig) -> None:
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            bottom = ax.xaxis.get_tightbbox(renderer).y0  # tick labels and the (wrapped) axis label
+            y = ax.transAxes.inverted().transform((0, bottom))[1]
+            ax.get_legend().set_bbox_to_anchor((0.5, y - 0.02), transform=ax.transAxes)
+
+
 def place_labels(fig, fontsize: float = MIN_FONT) -> None:
-    """Place every label of `label_points`, after one layout pass of the whole figure."""
+    """Place every label of `label_points`, after a layout pass of the whole figure (and a
+    second one once the legends sit under their axis labels)."""
     if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)
+        _legends_under_xlabels(fig)
         fig.get_layout_engine().execute(fig)
     for ax in fig.axes:
         if getattr(ax, "_skipbench_labels", None):

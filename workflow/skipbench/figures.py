@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
+from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
 from skipbench.io import atomic_path  # noqa: E402
 from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
@@ -61,11 +61,6 @@ def save(fig, stem: Path) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
-
-
-def legend_below(ax) -> None:
-    """The legend under the axes: inside, it would cover points and their labels."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
 
 
 def no_data(ax, why: str) -> None:
