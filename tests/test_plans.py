@@ -75,4 +75,6 @@ def test_added_external_benchmark_does_not_touch_the_checkpoint(finished, tmp_pa
     edit_config(workdir, lambda c: c["benchmarks"].update(
         he_more={"dataset": "humaneval", "tasks": 3, "samples": "canonical.jsonl", "variants": []}))
     jobs = planned_jobs(snakemake(workdir, "-n"))
-    assert jobs == {"execute": 1, "score": 1, "figures": 1, "all": 1}, jobs
+    # its own execution and EvalPlus-format results, then what reads every benchmark: the
+    # scores (and their HTML views: scores, LiveCodeBench subsets), the figures
+    assert jobs == {"execute": 1, "evalplus_results": 1, "score": 1, "table_view": 2, "figures": 1, "all": 1}, jobs
