@@ -35,19 +35,25 @@ def test_run_fidelity_on_a_tiny_model(tmp_path):
     variants = {"dense": {"strategy": "dense"}, "nothing": {"strategy": "layers", "layers": []},
                 "top1": {"strategy": "router_topk", "k": 1},
                 "top1-decode": {"strategy": "router_topk", "k": 1, "decode_only": True}}
-    out = tmp_path / "fidelity.parquet"
-    run_fidelity(model, tasks, "he", tmp_path / "dense.parquet", variants, out, batch_size=2)
-    table = pq.read_table(out)
-    assert table.schema == FIDELITY_SCHEMA
-    got = {r["variant"]: r for r in table.to_pylist()}
-    assert list(got) == ["dense", "nothing", "top1", "top1-decode"]  # noise floor first, dense itself not repeated
+    dense = tmp_path / "dense.parquet"
+    got = {}
+    for name, cfg in variants.items():  # one job per variant; dense's measures the noise floor
+        out = tmp_path / f"fidelity-{name}.parquet"
+        run_fidelity(model, tasks, "he", dense, name, cfg, out, batch_size=2,
+                     noise_floor=None if name == "dense" else tmp_path / "fidelity-dense.parquet")
+        table = pq.read_table(out)
+        assert table.schema == FIDELITY_SCHEMA
+        assert table["variant"].to_pylist() == ["dense"] + ([name] if name != "dense" else [])  # floor first
+        got[name] = table.to_pylist()[-1]
     assert got["dense"]["reference"] == "dense, batch 1" and got["dense"]["positions"] == 18
     assert got["dense"]["kl_mean"] < 1e-6 and got["dense"]["top1_agree"] == 1.0  # fp32: batching noise only
     assert got["nothing"]["kl_mean"] == 0.0 and got["nothing"]["top1_agree"] == 1.0  # same batches: exact
     assert got["top1"]["kl_mean"] > 1e-4 > got["dense"]["kl_mean"]
     # decode_only: the prompt stays dense, completion positions skip: some drift, less than everywhere
     assert 0 < got["top1-decode"]["kl_mean"] < got["top1"]["kl_mean"]
+    with pytest.raises(ValueError, match="noise floor"):  # a variant that skips needs dense's table
+        run_fidelity(model, tasks, "he", dense, "top1", variants["top1"], out)
     rows[1]["prompt_tokens"] += 1
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dense.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), dense)
     with pytest.raises(ValueError, match="task T/1: prompt is"):
-        run_fidelity(model, tasks, "he", tmp_path / "dense.parquet", variants, out)
+        run_fidelity(model, tasks, "he", dense, "dense", variants["dense"], out)

@@ -5,6 +5,7 @@ then `snakemake --touch --forceall` records Snakemake's metadata as a real run w
 (params, code, input sets), in seconds instead of a workflow run. Each test copies it.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -78,3 +79,51 @@ def test_added_external_benchmark_does_not_touch_the_checkpoint(finished, tmp_pa
     # its own execution and EvalPlus-format results, then what reads every benchmark: the
     # scores (and their HTML views: scores, LiveCodeBench subsets), the figures
     assert jobs == {"execute": 1, "evalplus_results": 1, "score": 1, "table_view": 2, "figures": 1, "all": 1}, jobs
+
+
+def add_variant(cfg: dict) -> None:
+    cfg["variants"]["top2"] = {"strategy": "topk", "k": 2}
+
+
+def test_added_variant_plans_only_its_own_jobs(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    edit_config(workdir, add_variant)
+    proc = snakemake(workdir, "-n")
+    jobs = planned_jobs(proc)
+    # the benchmark's generate (one engine start; the others resume from the cache), the new
+    # variant's own jobs, then what reads every variant: the traffic replay and the roofline
+    # it feeds (seconds), scores, the tables' HTML views, the figures
+    assert jobs == {"generate": 1, "infer": 1, "execute": 1, "evalplus_results": 1, "fidelity": 1,
+                    "traffic": 1, "roofline": 1, "score": 1, "table_view": 5, "figures": 1, "all": 1}, jobs
+    assert "wildcards: benchmark=he, variant=top2" in proc.stdout
+
+
+def test_edited_variant_plans_only_its_own_jobs(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    edit_config(workdir, lambda c: c["variants"]["top1"].update(k=2))
+    proc = snakemake(workdir, "-n")
+    jobs = planned_jobs(proc)
+    assert jobs.get("infer") == 1 and jobs.get("execute") == 1 and jobs.get("generate") == 1, jobs
+    assert "wildcards: benchmark=he, variant=top1" in proc.stdout
+    assert "variant=dense" not in proc.stdout
+
+
+def test_removed_variant_reruns_no_variant(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    edit_config(workdir, lambda c: (c["variants"].pop("top1"), c["throughput"].update(variants=["dense"])))
+    jobs = planned_jobs(snakemake(workdir, "-n"))
+    assert not {"infer", "execute", "evalplus_results"} & set(jobs), jobs
+
+
+def test_fresh_clone_with_copied_results_plans_nothing(finished, tmp_path):
+    """Results made before the clone: older than every source file of the checkout, and no
+    .snakemake metadata. The default profile's triggers (no mtime check of scripts) apply."""
+    workdir = copy_of(finished, tmp_path / "work", metadata=False)
+    paths = sorted(workdir.rglob("*"))
+    sources = [p for p in (ROOT / "workflow").rglob("*") if p.is_file()] + [ROOT / "Snakefile"]
+    # shift every mtime by the same amount (their order is kept) to before the oldest source
+    shift = max(p.lstat().st_mtime for p in paths) - min(p.stat().st_mtime for p in sources) + 3600
+    for path in paths:
+        st = path.lstat()
+        os.utime(path, (st.st_atime - shift, st.st_mtime - shift), follow_symlinks=False)
+    assert planned_jobs(snakemake(workdir, "-n")) == {}

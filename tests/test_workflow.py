@@ -152,3 +152,24 @@ def test_report_renders(run):
     html = (workdir / "report.html").read_text(errors="replace")
     assert "tradeoff_he" in html
 
+
+
+def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(run.parents[1], workdir, symlinks=True)  # .snakemake and the cache too
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["variants"]["top2"] = {"strategy": "topk", "k": 2}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    new_run = workdir / "results/micro"
+    kept = [new_run / f"{stage}/he/{v}{ext}" for v in ("dense", "top1")
+            for stage, ext in (("infer", "/generations.parquet"), ("execute", ".parquet"), ("fidelity", ".parquet"))]
+    before = [p.stat().st_mtime_ns for p in kept]
+    snakemake(workdir)
+    generate = table(new_run / "generate/he.parquet", GENERATE_SCHEMA).set_index("variant")
+    assert generate.loc["top2", "generated_samples"] == TASKS and generate.loc["top2", "engine_start"] == 0
+    for v in ("dense", "top1"):  # from the cache, no engine
+        assert generate.loc[v, "resumed_samples"] == TASKS and generate.loc[v, "engine_start"] == -1
+    assert [p.stat().st_mtime_ns for p in kept] == before  # the other variants' jobs did not run
+    scores = table(new_run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
+    assert scores.loc[("he", "top2"), "experts_per_token"] == pytest.approx(2.0)
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout

@@ -8,7 +8,7 @@ rule calibrate:
     output:
         calibration=f"{RUN}/calibrate/calibration.parquet",
     params:
-        code=code("calibrate", "oracle", "routing", "strategies"),
+        code=code("calibrate"),
         calibration=config.get("calibration", {}),
         benchmarks=BENCHMARKS,
     log:

@@ -12,7 +12,7 @@ rule checkpoint:
         ),
         training=f"{RUN}/model/training.parquet",
     params:
-        code=code("checkpoint", "tinymodel", "fp8", "layout", "adapters"),
+        code=code("checkpoint"),
         # `convert` is the next stage's business: changing it keeps the checkpoint.
         model={k: v for k, v in MODEL.items() if k != "convert"},
         tasks=memorised_tasks(),

@@ -1,5 +1,6 @@
 # Paths, wildcards and helpers shared by the stage rules. Rules only wire files together;
 # the logic lives in the skipbench library (workflow/skipbench/).
+import functools
 import os
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def variant_files(benchmark, variant):
         infer = f"{RUN}/infer/{benchmark}/{variant}"
         files |= {"generations": f"{infer}/generations.parquet", "summary": f"{infer}/summary.parquet"}
         if TEACHER_FORCED and "dense" in generated_variants(benchmark):  # on dense's completions
-            files["fidelity"] = f"{RUN}/fidelity/{benchmark}.parquet"
+            files["fidelity"] = f"{RUN}/fidelity/{benchmark}/{variant}.parquet"
     return files
 
 
@@ -62,13 +63,25 @@ SCORED = [
 ]
 
 
-def code(*modules, files=()):
-    """Content hash of the library modules (and other sources under the repository root) a
-    rule's results depend on. A param, not an input: editing a source reruns the rule
-    (Snakemake's params trigger), while a clone, which gives every file a new mtime, does not."""
-    from skipbench.io import content_hash
+def code(script, files=()):
+    """Content hash of a rule's script (workflow/scripts/<script>.py), of every module of this
+    project it imports (skipbench.provenance), and of other sources it reads (`files`, under
+    the repository root). A param: editing any of them reruns the rule (Snakemake's params
+    trigger), while a clone, which gives every file a new mtime, does not. It stands in for
+    Snakemake's `code` trigger, which compares a script's mtime with the outputs' (so the
+    profiles leave it out)."""
+    return _code(script, tuple(files))
 
-    return content_hash([f"{LIB}/{m}.py" for m in modules] + [f"{workflow.basedir}/{f}" for f in files])
+
+@functools.cache
+def _code(script, files):
+    from skipbench.io import content_hash
+    from skipbench.provenance import source_closure
+
+    root = Path(workflow.basedir)
+    sources = source_closure(root / f"workflow/scripts/{script}.py",
+                             {"skipbench": root / "workflow/skipbench", "skipbench_kernels": root / "kernels"})
+    return content_hash(sources + [root / f for f in files])
 
 
 def memorised_tasks():
@@ -129,13 +142,20 @@ def _swaps_rules():
 SHARED_ENGINE = _swaps_rules()
 
 
-def generated_for(wildcards):
-    """With a shared engine: the benchmark's `generate` report (its job filled the cache).
+def generation_mark(benchmark, variant):
+    """The file `generate` writes when a variant's cache is complete. Named by a hash of the
+    variant's config: an added or edited variant has no mark yet, so its infer job (and only
+    its) is planned; the others read their marks as ancient() (generate rewrites them all)."""
+    from skipbench.io import stable_hash
 
-    Not ancient(), though that would spare the variants a rerun of `generate` only resumed
-    (an added variant): Snakemake 9.27.1 then also skips dependents whose own output is
-    missing, i.e. the added variant, and ends the run early."""
-    return {"generated": f"{RUN}/generate/{wildcards.benchmark}.parquet"} if SHARED_ENGINE else {}
+    return f"{RUN}/generate/{benchmark}/{variant}.{stable_hash(VARIANTS[variant])}.json"
+
+
+def generated_for(wildcards):
+    """With a shared engine: the variant's mark from its benchmark's `generate` job."""
+    if not SHARED_ENGINE:
+        return {}
+    return {"generated": ancient(generation_mark(wildcards.benchmark, wildcards.variant))}
 
 
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]

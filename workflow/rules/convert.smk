@@ -12,7 +12,7 @@ rule fp8_convert:
             category="1. Model",
         ),
     params:
-        code=code("fp8", "layout"),
+        code=code("fp8_convert"),
         direction=MODEL.get("convert", "none"),
     log:
         f"{RUN}/logs/fp8_convert.log",

@@ -9,7 +9,7 @@ rule evalplus_results:
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}_eval_results.json",
     params:
-        code=code("evalplus_results", "execute", "benchmarks"),
+        code=code("evalplus_results"),
         benchmark=lambda wc: BENCHMARKS[wc.benchmark],
     log:
         f"{RUN}/logs/evalplus_results/{{benchmark}}/{{variant}}.log",

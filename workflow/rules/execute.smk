@@ -7,7 +7,7 @@ rule execute:
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
     params:
-        code=code("execute", "sandbox", "sandbox_driver", "benchmarks", "harness", "groundtruth", "compare", "proctable"),
+        code=code("execute"),
         benchmark=lambda wc: tasks_of(wc.benchmark),
         execution=config["execution"],
     log:

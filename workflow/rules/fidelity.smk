@@ -1,24 +1,31 @@
-# Stage 6b: teacher-forced fidelity: every variant of a benchmark reads dense's own greedy
-# completions; KL to dense and top-1 agreement per decode position, plus the noise floor
-# (dense against a second dense run with another batching). transformers oracle.
+# Stage 6b: teacher-forced fidelity: each variant of a benchmark reads dense's own greedy
+# completions; KL to dense and top-1 agreement per decode position. dense's job measures
+# the noise floor (dense against a second dense run with another batching), which every
+# other variant's table repeats. One job per variant: an added variant runs only its own.
+# transformers oracle.
 
 
 rule fidelity:
     input:
-        unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
+        unpack(calibration_for),
+        unpack(lambda wc: {} if wc.variant == "dense" else {"noise_floor": f"{RUN}/fidelity/{wc.benchmark}/dense.parquet"}),
         model=engine_model_dir,
         dense=f"{RUN}/infer/{{benchmark}}/dense/generations.parquet",
     output:
-        f"{RUN}/fidelity/{{benchmark}}.parquet",
+        f"{RUN}/fidelity/{{benchmark}}/{{variant}}.parquet",
     params:
-        code=code("fidelity", "oracle", "strategies", "routing", "calibrate", "adapters", "prompts"),
-        benchmark=lambda wc: BENCHMARKS[wc.benchmark],
+        code=code("fidelity"),
+        benchmark=lambda wc: tasks_of(wc.benchmark),
         generation=config["generation"],
-        variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
+        variant=lambda wc: VARIANTS[wc.variant],
         batch_size=config["generation"]["batch_size"],
     log:
-        f"{RUN}/logs/fidelity/{{benchmark}}.log",
-    threads: workflow.cores
+        f"{RUN}/logs/fidelity/{{benchmark}}/{{variant}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/fidelity/{{benchmark}}/{{variant}}.tsv",
+    # the synthetic model only (common.smk TEACHER_FORCED): start-up dominates, so one
+    # thread per job and jobs side by side
+    threads: 1
     resources:
         mem_mb=4000,
     conda:

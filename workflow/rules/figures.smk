@@ -14,7 +14,7 @@ rule figures:
         summary_html=report(f"{RUN}/figures/summary.html", caption="../report/summary.rst", category="0. Summary",
                             subcategory="summary table", labels={"table": "summary", "format": "HTML (view)"}),
     params:
-        code=code("figures", "figures_traffic", "figstyle", "summary", "summary_table", "report", "report_tables"),
+        code=code("figures"),
         runs=REPORT_RUNS,
         benchmarks=list(BENCHMARKS),
         deployment_batch=DEPLOYMENT_BATCH,

@@ -3,20 +3,30 @@
 #
 # An engine that can switch skip rules after its start (eager vLLM, transformers:
 # engines.swaps_rules) is started once per benchmark by `generate`, which fills every
-# variant's batch cache; `infer` then writes each variant's files from its cache (no
-# engine, one core). Otherwise (CUDA graphs keep the rule they captured) each `infer`
-# job starts its own engine, and jobs of different variants can run on different nodes.
+# variant's batch cache (resuming what is cached) and writes one mark per variant; `infer`
+# then writes each variant's files from its cache (no engine, one core). Otherwise (CUDA
+# graphs keep the rule they captured) each `infer` job starts its own engine, and jobs of
+# different variants can run on different nodes.
+#
+# Adding or editing a variant reruns that variant's jobs only: its mark is new (named by a
+# hash of its config), the others are read as ancient(). `generate` is a checkpoint so that
+# Snakemake plans the rest of the DAG again once it has run: Snakemake 9.27.1 does not look
+# at a job's other reasons to rerun (its params, code, inputs) while a job upstream of it is
+# planned, so after `generate` every downstream job is judged on its own.
 
 
-rule generate:
+checkpoint generate:
     input:
         unpack(lambda wc: calibration_of(generated_variants(wc.benchmark))),
         model=engine_model_dir,
         kernels=f"{RUN}/kernels/manifest.parquet",
     output:
         report=f"{RUN}/generate/{{benchmark}}.parquet",
+        # every variant's, also those the benchmark leaves out (their mark says so):
+        # a rule's outputs cannot depend on the value of a wildcard
+        marks=[generation_mark("{benchmark}", v) for v in VARIANTS],
     params:
-        code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
+        code=code("generate"),
         benchmark=lambda wc: tasks_of(wc.benchmark),
         variants=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
         engine=config["engine"],
@@ -51,7 +61,7 @@ rule infer:
         summary=f"{RUN}/infer/{{benchmark}}/{{variant}}/summary.parquet",
         trace=f"{RUN}/infer/{{benchmark}}/{{variant}}/trace.parquet" if TRACING else [],
     params:
-        code=code("infer", "engines", "strategies", "routing", "traces", "vllm_plugin", "oracle", "calibrate"),
+        code=code("infer"),
         benchmark=lambda wc: tasks_of(wc.benchmark),
         variant=lambda wc: VARIANTS[wc.variant],
         engine=config["engine"],

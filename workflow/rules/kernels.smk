@@ -11,7 +11,7 @@ rule build_kernels:
             category="2. Kernels",
         ),
     params:
-        code=code("kernel_build", files=[f"kernels/{m}.py" for m in ("reference", "layout", "moe_triton", "tune")]),
+        code=code("build_kernels"),  # with the kernel sources it imports
         kernels=config["kernels"],
         # tuned and self-tested at the expert shapes one tensor-parallel rank runs
         tensor_parallel_size=config["engine"].get("tensor_parallel_size", 1),

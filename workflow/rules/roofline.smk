@@ -17,7 +17,7 @@ if TRACING:
         output:
             f"{RUN}/traffic/{{benchmark}}.parquet",
         params:
-            code=code("traffic", "specs", "strategies"),
+            code=code("traffic"),
             variants=lambda wc: generated_variants(wc.benchmark),
             # batch_aware masks are recomputed per replayed batch from the variant's rule
             rules=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
@@ -43,9 +43,8 @@ if TRACING:
             validation=f"{RUN}/roofline/validation.parquet",
         params:
             # the hardware profiles and the calibration data they name (measured kernel times, with their source)
-            code=code("roofline", "specs", "traffic", "costmodel", "cpu_moe",
-                      files=[f"config/hardware/{h}.yaml" for h in ROOFLINE["hardware"] if "/" not in h]
-                      + [f"config/hardware/{p.name}" for p in sorted(Path(workflow.basedir, "config", "hardware").glob("*.csv"))]),
+            code=code("roofline", files=[f"config/hardware/{h}.yaml" for h in ROOFLINE["hardware"] if "/" not in h]
+                                + [f"config/hardware/{p.name}" for p in sorted(Path(workflow.basedir, "config", "hardware").glob("*.csv"))]),
             roofline=ROOFLINE,
             # KV-cache reads at the mean context of a generated token: prompt + half the output.
             context_len=config["generation"]["max_new_tokens"] // 2 + 256,

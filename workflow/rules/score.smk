@@ -17,7 +17,7 @@ rule score:
             category="3. Scores",
         ),
     params:
-        code=code("score", "score_subsets", "stats", "livecodebench", "benchmarks"),
+        code=code("score"),
         entries=SCORED,
         benchmarks=BENCHMARKS,
     log:

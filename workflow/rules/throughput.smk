@@ -28,7 +28,7 @@ rule throughput:
             for v in THROUGHPUT_VARIANTS
         ],
     params:
-        code=code("throughput", "engines", "strategies", "vllm_plugin", "calibrate"),
+        code=code("throughput"),
         variants={v: VARIANTS[v] for v in THROUGHPUT_VARIANTS},
         engine=config["engine"],
         benchmark=tasks_of(THROUGHPUT_BENCHMARK),

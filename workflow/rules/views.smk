@@ -24,7 +24,7 @@ rule table_view:
         report(f"{RUN}/views/{{table}}.html", caption="../report/view.rst", category="7. Tables",
                subcategory="{table}", labels={"table": "{table}", "format": "HTML (view)"}),  # fmt: skip
     params:
-        code=code("report_tables"),
+        code=code("table_view"),
     wildcard_constraints:
         table="(score|throughput|traffic|roofline)/[A-Za-z0-9._-]+",
     log:

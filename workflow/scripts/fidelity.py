@@ -1,4 +1,4 @@
-"""Stage 6b entry point: teacher-forced KL and top-1 agreement of every variant to dense."""
+"""Stage 6b entry point: teacher-forced KL and top-1 agreement of one variant to dense."""
 
 from pathlib import Path
 
@@ -17,8 +17,10 @@ if __name__ == "__main__":
         tasks=prepare_generation(snakemake.params.benchmark, snakemake.params.generation, snakemake.input.model)[0],
         benchmark=snakemake.wildcards.benchmark,
         dense_generations=Path(snakemake.input.dense),
-        variants=snakemake.params.variants,
+        variant=snakemake.wildcards.variant,
+        variant_cfg=snakemake.params.variant,
         out_path=Path(snakemake.output[0]),
         batch_size=snakemake.params.batch_size,
         calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
+        noise_floor=Path(snakemake.input.noise_floor) if "noise_floor" in snakemake.input.keys() else None,
     )

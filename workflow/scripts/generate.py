@@ -1,8 +1,9 @@
-"""Stage 4 with a shared engine: fill the batch cache of every variant of one benchmark."""
+"""Stage 4 with a shared engine: fill the batch cache of every variant of one benchmark
+(resuming what is cached), then mark each variant done."""
 
 from pathlib import Path
 
-from skipbench.infer import generate_variants
+from skipbench.infer import generate_variants, write_marks
 from skipbench.logs import log_to
 from skipbench.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
@@ -13,7 +14,7 @@ if __name__ == "__main__":
     log_to(snakemake.log[0])
     tasks, generation_cfg = prepare_generation(snakemake.params.benchmark, snakemake.params.generation,
                                                snakemake.input.model)
-    generate_variants(
+    report = generate_variants(
         model_dir=Path(snakemake.input.model),
         tasks=tasks,
         variants=snakemake.params.variants,
@@ -26,3 +27,4 @@ if __name__ == "__main__":
         kernel=load_kernel_choice(snakemake.input.kernels),
         deployment_batch=snakemake.params.deployment_batch,
     )
+    write_marks(report, snakemake.output.marks)

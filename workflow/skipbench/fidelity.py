@@ -11,7 +11,7 @@ context is always dense's, so an early divergence does not contaminate the later
 Noise floor: dense against itself, run a second time with another batching (one sequence
 per forward instead of `batch_size`): what "identical" means numerically for this
 engine, dtype and device (padding and batch shape change the reduction order). The row
-has variant "dense" and reference "dense, batch 1".
+has variant "dense" and reference "dense, batch 1"; every variant's table repeats it.
 
 Engine: the transformers oracle (oracle.py; sentinel skip path), which returns full
 logits; in fp32 on CPU for the tiny model. batch_aware couples the tokens of one forward
@@ -108,15 +108,26 @@ def dense_sequences(tokenizer, tasks: list[Task], generations) -> list[tuple[lis
     return seqs
 
 
-def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_generations: Path,
-                 variants: dict[str, dict], out_path: Path, batch_size: int = 8,
-                 calibration_path: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
-    """FIDELITY_SCHEMA rows: the noise floor, then one per non-dense variant."""
+def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_generations: Path, variant: str,
+                 variant_cfg: dict, out_path: Path, batch_size: int = 8, calibration_path: Path | None = None,
+                 noise_floor: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """FIDELITY_SCHEMA rows of one variant (one job per variant: an added variant runs only its own).
+
+    Without `noise_floor`, the variant is dense and its table is the noise floor. Otherwise
+    `noise_floor` is dense's table: its row comes first, then the variant's own (none for
+    a variant whose rule is dense), so each table is complete on its own."""
     import transformers
     from transformers import AutoTokenizer
 
     from skipbench.oracle import load_oracle
 
+    rule = variant_rule(variant_cfg, calibration_path)
+    if noise_floor is None and not rule.is_dense:
+        raise ValueError(f"fidelity of {variant}: a variant that skips is compared with dense's noise floor table")
+    floor = read_table(noise_floor, FIDELITY_SCHEMA).to_pylist() if noise_floor is not None else []
+    if floor and rule.is_dense:  # another name for dense: nothing of its own to measure
+        write_table(out_path, floor, FIDELITY_SCHEMA)
+        return
     model, gates = load_oracle(model_dir, SkipRule("dense"), dtype)
     tok = AutoTokenizer.from_pretrained(model_dir)
     seqs = dense_sequences(tok, tasks, read_table(dense_generations).to_pylist())
@@ -129,13 +140,11 @@ def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_gener
 
     dense = run(SkipRule("dense"), batch_size)
     base = dict(benchmark=benchmark, sequences=len(seqs), engine=engine)
-    rows = [base | dict(variant="dense", reference=f"dense, batch {NOISE_BATCH}")
-            | compare(dense, run(SkipRule("dense"), NOISE_BATCH))]
-    for name, cfg in variants.items():
-        rule = variant_rule(cfg, calibration_path)
-        if rule.is_dense:
-            continue
-        rows.append(base | dict(variant=name, reference=f"dense, batch {batch_size}") | compare(dense, run(rule, batch_size)))
-        log.info("%s/%s: KL %.4g nats, top-1 agreement %.3f over %d positions", benchmark, name,
-                 rows[-1]["kl_mean"] or 0, rows[-1]["top1_agree"] or 0, rows[-1]["positions"])
+    if rule.is_dense:
+        rows = [base | dict(variant=variant, reference=f"dense, batch {NOISE_BATCH}")
+                | compare(dense, run(SkipRule("dense"), NOISE_BATCH))]
+    else:
+        rows = floor + [base | dict(variant=variant, reference=f"dense, batch {batch_size}") | compare(dense, run(rule, batch_size))]
+    log.info("%s/%s: KL %.4g nats, top-1 agreement %.3f over %d positions", benchmark, variant,
+             rows[-1]["kl_mean"] or 0, rows[-1]["top1_agree"] or 0, rows[-1]["positions"])
     write_table(out_path, rows, FIDELITY_SCHEMA)
