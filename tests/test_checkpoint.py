@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -298,3 +299,38 @@ def test_training_is_bit_identical_whatever_the_thread_count(tmp_path):
     assert runs[0]["losses"] == runs[1]["losses"]
     assert runs[0]["sha256"] == runs[1]["sha256"]
     assert [r["threads"] for r in runs] == [1, 2]  # the caller's setting is restored afterwards
+
+
+TRAIN_EMBEDDED = """
+import hashlib, json, sys
+from pathlib import Path
+from skipbench.reproducible import pin_cpu_paths
+pin_cpu_paths()
+import torch, yaml
+from skipbench.benchmarks import Task, memorised_tasks
+from skipbench.checkpoint import synthetic_checkpoint
+config, threads, out = yaml.safe_load(Path(sys.argv[1]).read_text()), int(sys.argv[2]), Path(sys.argv[3])
+torch.set_num_threads(threads)
+out.mkdir(parents=True)
+tasks = [Task(**t) for t in memorised_tasks(config["benchmarks"])]
+row = synthetic_checkpoint(config["model"]["synthetic"], tasks, out)
+shards = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.safetensors"))}
+print(json.dumps({"steps": row["steps"], "shards": shards}))
+"""
+
+
+@pytest.mark.slow  # trains the embedded default: about 2 minutes on one core
+def test_embedded_default_trains_to_the_checkpoint_readme_states(tmp_path):
+    """README's digests were recorded with the workflow (one torch thread); this run starts
+    with two: the same shards must come out."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    stated = re.findall(r"`([0-9a-f]{8})\.\.\.([0-9a-f]{4,8})`", readme[readme.index("Training is bit-reproducible"):])
+    assert len(stated) == 3, stated
+    proc = subprocess.run([sys.executable, "-c", TRAIN_EMBEDDED, str(root / "config/config.yaml"), "2", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    digests = [got["shards"][f"model-0000{i}-of-00003.safetensors"] for i in (1, 2, 3)]
+    assert [(d[:8], d[-len(tail):]) for d, (_, tail) in zip(digests, stated)] == stated, digests
+    assert f"{got['steps']} training steps" in readme

@@ -24,6 +24,11 @@ from skipbench.report import draw_report, report_files
 from skipbench.summary import load_run
 
 
+def one_line(text: str) -> str:
+    """A title or axis label as one line (figstyle.panel_text wraps them to the panel)."""
+    return " ".join(text.split())
+
+
 def test_pareto_front_hand_computed():
     # (throughput, quality): b dominates d; a, b, c trade off; e is dominated by c.
     xs = [10, 20, 30, 15, 28]
@@ -57,7 +62,7 @@ def test_tradeoff_no_front_over_weight0_throughput(tmp_path):
     tps_base, ept_base = fig.axes[:2]
     assert fronts[("tiny", "base", "tokens_per_s")] == [] and fronts[("tiny", "plus", "tokens_per_s")] == []
     assert not [l for l in tps_base.get_lines() if l.get_label() == "Pareto front"]
-    assert "nothing skipped on this path" in tps_base.get_xlabel() and "weight0" in tps_base.get_xlabel()
+    assert "nothing skipped on this path" in one_line(tps_base.get_xlabel()) and "weight0" in one_line(tps_base.get_xlabel())
     assert fronts[("tiny", "base", "experts_per_token")] == FRONT_BASE_VS_EPT  # experts/token still ranks them
     plt.close(fig)
 
@@ -85,14 +90,14 @@ def test_predicted_figure_separates_measured_and_predicted(tmp_path):
     assert fronts[("tiny", "plus", MEASURED)] == []  # weight0: nothing skipped, no front
     assert fronts[("tiny", "plus", "h200")] == FRONT_PLUS_VS_PREDICTED
     # panels in (split, column) order, at most two a row: find the plus-test ones by title
-    plus_measured, plus_h200, plus_here = [ax for ax in fig.axes if ": plus tests" in ax.get_title()]
-    assert "nothing skipped on this path" in plus_measured.get_xlabel()
-    assert "calibrated" in plus_h200.get_xlabel() and "h200 fit" in plus_h200.get_title()
-    assert "validation vs engine here -40%" in plus_here.get_title()
+    plus_measured, plus_h200, plus_here = [ax for ax in fig.axes if ": plus tests" in one_line(ax.get_title())]
+    assert "nothing skipped on this path" in one_line(plus_measured.get_xlabel())
+    assert "calibrated" in one_line(plus_h200.get_xlabel()) and "h200 fit" in one_line(plus_h200.get_title())
+    assert "validation vs engine here -40%" in one_line(plus_here.get_title())
     want = [(PREDICTED_H200[v], VARIANTS[v][4]) for v in FRONT_PLUS_VS_PREDICTED]
     assert front_line(plus_h200) == pytest.approx(flat(want))
-    assert "measured" in plus_measured.get_title() and "cpu:x86_64x2" in plus_measured.get_title()
-    assert "predicted" in plus_h200.get_title() and "h200" in plus_h200.get_title()
+    assert "measured" in one_line(plus_measured.get_title()) and "cpu:x86_64x2" in one_line(plus_measured.get_title())
+    assert "predicted" in one_line(plus_h200.get_title()) and "h200" in one_line(plus_h200.get_title())
     # measured markers filled, predicted hollow
     def faces(ax):
         (topk,) = [c for c in ax.containers if c.get_label() == "topk"]  # errorbar: data line first
@@ -152,7 +157,7 @@ def test_combined_runs_are_faceted_by_run(tmp_path):
     runs = [load_run("model-a", f["scores"], f["throughput"], f["predictions"], f["traffic"]), load_run("model-b", g["scores"])]
     fig, fronts = tradeoff_figure(runs, "he")
     assert len(fig.axes) == 8  # (2 runs x 2 splits) rows x 2 cost columns
-    assert [ax.get_title() for ax in fig.axes[::2]] == [f"{r}: he, {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
+    assert [one_line(ax.get_title()) for ax in fig.axes[::2]] == [f"{r}: he, {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
     assert fronts[("model-b", "plus", "experts_per_token")] == FRONT_PLUS_VS_EPT
     plt.close(fig)
     out, result = draw(tmp_path, "out", runs)

@@ -85,20 +85,14 @@ def _code(script, files):
 
 
 def memorised_tasks():
-    """What the synthetic model is trained on (prompt + canonical solution), in config order:
-    the tasks of every benchmark it generates for. A download trains on nothing. A param:
-    an added benchmark retrains only if it brings tasks not memorised yet."""
+    """What the synthetic model is trained on (skipbench.benchmarks.memorised_tasks): the
+    tasks of every benchmark it generates for. A download trains on nothing. A param: an
+    added benchmark retrains only if it brings tasks not memorised yet."""
     if MODEL["source"] != "synthetic":
         return []
-    from skipbench.benchmarks import load_tasks
+    from skipbench.benchmarks import memorised_tasks as tasks_to_memorise
 
-    tasks = {}
-    for name, bench in BENCHMARKS.items():
-        if generated_variants(name) and bench["dataset"] != "livecodebench":  # LCB: no solutions to learn
-            for t in load_tasks(bench):
-                tasks.setdefault(t.task_id, dict(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point,
-                                                 canonical_solution=t.canonical_solution))
-    return list(tasks.values())
+    return tasks_to_memorise({name: bench for name, bench in BENCHMARKS.items() if generated_variants(name)})
 
 
 def engine_model_dir(wildcards=None):

@@ -243,3 +243,16 @@ def load_livecodebench(bench_cfg: dict) -> Benchmark:
 def load_tasks(bench_cfg: dict) -> list[Task]:
     """Tasks of one benchmark entry of the config (`dataset`, `tasks`, optional `path`)."""
     return load_benchmark(bench_cfg).tasks
+
+
+def memorised_tasks(benchmarks: dict[str, dict]) -> list[dict]:
+    """The tasks the synthetic model memorises for `benchmarks` (those it generates for):
+    prompt + canonical solution, first occurrence of a task id, in config order.
+    LiveCodeBench has no solutions to learn."""
+    tasks = {}
+    for bench in benchmarks.values():
+        if bench["dataset"] != "livecodebench":
+            for t in load_tasks(bench):
+                tasks.setdefault(t.task_id, dict(task_id=t.task_id, prompt=t.prompt, entry_point=t.entry_point,
+                                                 canonical_solution=t.canonical_solution))
+    return list(tasks.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 from matplotlib.colors import to_rgb
@@ -78,8 +79,17 @@ def _overlap(a, b) -> float:
 
 
 # Offsets (points) tried for a label, nearest first; far ones get a leader line.
-_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2) for dx, dy in
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2, 4.5, 6) for dx, dy in
             ((5, 4), (5, -12), (-5, 4), (-5, -12), (0, 9), (0, -17), (9, -4), (-9, -4))]  # fmt: skip
+
+
+def panel_text(ax, text: str, fontsize: float = 10) -> str:
+    """`text` wrapped, paragraph by paragraph, to the width of `ax` (matplotlib's wrap=True
+    wraps to the figure's edge, so a left panel's label runs under its neighbour)."""
+    fig = ax.figure
+    width_pt = ax.get_position().width * fig.get_figwidth() * 72
+    chars = max(20, int(width_pt / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def label_points(ax, points: list[tuple[float, float, str, tuple]]) -> None:
@@ -106,8 +116,9 @@ def place_labels(fig, fontsize: float = MIN_FONT) -> None:
     """Place every label of `label_points`, after a layout pass of the whole figure (and a
     second one once the legends sit under their axis labels)."""
     if fig.get_layout_engine() is not None:
-        fig.get_layout_engine().execute(fig)
-        _legends_under_xlabels(fig)
+        for _ in range(3):  # each layout pass moves the axis labels a little: settle the legends
+            fig.get_layout_engine().execute(fig)
+            _legends_under_xlabels(fig)
         fig.get_layout_engine().execute(fig)
     for ax in fig.axes:
         if getattr(ax, "_skipbench_labels", None):

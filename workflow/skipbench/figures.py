@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
+from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, panel_text, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
 from skipbench.io import atomic_path  # noqa: E402
 from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
@@ -110,6 +110,15 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
     return points
 
 
+def calibrated_xlim(speedups: pd.Series) -> tuple[float, float]:
+    """x limits of a predicted panel: dense (1.0) and every calibrated point, with room on the
+    right for labels. The ideal bars may reach further (they are clipped): scaled to them,
+    the calibrated points, often within a few percent of dense, would crowd at one end."""
+    lo, hi = min(1.0, speedups.min()), max(1.0, speedups.max())
+    span = max(hi - lo, 0.01)
+    return lo - 0.06 * span, hi + 0.3 * span
+
+
 def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str, colours: dict,
                   hollow: bool = False, front: bool = True) -> list[str]:  # fmt: skip
     """pass@1 (95% CI) vs `x`, curves per strategy, the Pareto front dashed.
@@ -122,7 +131,7 @@ def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, sp
         no_data(ax, f"no variant has both pass@1 ({split}) and {x_label}")
         return []
     points = strategy_curves(ax, data, x, y, colours if front else {s: (0.6, 0.6, 0.6) for s in colours}, hollow)
-    ax.set_xlabel(x_label, wrap=True)
+    ax.set_xlabel(panel_text(ax, x_label))
     if not front:  # nothing skipped on this path: no front over noise
         ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
         ax.set_ylim(-0.05, 1.1)
@@ -221,7 +230,7 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
     predicted per hardware profile (hollow), Pareto front per panel; rows (run, split)."""
     columns = speedup_columns(runs, hardware)
     rows, colours = _panel_rows(runs, benchmark)
-    fig, axes = grid(len(rows), len(columns))
+    fig, axes = grid(len(rows), len(columns), height=6.0)  # long titles: keep the plots tall enough to label
     fronts = {}
     for r, (t, df, split) in enumerate(rows):
         for c, column in enumerate(columns):
@@ -242,17 +251,20 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                          f"{', '.join(sorted(paths))}" + ("" if skipped else "\nnothing skipped on this path"))  # fmt: skip
             else:
                 skipped = True
-                label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
-                         "(grey bar: up to the ideal bytes-floor prediction)")  # fmt: skip
-            fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
-                                                           hollow=column != MEASURED, front=skipped)  # fmt: skip
-            if column != MEASURED:  # the band: calibrated (point) to ideal (end of the grey bar)
                 p = predicted_whole_model(t.predictions)
                 ideal = p[(p["hardware"] == column) & (p["batch"] == batch)].set_index("variant")["speedup_ideal"]
-                d = d.assign(ideal=d["variant"].map(ideal)).dropna(subset=["speedup", "ideal", f"pass1_{split}"])
-                ax.hlines(d[f"pass1_{split}"], d["speedup"], d["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
+                d = d.assign(ideal=d["variant"].map(ideal))
+                label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
+                         f"(grey bar: toward the ideal bytes-floor prediction, up to {d['ideal'].max():.2f})")  # fmt: skip
+            if column != MEASURED:  # the axis spans the calibrated points: set before their labels are placed
+                ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))
+            fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
+                                                           hollow=column != MEASURED, front=skipped)  # fmt: skip
+            if column != MEASURED:  # the band: calibrated (point) to ideal (grey bar, clipped at the axis)
+                band = d.dropna(subset=["speedup", "ideal", f"pass1_{split}"])
+                ax.hlines(band[f"pass1_{split}"], band["speedup"], band["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
             ax.axvline(1.0, color="0.5", lw=0.8)
-            ax.set_title(f"{t.run}: {split} tests\n{source}", wrap=True)
+            ax.set_title(panel_text(ax, f"{t.run}: {split} tests\n{source}"))
     fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
                  "(filled: measured, hollow: predicted)")  # fmt: skip
     return fig, fronts

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
 
-from skipbench.figstyle import MIN_FONT
+from skipbench.figstyle import MIN_FONT, panel_text
 from skipbench.figstyle import variant_colours as shaded_colours
 from skipbench.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source, with_strategy
 from skipbench.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
@@ -57,10 +57,10 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
                 paths = set(d["skip_path"])
                 nothing = "" if paths - NOTHING_SKIPPED else "\nnothing skipped on this path"
                 ax.set_ylabel(f"output tok/s ratio over dense, measured,\nskip path {', '.join(sorted(paths))}{nothing}")
-                ax.set_title(f"{t.run}: measured\n({sweep_source(d)})", wrap=True)
+                ax.set_title(panel_text(ax, f"{t.run}: measured\n({sweep_source(d)})"))
             else:
                 ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to ideal)")
-                ax.set_title(f"{t.run}: predicted\n({prediction_source(t, column, d)})", wrap=True)
+                ax.set_title(panel_text(ax, f"{t.run}: predicted\n({prediction_source(t, column, d)})"))
             ax.grid(alpha=0.3)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
     style = [Line2D([], [], color="k", ls="-", marker="o", label="measured (engine, device)"),
