@@ -158,7 +158,7 @@ def _place(ax, points: list[tuple[float, float, str, tuple]], fontsize: float) -
             ann.xyann = (dx, dy)
             box = ann.get_window_extent(renderer)
             outside = box.width * box.height - _overlap(box, frame)
-            cost = sum(_overlap(box, t) for t in taken) + 4 * outside
+            cost = sum(_overlap(box, t) for t in taken) + 20 * outside  # outside: over tick labels or a neighbour panel
             if cost < best_cost:
                 best, best_cost = ((dx, dy), ann.get_ha(), box), cost
             if cost == 0:
@@ -169,6 +169,6 @@ def _place(ax, points: list[tuple[float, float, str, tuple]], fontsize: float) -
         ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
                           ha=ha, va="bottom", annotation_clip=False,
                           arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.6, "shrinkA": 0, "shrinkB": 3} if far else None)  # fmt: skip
-        taken.append(box)
+        taken.append(box.padded(to_px))  # a gap between neighbouring names
         labels.append(ann)
     return labels

@@ -116,7 +116,7 @@ def calibrated_xlim(speedups: pd.Series) -> tuple[float, float]:
     the calibrated points, often within a few percent of dense, would crowd at one end."""
     lo, hi = min(1.0, speedups.min()), max(1.0, speedups.max())
     span = max(hi - lo, 0.01)
-    return lo - 0.06 * span, hi + 0.3 * span
+    return lo - 0.12 * span, hi + 0.3 * span
 
 
 def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, split: str, colours: dict,
