@@ -51,3 +51,17 @@ def test_every_rule_script_resolves_its_imports():
     assert "figures.py" not in infer and "sandbox.py" not in infer
     for script in (root / "workflow/scripts").glob("*.py"):
         assert len(source_closure(script, packages)) > 1, script.name
+
+
+def test_subpackages_and_their_relative_imports(tmp_path):
+    lib = tmp_path / "lib"
+    write(lib / "__init__.py", "")
+    write(lib / "stage/__init__.py", "from .runner import run\n")
+    write(lib / "stage/runner.py", "from . import helper\nfrom ..common import X\n")
+    write(lib / "stage/helper.py", "")
+    write(lib / "stage/unused.py", "")
+    write(lib / "common.py", "X = 1\n")
+    script = write(tmp_path / "stage.py", "from pkg.stage import run\n")
+    closure = source_closure(script, {"pkg": lib})
+    assert {p.relative_to(tmp_path).as_posix() for p in closure[1:]} == {
+        "lib/__init__.py", "lib/stage/__init__.py", "lib/stage/runner.py", "lib/stage/helper.py", "lib/common.py"}

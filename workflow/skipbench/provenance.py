@@ -24,7 +24,8 @@ def _module_file(root: Path, parts: list[str]) -> Path | None:
 
 
 def _imported(path: Path, package: str, packages: dict[str, Path]) -> set[Path]:
-    """Files of `packages` that `path` (a module of `package`, or None for a script) imports."""
+    """Files of `packages` that `path` imports; `package` is the dotted package `path`
+    belongs to ("" for a script), for relative imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -32,8 +33,11 @@ def _imported(path: Path, package: str, packages: dict[str, Path]) -> set[Path]:
         elif isinstance(node, ast.ImportFrom):
             if node.level and not package:  # a relative import outside our packages
                 continue
-            # relative imports: the packages are flat, so `.x` and `..x` both name a sibling
-            module = ".".join(p for p in (package, node.module) if p) if node.level else node.module or ""
+            if node.level:  # `.x` is a sibling, `..x` a sibling of the parent package
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
             targets = [(module.split("."), [a.name for a in node.names])]
         else:
             continue
@@ -41,8 +45,9 @@ def _imported(path: Path, package: str, packages: dict[str, Path]) -> set[Path]:
             if parts[0] not in packages:
                 continue
             root = packages[parts[0]]
-            if module := _module_file(root, parts[1:]):
-                found.add(module)
+            for depth in range(len(parts)):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                if init := _module_file(root, parts[1:depth + 1]):
+                    found.add(init)
             for name in names:  # `from skipbench import io`: io may be a module
                 if sub := _module_file(root, [*parts[1:], name]):
                     found.add(sub)
@@ -52,10 +57,11 @@ def _imported(path: Path, package: str, packages: dict[str, Path]) -> set[Path]:
 def source_closure(script: Path, packages: dict[str, Path]) -> list[Path]:
     """`script` and every file of `packages` ({import name: directory}) it imports,
     directly or through other modules of those packages; sorted, script first."""
-    owner = {}  # file -> the package it belongs to (for relative imports)
+    owner = {}  # file -> the dotted package it belongs to (for relative imports)
     for name, root in packages.items():
-        for path in Path(root).glob("*.py"):
-            owner[path.resolve()] = name
+        root = Path(root).resolve()
+        for path in root.rglob("*.py"):
+            owner[path] = ".".join([name, *path.parent.relative_to(root).parts])
     script = Path(script).resolve()
     seen, todo = {script}, [script]
     while todo:
