@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 RUN = f"results/{config['run']}"
-LIB = f"{workflow.basedir}/workflow/skipbench"  # absolute: works with --directory
 # envs/*.yaml install this checkout as `-e ${SKIPBENCH_ROOT}` (pip expands it): a relative
 # path would resolve against Snakemake's copy of the env file under .snakemake/conda.
 os.environ.setdefault("SKIPBENCH_ROOT", str(workflow.basedir))
