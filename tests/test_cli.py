@@ -98,7 +98,7 @@ def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, caps
 
 
 def test_bad_interpreter_is_named_without_suggesting_no_sandbox(tmp_path):
-    from skipbench.sandbox import SandboxUnavailable, check_sandbox, make_profile
+    from skipbench.execute.sandbox import SandboxUnavailable, check_sandbox, make_profile
 
     profile = make_profile({"sandbox": "none", "python": str(tmp_path / "no-python")})
     with pytest.raises(SandboxUnavailable, match="execution.python: .*no-python") as e:
