@@ -129,7 +129,7 @@ def test_snakemake_config_from_the_command_line():
 def test_show_prints_the_summary_table(tmp_path, capsys):
     from report_fixtures import write_run
     from skipbench.report import draw_report
-    from skipbench.summary import load_run
+    from skipbench.report.summary import load_run
 
     run_dir = tmp_path / "results" / "r1"
     files = write_run(run_dir, optional=False)
