@@ -9,7 +9,7 @@ Fraction or Decimal, an exception on some inputs, prints, a `__main__` block, ex
 CPU work, or a 3 s sleep per call (a timeout in both). Both harnesses run twice; the
 second run (ground truth cached) is the one timed, side by side on the same machine.
 Prints samples/s for each, and every verdict mismatch outside the documented exception
-(HumanEval/32, whose canonical solution stock EvalPlus 0.3.1 fails: see compare.py).
+(HumanEval/32, whose canonical solution stock EvalPlus 0.3.1 fails: see skipbench/execute/compare.py).
 """
 
 import argparse

@@ -98,7 +98,7 @@ def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, caps
 
 
 def test_bad_interpreter_is_named_without_suggesting_no_sandbox(tmp_path):
-    from skipbench.sandbox import SandboxUnavailable, check_sandbox, make_profile
+    from skipbench.execute.sandbox import SandboxUnavailable, check_sandbox, make_profile
 
     profile = make_profile({"sandbox": "none", "python": str(tmp_path / "no-python")})
     with pytest.raises(SandboxUnavailable, match="execution.python: .*no-python") as e:
@@ -129,7 +129,7 @@ def test_snakemake_config_from_the_command_line():
 def test_show_prints_the_summary_table(tmp_path, capsys):
     from report_fixtures import write_run
     from skipbench.report import draw_report
-    from skipbench.summary import load_run
+    from skipbench.report.summary import load_run
 
     run_dir = tmp_path / "results" / "r1"
     files = write_run(run_dir, optional=False)

@@ -63,7 +63,7 @@ def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
     """An executor failure on one sample (here: an OverflowError raised while running it,
     as main's bookkeeping did) is that sample's row; a torn journal line (a kill or a full
     disk mid-append) is redone; the Parquet holds one row per (sample, split)."""
-    import skipbench.execute as execute
+    import skipbench.execute.stage as execute
 
     cfg = {"dataset": "humaneval", "tasks": 3}
     tasks = load_benchmark(cfg).tasks
@@ -100,7 +100,7 @@ def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
     ('{"task_id": "HumanEval/0"}', "s.jsonl:2: sample of HumanEval/0 has neither"),
 ])  # fmt: skip
 def test_samples_file_is_validated_per_line_before_any_sandbox(tmp_path, monkeypatch, line, message):
-    import skipbench.execute as execute
+    import skipbench.execute.stage as execute
     from skipbench.samples import SamplesError
 
     monkeypatch.setattr(execute, "check_sandbox", lambda p: pytest.fail("sandbox started before validation"))
@@ -114,8 +114,8 @@ def test_samples_file_is_validated_per_line_before_any_sandbox(tmp_path, monkeyp
 def test_ground_truth_retries_then_records(tmp_path, monkeypatch):
     """A canonical run that fails once is retried; one that always fails is recorded and
     its samples get groundtruth_error rows (main aborted the job: `canonical solution fail`)."""
-    import skipbench.groundtruth as gt
-    from skipbench.harness import Outcome
+    import skipbench.execute.groundtruth as gt
+    from skipbench.execute.harness import Outcome
 
     cfg = {"dataset": "humaneval", "tasks": 2}
     tasks = load_benchmark(cfg).tasks

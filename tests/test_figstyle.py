@@ -5,9 +5,9 @@ import matplotlib.pyplot as plt
 from matplotlib.text import Text
 
 from report_fixtures import write_run
-from skipbench.figstyle import MAX_COLS, MIN_FONT, STYLE, panel_grid, place_labels, strategy_colours, variant_colours
-from skipbench.figures import predicted_figure, speedup_columns, tradeoff_figure
-from skipbench.summary import load_run
+from skipbench.report.figstyle import MAX_COLS, MIN_FONT, STYLE, panel_grid, place_labels, strategy_colours, variant_colours
+from skipbench.report.figures import predicted_figure, speedup_columns, tradeoff_figure
+from skipbench.report.summary import load_run
 
 
 def test_panel_grid_wraps_to_two_per_row():

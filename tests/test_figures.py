@@ -18,10 +18,10 @@ from report_fixtures import (
     write_scores,
 )
 
-from skipbench.figures import MEASURED, pareto_front, predicted_figure, speedup_columns, tradeoff_figure
-from skipbench.figures_traffic import speedup_figure
 from skipbench.report import draw_report, report_files
-from skipbench.summary import load_run
+from skipbench.report.figures import MEASURED, pareto_front, predicted_figure, speedup_columns, tradeoff_figure
+from skipbench.report.figures_traffic import speedup_figure
+from skipbench.report.summary import load_run
 
 
 def one_line(text: str) -> str:

@@ -17,7 +17,7 @@ import yaml
 from docutils.core import publish_parts
 from snakemake.utils import update_config
 
-from skipbench.report_tables import frame_page, markdown_page
+from skipbench.report.report_tables import frame_page, markdown_page
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = sorted((ROOT / "workflow/report").glob("*.rst"))

@@ -13,9 +13,9 @@ import pytest
 
 from skipbench.benchmarks import load_benchmark
 from skipbench.execute import execute_one
-from skipbench.groundtruth import build_groundtruth
-from skipbench.sandbox import check_sandbox, make_profile
-from skipbench.slots import lease_uids
+from skipbench.execute.groundtruth import build_groundtruth
+from skipbench.execute.sandbox import check_sandbox, make_profile
+from skipbench.execute.slots import lease_uids
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 
@@ -147,7 +147,7 @@ def test_unknown_sandbox_kind_refused():
 
 def probe(env, body: str, profile=None):
     """Run `def probe(): <body>` in the sandbox once; its return value (a plain value)."""
-    from skipbench.harness import run_tests
+    from skipbench.execute.harness import run_tests
     from skipbench.sandbox_driver import encode
 
     job = {"code": "def probe():\n" + body, "entry_point": "probe", "inputs": [encode([])], "time_limits": [20.0],
@@ -197,7 +197,7 @@ def test_seccomp_refuses_dangerous_syscalls(env):
     import errno
     import platform
 
-    from skipbench import seccomp
+    from skipbench.execute import seccomp
 
     if not seccomp.supported():
         pytest.skip(f"no syscall table for {platform.machine()}")
@@ -242,7 +242,7 @@ def test_uid_lease_is_exclusive_across_processes(env):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "from skipbench.slots import lease_uids\nimport sys\n"
+        "from skipbench.execute.slots import lease_uids\nimport sys\n"
         f"with lease_uids({env['profile'].uid_base}, 2) as u:\n    print(*u, flush=True)\n    sys.stdin.read()\n"
     )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     theirs = set(map(int, holder.stdout.readline().split()))

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from skipbench import harness
-from skipbench.harness import Outcome, _Conversation
-from skipbench.sandbox import MAX_HEADER, ProtocolError, SandboxRun, Usage, make_profile
+from skipbench.execute import harness
+from skipbench.execute.harness import Outcome, _Conversation
+from skipbench.execute.sandbox import MAX_HEADER, ProtocolError, SandboxRun, Usage, make_profile
 
 PROFILE = make_profile({"sandbox": "none", "importable": []})
 

@@ -8,8 +8,8 @@ import pytest
 from report_fixtures import (FRONT_BASE_VS_EPT, FRONT_PLUS_VS_EPT, IDEAL_STRETCH, PREDICTED_H200, SWEEP, VALIDATION_ERROR,
                              scores_rows, write_run, write_scores)  # fmt: skip
 
-from skipbench.summary import SUMMARY_SCHEMA, build_summary, load_run, predicted_whole_model
-from skipbench.summary_table import markdown, write_summary
+from skipbench.report.summary import SUMMARY_SCHEMA, build_summary, load_run, predicted_whole_model
+from skipbench.report.summary_table import markdown, write_summary
 
 
 def full_run(tmp_path, name="tiny"):
@@ -105,7 +105,7 @@ def test_combined_runs_keep_their_order_and_own_dense(tmp_path):
 
 
 def test_within_ci_of_front_marks_points_the_front_does_not_beat_significantly():
-    from skipbench.summary import within_ci_of_front
+    from skipbench.report.summary import within_ci_of_front
 
     # experts (lower better), quality with intervals: A (4, 0.9 [0.8, 1.0]) and B (1, 0.5 [0.4, 0.6]) form the
     # front; C (2, 0.45 [0.3, 0.65]) is dominated by B only, overlapping it; D (4, 0.2 [0.1, 0.3]) is

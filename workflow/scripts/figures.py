@@ -4,7 +4,7 @@ from pathlib import Path
 
 from skipbench.logs import log_to
 from skipbench.report import draw_report
-from skipbench.summary import load_run
+from skipbench.report.summary import load_run
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.

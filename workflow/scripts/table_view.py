@@ -1,7 +1,7 @@
 """Entry point: an HTML view of one Parquet table for the report."""
 
 from skipbench.logs import log_to
-from skipbench.report_tables import write_parquet_view
+from skipbench.report.report_tables import write_parquet_view
 
 if __name__ == "__main__":
     log_to(snakemake.log[0])

@@ -9,7 +9,7 @@ own download. A config `sha256` replaces the pin for a deliberately different fi
 
 Original HumanEval has assert-based `check(candidate)` tests, not input lists. Its
 inputs are captured in the sandbox by running `check` with a recording candidate that
-answers with the canonical solution (see `groundtruth.py`), so the asserts, loops and the
+answers with the canonical solution (see `execute/groundtruth.py`), so the asserts, loops and the
 (seeded) random tests of HumanEval/32, /38, /50, /53 all become concrete inputs whose
 expected outputs come from the canonical solution, compared by EvalPlus's rules: the
 same construction EvalPlus used for HumanEval+'s `base_input`. The float tolerance is the

@@ -112,7 +112,7 @@ def _default_run(directory: Path) -> str:
 
 
 def cmd_show(args) -> int:
-    from skipbench.summary_table import markdown
+    from skipbench.report.summary_table import markdown
 
     import pyarrow.parquet as pq
 

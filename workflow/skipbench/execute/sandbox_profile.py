@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skipbench import cgroup, seccomp
+from skipbench.execute import cgroup, seccomp
 
 
 class SandboxUnavailable(RuntimeError):

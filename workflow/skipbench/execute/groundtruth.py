@@ -20,11 +20,11 @@ from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
 from skipbench.progress import track
 
 from skipbench.benchmarks import Benchmark, Task
-from skipbench.harness import run_tests
+from skipbench.execute.harness import run_tests
+from skipbench.execute.sandbox import DRIVER_SOURCE, SandboxProfile
+from skipbench.execute.slots import lease_uids
 from skipbench.io import write_json
-from skipbench.sandbox import DRIVER_SOURCE, SandboxProfile
 from skipbench.sandbox_driver import decode, encode
-from skipbench.slots import lease_uids
 
 log = logging.getLogger(__name__)
 

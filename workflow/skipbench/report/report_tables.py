@@ -2,7 +2,7 @@
 
 Snakemake's report embeds a result by its mimetype: Parquet is not one a browser shows,
 so every table also gets a self-contained HTML page (a sortable table: click a header).
-The summary view renders the summary's own Markdown (skipbench.summary_table.markdown), so the
+The summary view renders the summary's own Markdown (skipbench.report.summary_table.markdown), so the
 two never disagree on a column.
 """
 

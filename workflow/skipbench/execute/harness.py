@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from skipbench.sandbox import ProtocolError, SandboxProfile, SandboxRun, Usage
+from skipbench.execute.sandbox import ProtocolError, SandboxProfile, SandboxRun, Usage
 from skipbench.sandbox_driver import ENCODE_S, TRANSFER_S, decode
 
 STARTUP_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine

@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skipbench.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, panel_text, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
 from skipbench.io import atomic_path  # noqa: E402
-from skipbench.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
+from skipbench.report.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, panel_text, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
+from skipbench.report.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
     RunTables,
     measured_speedup,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from skipbench.proctable import tasks_of_uid, wait_gone
+from skipbench.execute.proctable import tasks_of_uid, wait_gone
 
 SPAN = 1024  # uids uid_base .. uid_base + SPAN - 1 are ours to lease
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from skipbench.io import write_table, write_text
-from skipbench.summary import SUMMARY_SCHEMA, RunTables
+from skipbench.report.summary import SUMMARY_SCHEMA, RunTables
 
 
 def _num(x, fmt: str) -> str:

@@ -12,10 +12,10 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
 
-from skipbench.figstyle import MIN_FONT, panel_text
-from skipbench.figstyle import variant_colours as shaded_colours
-from skipbench.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source, with_strategy
-from skipbench.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
+from skipbench.report.figstyle import MIN_FONT, panel_text
+from skipbench.report.figstyle import variant_colours as shaded_colours
+from skipbench.report.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source, with_strategy
+from skipbench.report.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
 
 def variant_colours(variants, runs: list[RunTables] = ()) -> dict[str, tuple]:
     """A shade of its strategy's hue per variant (strategies from the runs' scores)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from skipbench.progress import track
 
-from skipbench.figures import (
+from skipbench.io import write_text
+from skipbench.report.figures import (
     STYLE,
     fidelity_figure,
     pareto_table_figure,
@@ -23,11 +24,10 @@ from skipbench.figures import (
     speedup_columns,
     tradeoff_figure,
 )
-from skipbench.figures_traffic import layers_figure, speedup_figure
-from skipbench.io import write_text
-from skipbench.report_tables import markdown_page
-from skipbench.summary import RunTables, build_summary
-from skipbench.summary_table import markdown, subsets_markdown, write_summary
+from skipbench.report.figures_traffic import layers_figure, speedup_figure
+from skipbench.report.report_tables import markdown_page
+from skipbench.report.summary import RunTables, build_summary
+from skipbench.report.summary_table import markdown, subsets_markdown, write_summary
 
 log = logging.getLogger(__name__)
 

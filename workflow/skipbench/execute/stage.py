@@ -27,15 +27,15 @@ import pyarrow as pa
 
 from skipbench import livecodebench as lcb
 from skipbench.benchmarks import Benchmark, Task, load_benchmark
-from skipbench.compare import is_floats, outputs_match
-from skipbench.groundtruth import SplitTruth, build_groundtruth, output_mode
-from skipbench.harness import Outcome, run_tests
+from skipbench.execute.compare import is_floats, outputs_match
+from skipbench.execute.groundtruth import SplitTruth, build_groundtruth, output_mode
+from skipbench.execute.harness import Outcome, run_tests
+from skipbench.execute.sandbox import SandboxProfile, check_sandbox, make_profile
+from skipbench.execute.slots import lease_uids
 from skipbench.io import write_table
 from skipbench.progress import track
-from skipbench.sandbox import SandboxProfile, check_sandbox, make_profile
-from skipbench.sandbox_driver import decode
 from skipbench.samples import read_journal, read_samples
-from skipbench.slots import lease_uids
+from skipbench.sandbox_driver import decode
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from skipbench import cgroup, sandbox_driver, seccomp
-from skipbench.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
-from skipbench.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names
+from skipbench import sandbox_driver
+from skipbench.execute import cgroup, seccomp
+from skipbench.execute.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
+from skipbench.execute.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names
     SandboxProfile,
     SandboxUnavailable,
     _site_mounts,
@@ -41,7 +42,7 @@ from skipbench.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox
     _system_mounts,
     make_profile,
 )
-from skipbench.slots import kill_uid, lease_uids
+from skipbench.execute.slots import kill_uid, lease_uids
 
 log = logging.getLogger(__name__)
 
