@@ -330,13 +330,14 @@ def test_marks_name_each_variant_and_drop_those_of_earlier_configs(tmp_path):
     import pyarrow as pa
 
     from skipbench.io import stable_hash
+    from skipbench.marks import write_marks
 
     report = pa.Table.from_pylist([dict(variant="thr0.3", generated_samples=5, engine_start=0)])
     marks = [tmp_path / f"{v}.{stable_hash(cfg)}.json" for v, cfg in
              (("thr0.3", {"strategy": "threshold", "tau": 0.3}), ("excluded", {"strategy": "dense"}))]
     stale = tmp_path / f"thr0.3.{stable_hash({'strategy': 'threshold', 'tau': 0.2})}.json"
     stale.write_text("{}")
-    infer.write_marks(report, marks)
+    write_marks(report, marks)
     assert json.loads(marks[0].read_text()) == {"variant": "thr0.3", "on_benchmark": True, "generated_samples": 5,
                                                  "engine_start": 0}  # a dot in the name is kept
     assert json.loads(marks[1].read_text()) == {"variant": "excluded", "on_benchmark": False}

@@ -139,9 +139,9 @@ def generation_mark(benchmark, variant):
     """The file `generate` writes when a variant's cache is complete. Named by a hash of the
     variant's config: an added or edited variant has no mark yet, so its infer job (and only
     its) is planned; the others read their marks as ancient() (generate rewrites them all)."""
-    from skipbench.io import stable_hash
+    from skipbench.marks import mark_name
 
-    return f"{RUN}/generate/{benchmark}/{variant}.{stable_hash(VARIANTS[variant])}.json"
+    return f"{RUN}/generate/{benchmark}/{mark_name(variant, VARIANTS[variant])}"
 
 
 def generated_for(wildcards):

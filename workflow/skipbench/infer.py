@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -335,22 +334,6 @@ def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, di
     log.info("generate: %d variants, %d generated with %d engine start(s)", len(caches),
              sum(1 for r in rows if r["generated_samples"]), starts + 1)
     return write_table(report_path, rows, GENERATE_SCHEMA)
-
-
-MARK_SUFFIX = re.compile(r"\.[0-9a-f]{16}\.json$")  # <variant>.<hash of its config>.json
-
-
-def write_marks(report: pa.Table, marks: list[Path]) -> None:
-    """One mark per variant of the config (rules/common.smk generation_mark: named
-    <variant>.<hash of its config>.json): its GENERATE_SCHEMA row, or on_benchmark false
-    for a variant the benchmark leaves out. Marks of earlier configs are removed."""
-    rows = {row["variant"]: row for row in report.to_pylist()}
-    for mark in map(Path, marks):
-        variant = MARK_SUFFIX.sub("", mark.name)
-        write_json(mark, {"variant": variant, "on_benchmark": variant in rows, **rows.get(variant, {})})
-    for folder in {Path(m).parent for m in marks}:
-        for stale in set(folder.glob("*.json")) - set(map(Path, marks)):
-            stale.unlink()
 
 
 def _write_variant(tasks, cache: VariantCache, batches, engine_cfg, model_dir, samples_path, generations_path,
