@@ -2,9 +2,36 @@
 
 import os
 
+import pytest
 import torch
 
 # Triton reads TRITON_INTERPRET when it is first imported (vLLM imports it too): without a
 # GPU, its interpreter runs the kernels of kernels/ on CPU tensors (tests/test_kernels_triton.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared_data: needs ../shared/data beside the checkout (tests/shared_data.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    from shared_data import HUMANEVAL_PLUS
+
+    if HUMANEVAL_PLUS.exists():
+        return
+    skip = pytest.mark.skip(reason=f"HumanEval+ data not at {HUMANEVAL_PLUS.resolve()}")
+    for item in items:
+        if "needs_shared_data" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line that a newcomer's clone runs fewer tests than CI, and why."""
+    from shared_data import HUMANEVAL_PLUS
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "needs_shared_data" in r.keywords]
+    if skipped:
+        terminalreporter.write_line(
+            f"skipbench: {len(skipped)} tests skipped without ../shared/data/{HUMANEVAL_PLUS.name} "
+            "(HumanEval+; CI has it, see README 'Data' for where to put a copy)", yellow=True)

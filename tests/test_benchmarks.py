@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from skipbench.benchmarks import DatasetUnavailable, _assert_tolerance, load_benchmark, load_tasks
+from shared_data import HUMANEVAL_PLUS, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "HumanEvalPlus-v0.1.10.jsonl.gz"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"HumanEval+ test data not found at {SHARED}")
 
 
 def test_humaneval_offline_and_pinned():
@@ -30,18 +29,18 @@ def test_assert_tolerance():
     assert _assert_tolerance("def check(c):\n    assert c(1) == 2\n") == 0.0
 
 
-@needs_shared
+@needs_shared_data
 def test_humaneval_plus_from_path_and_env(monkeypatch):
-    bench = load_benchmark({"dataset": "humaneval_plus", "path": str(SHARED), "tasks": 2})
+    bench = load_benchmark({"dataset": "humaneval_plus", "path": str(HUMANEVAL_PLUS), "tasks": 2})
     assert bench.version == "v0.1.10" and bench.splits == ("base", "plus")
     assert len(bench.tasks[0].plus_input) > 100
-    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(SHARED))
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(HUMANEVAL_PLUS))
     assert load_benchmark({"dataset": "humaneval_plus", "tasks": 1}).sha256 == bench.sha256
 
 
-@needs_shared
+@needs_shared_data
 def test_wrong_hash_is_an_error(tmp_path):
-    rows = gzip.decompress(SHARED.read_bytes()).decode().splitlines()
+    rows = gzip.decompress(HUMANEVAL_PLUS.read_bytes()).decode().splitlines()
     edited = tmp_path / "edited.jsonl"
     edited.write_text("\n".join(rows[:-1]) + "\n")  # one task missing
     with pytest.raises(ValueError, match="sha256"):

@@ -14,9 +14,9 @@ from skipbench.benchmarks import Benchmark, Task
 from skipbench.cli import main, parse_variant
 from skipbench.config_types import typed
 from skipbench.evalplus_results import eval_results, eval_results_path
+from shared_data import HUMANEVAL_PLUS, needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT / ".." / "shared" / "data" / "HumanEvalPlus-v0.1.10.jsonl.gz"
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
@@ -70,16 +70,16 @@ def test_eval_results_maps_statuses_and_failing_inputs():
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
-@pytest.mark.skipif(not SHARED.exists(), reason=f"HumanEval+ test data not found at {SHARED}")
+@needs_shared_data
 def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, capsys, monkeypatch):
     """Five HumanEval+ tasks, one wrong: pass@1 0.8 printed; EvalPlus's own evaluate()
     loads the eval_results.json written beside the samples and reports the same."""
-    rows = [json.loads(line) for line in gzip.open(SHARED, "rt")][:5]
+    rows = [json.loads(line) for line in gzip.open(HUMANEVAL_PLUS, "rt")][:5]
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(
         json.dumps({"task_id": r["task_id"], "completion": "    return None\n" if i == 2 else r["canonical_solution"]}) + "\n"
         for i, r in enumerate(rows)))  # fmt: skip
-    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(SHARED))  # the way the benchmarks module takes it
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(HUMANEVAL_PLUS))  # the way the benchmarks module takes it
     rc = main(["evaluate", str(samples), "--dataset", "humaneval_plus", "--cache", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert rc == 0, out

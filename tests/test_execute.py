@@ -10,7 +10,8 @@ import pytest
 
 from skipbench.benchmarks import load_benchmark
 from skipbench.execute import EXECUTE_SCHEMA, run_execute
-from test_benchmarks import SHARED, mbpp_file, needs_shared
+from shared_data import HUMANEVAL_PLUS, needs_shared_data
+from test_benchmarks import mbpp_file
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 EXEC = {"sandbox": "bwrap", "timeout_s": 20, "memory_mb": 1024, "importable": []}
@@ -184,12 +185,12 @@ def stock_evalplus(problems: dict, samples: list[dict]) -> dict:
     return verdicts
 
 
-@needs_shared
+@needs_shared_data
 @pytest.mark.slow
 def test_parity_with_stock_evalplus(tmp_path):
     """Canonical solutions and operator mutants of the first 12 HumanEval+ tasks get the
     same pass/not-pass verdicts as stock EvalPlus."""
-    cfg = {"dataset": "humaneval_plus", "path": str(SHARED), "tasks": 12}
+    cfg = {"dataset": "humaneval_plus", "path": str(HUMANEVAL_PLUS), "tasks": 12}
     bench = load_benchmark(cfg)
     samples = []
     for t in bench.tasks:

@@ -15,8 +15,8 @@ from skipbench.io import read_jsonl
 from skipbench.prompts import (EVALPLUS_INSTRUCTION, EVALPLUS_RESPONSE, HUMANEVAL_STOP, evalplus_chat_stop,
                                make_prompter, prepare_generation, program_of, render_tasks)
 from tiny_models import write_tiny_dsv3, write_tokenizer
+from shared_data import HUMANEVAL_PLUS, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "HumanEvalPlus-v0.1.10.jsonl.gz"
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -65,7 +65,7 @@ def chat_model(tmp_path_factory) -> Path:
     return model
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data/HumanEvalPlus-v0.1.10.jsonl.gz beside the checkout")
+@needs_shared_data
 def test_chat_prompt_and_program_equal_evalplus_codegen(tmp_path, monkeypatch):
     """EvalPlus's codegen loop, driven by a decoder that answers with fixed replies, is the oracle."""
     from evalplus.codegen import codegen
@@ -74,7 +74,7 @@ def test_chat_prompt_and_program_equal_evalplus_codegen(tmp_path, monkeypatch):
 
     import evalplus.data.humaneval
 
-    monkeypatch.setattr(evalplus.data.humaneval, "HUMANEVAL_OVERRIDE_PATH", str(SHARED))  # read at its import
+    monkeypatch.setattr(evalplus.data.humaneval, "HUMANEVAL_OVERRIDE_PATH", str(HUMANEVAL_PLUS))  # read at its import
     prompter = make_prompter("chat", chat_tokenizer_dir(tmp_path / "tok"))
     seen_prompts = []
 
@@ -91,9 +91,9 @@ def test_chat_prompt_and_program_equal_evalplus_codegen(tmp_path, monkeypatch):
                                                      prompter.tokenizer))  # fmt: skip
             return [self.reply.replace("\t", "    ")]
 
-    bench = load_benchmark({"dataset": "humaneval_plus", "path": str(SHARED), "tasks": 1})
+    bench = load_benchmark({"dataset": "humaneval_plus", "path": str(HUMANEVAL_PLUS), "tasks": 1})
     task = bench.tasks[0]
-    rendered = prepare_generation({"dataset": "humaneval_plus", "path": str(SHARED), "tasks": 1},
+    rendered = prepare_generation({"dataset": "humaneval_plus", "path": str(HUMANEVAL_PLUS), "tasks": 1},
                                   {"prompt": "chat"}, tmp_path / "tok")[0][0]  # fmt: skip
     for i, reply in enumerate(REPLIES):
         target = tmp_path / f"samples-{i}.jsonl"
