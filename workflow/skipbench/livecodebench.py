@@ -34,6 +34,7 @@ DIFFICULTIES = ("easy", "medium", "hard")
 HUB_REPO = "livecodebench/code_generation_lite"
 TIMEOUT_S = 6.0  # lcb_runner/runner/parser.py --evaluation_timeout: per test (signal.alarm)
 MAX_PRIVATE_BYTES = 1 << 30  # one problem's decompressed private tests
+INT_MAX_STR_DIGITS = 50000  # compute_code_generation_metrics.py:26 sys.set_int_max_str_digits(50000)
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,21 @@ def sandbox_job(p: LcbProblem, code: str):
     return job, (TIMEOUT_S + 1) * len(args) + 5, judge
 
 
+def _lcb_int(digits: str) -> int:
+    """A JSON integer under LiveCodeBench's digit limit, not this process's (4300 by
+    default); Decimal's conversion is exact and has no limit of its own."""
+    if len(digits.lstrip("-")) > INT_MAX_STR_DIGITS:
+        raise ValueError(f"integer of {len(digits)} digits exceeds the limit ({INT_MAX_STR_DIGITS} digits)")
+    return int(Decimal(digits))
+
+
+def _json(text: str) -> Any:
+    return json.loads(text, parse_int=_lcb_int)
+
+
 def call_arguments(text: str) -> list:
     """A call-based test input: one JSON value per line (grade_call_based, testing_util.py:227-229)."""
-    return [json.loads(line) for line in text.split("\n")]
+    return [_json(line) for line in text.split("\n")]
 
 
 def _stripped_lines(text: str) -> list[str]:
@@ -273,6 +286,6 @@ def call_match(output: Any, expected: str) -> bool:
     try:
         if isinstance(output, tuple):
             output = list(output)
-        return bool(output == json.loads(expected))
+        return bool(output == _json(expected))
     except Exception:  # noqa: BLE001 - deep or odd values: no match
         return False
