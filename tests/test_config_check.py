@@ -101,7 +101,7 @@ def test_external_samples_validated_per_line(tmp_path):
     msg = str(err.value)
     assert msg.startswith("benchmarks.b.samples: bad lines")
     assert f"{f}:2: needs a string 'solution' or 'completion', got {{'solution': 'int'}}" in msg
-    assert f"{f}:3: not JSON" in msg and f"{f}:4: a list, not an object" in msg
+    assert f"{f}:3: not JSON" in msg and f"{f}:4: a list, not a JSON object" in msg
     assert f"{f}:5: task_id 'T/9'" in msg and f"{f}:6: needs a string" in msg and f"{f}:1:" not in msg
     with pytest.raises(ConfigError, match="cannot read it"):
         check_samples_file(tmp_path / "missing.jsonl", {"T/0"}, "benchmarks.b")

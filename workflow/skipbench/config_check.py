@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import yaml
 
 from skipbench.benchmarks import DatasetUnavailable
+from skipbench.io import JsonlError, jsonl_objects
 
 
 class ConfigError(ValueError):
@@ -184,24 +185,17 @@ def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) 
     Raises with file:line of every bad line (up to 10)."""
     errors = []
     try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        lines = jsonl_objects(path)
+    except JsonlError as e:
         raise ConfigError(f"{where}.samples = {str(path)!r}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            errors.append(f"{path}:{n}: not JSON ({e})")
-            continue
-        if not isinstance(s, dict):
-            errors.append(f"{path}:{n}: a {type(s).__name__}, not an object")
+    for at, s in lines:
+        if isinstance(s, JsonlError):
+            errors.append(str(s))
         elif not isinstance(s.get("task_id"), str) or (task_ids is not None and s["task_id"] not in task_ids):
-            errors.append(f"{path}:{n}: task_id {s.get('task_id')!r} is not a task of this benchmark")
+            errors.append(f"{at}: task_id {s.get('task_id')!r} is not a task of this benchmark")
         elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
             got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}
-            errors.append(f"{path}:{n}: needs a string 'solution' or 'completion', got {got or 'neither'}")
+            errors.append(f"{at}: needs a string 'solution' or 'completion', got {got or 'neither'}")
     if errors:
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ConfigError(f"{where}.samples: bad lines:\n  " + "\n  ".join(errors[:10]) + more)

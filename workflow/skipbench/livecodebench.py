@@ -30,6 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from skipbench.io import JsonlError, jsonl_objects
+
 DIFFICULTIES = ("easy", "medium", "hard")
 HUB_REPO = "livecodebench/code_generation_lite"
 TIMEOUT_S = 6.0  # lcb_runner/runner/parser.py --evaluation_timeout: per test (signal.alarm)
@@ -113,17 +115,10 @@ def read_rows(paths: list[Path]) -> list[tuple[str, dict]]:
     """(where, row) for every line of the files: where = file:line for messages."""
     rows = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (ValueError, RecursionError) as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: not a JSON object")
-                rows.append((f"{path}:{n}", row))
+        for where, row in jsonl_objects(path):
+            if isinstance(row, JsonlError):
+                raise row
+            rows.append((where, row))
     return rows
 
 
