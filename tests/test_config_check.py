@@ -134,3 +134,10 @@ def test_new_strategies_are_checked_against_the_routing_shape():
         check_variants({"r": {"strategy": "router_topk", "k": 5}}, shape)
     with pytest.raises(ConfigError, match=r"variants.e.thresholds = .*at most 3 cut points"):
         check_variants({"e": {"strategy": "entropy_k", "thresholds": [0.1, 0.2, 0.3, 0.4]}}, shape)
+
+
+def test_a_generating_synthetic_model_needs_its_architecture():
+    from skipbench.config_check import synthetic_shape
+
+    with pytest.raises(ConfigError, match="model.synthetic.architecture: n_routed_experts is missing"):
+        synthetic_shape({})

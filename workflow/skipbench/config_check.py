@@ -70,6 +70,15 @@ class RoutingShape:
         return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))
 
 
+def synthetic_shape(architecture: dict) -> RoutingShape:
+    """The routing of model.synthetic.architecture; only a config that generates needs one."""
+    try:
+        return RoutingShape.of({"model_type": "deepseek_v3", **architecture})
+    except KeyError as e:
+        raise ConfigError(f"model.synthetic.architecture: {e.args[0]} is missing (the synthetic model generates "
+                          "for some benchmark)") from None
+
+
 def _at_most(field: str, value, limit: int, what: str) -> list[str]:
     if value is not None and not isinstance(value, str) and value > limit:
         return [f"{field} = {value!r}: at most {limit} ({what})"]
