@@ -196,7 +196,7 @@ def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) 
     try:
         lines = jsonl_objects(path)
     except JsonlError as e:
-        raise ConfigError(f"{where}.samples = {str(path)!r}: cannot read it ({e})") from None
+        raise ConfigError(f"{where}.samples: cannot read it: {e}") from None
     for at, s in lines:
         if isinstance(s, JsonlError):
             errors.append(str(s))
