@@ -89,24 +89,25 @@ def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
 
 
 def test_a_lone_surrogate_is_scored_a_failure_not_a_crash(tmp_path):
-    """'\\ud800' is valid JSON and passes the line checks; EvalPlus scores such a solution
-    a failure (it does not compile), main's execute stage crashed hashing it."""
+    """'\\ud800' and NUL are valid JSON; EvalPlus scores such solutions failures (they do not
+    compile). main's execute stage crashed hashing the first and refused the file for the second."""
     from skipbench.evalplus_results import eval_results
+    from skipbench.samples import read_samples
 
     cfg = {"dataset": "humaneval", "tasks": 1}
     task = load_benchmark(cfg).tasks[0]
     samples = write_samples(tmp_path / "s.jsonl", [{"task_id": task.task_id, "completion": task.canonical_solution},
-                                                   {"task_id": task.task_id, "completion": "    return '\ud800'\n"}])
+                                                   {"task_id": task.task_id, "completion": "    return '\ud800'\n"},
+                                                   {"task_id": task.task_id, "completion": "    return 1\x00\n"}])
     assert "\\ud800" in samples.read_text()
     out = tmp_path / "exec.parquet"
     run_execute(cfg, samples, EXEC, out, threads=1)
     rows = {r["sample_id"]: r for r in pq.read_table(out).to_pylist()}
     assert rows[0]["status"] == "pass"
     assert rows[1]["status"] == "load_error" and rows[1]["error_type"] == "UnicodeEncodeError"
-    from skipbench.samples import read_samples
-
+    assert rows[2]["status"] == "load_error"  # a NUL byte: it does not compile either
     results = eval_results(load_benchmark(cfg), read_samples(samples, load_benchmark(cfg)), pq.read_table(out).to_pandas())
-    assert [e["base_status"] for e in results["eval"][task.task_id]] == ["pass", "fail"]
+    assert [e["base_status"] for e in results["eval"][task.task_id]] == ["pass", "fail", "fail"]
 
 
 @pytest.mark.parametrize("line, message", [

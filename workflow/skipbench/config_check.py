@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 import yaml
 
 from skipbench.benchmarks import DatasetUnavailable
-from skipbench.io import JsonlError, jsonl_objects
+from skipbench.io import JsonlError
+from skipbench.samples import check_samples, listing
 
 
 class ConfigError(ValueError):
@@ -189,22 +190,13 @@ def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]
 
 
 def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) -> None:
-    """External samples: one JSON object per line with a known task_id (any string while
-    the dataset is not downloaded: task_ids None) and a string `solution` or `completion`.
-    Raises with file:line of every bad line (up to 10)."""
-    errors = []
+    """External samples, checked as the execute stage checks them (skipbench.samples), so a
+    file that plans also runs: one JSON object per line with a known task_id (any string while
+    the dataset is not downloaded: task_ids None), a string `solution` or `completion`, a
+    unique sample_id. Raises with file:line of every bad line (up to 10)."""
     try:
-        lines = jsonl_objects(path)
+        _, errors = check_samples(Path(path), task_ids, where)
     except JsonlError as e:
         raise ConfigError(f"{where}.samples: cannot read it: {e}") from None
-    for at, s in lines:
-        if isinstance(s, JsonlError):
-            errors.append(str(s))
-        elif not isinstance(s.get("task_id"), str) or (task_ids is not None and s["task_id"] not in task_ids):
-            errors.append(f"{at}: task_id {s.get('task_id')!r} is not a task of this benchmark")
-        elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
-            got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}
-            errors.append(f"{at}: needs a string 'solution' or 'completion', got {got or 'neither'}")
     if errors:
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise ConfigError(f"{where}.samples: bad lines:\n  " + "\n  ".join(errors[:10]) + more)
+        raise ConfigError(f"{where}.samples: {listing(errors)}")
