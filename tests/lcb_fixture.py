@@ -107,6 +107,8 @@ STYLE_PROBLEMS = [
                    [("1\n2\n3\n", "6\n"), ("4\n5", "9\n")]),
     _stdin_problem("abc101_d", "Read N, then N lines (maybe empty); print each one's length.",
                    [("3\nab\n\nxyz\n", "2\n0\n3\n")]),
+    _stdin_problem("abc101_f", "Read two words, one per line; print them on one line, separated by a space.",
+                   [("ab\ncd\n", "ab cd\n"), ("x\ny\n", "x y\n")]),
     _stdin_problem("abc101_e", "Read A and B; print A+B.", [(f"{BIG} 1\n", "1" + "0" * 6000 + "\n"), ("1 2\n", "3\n")]),
     dict(question_title="Add", question_id="3101", contest_id="weekly-contest-401", platform="leetcode",
          contest_date="2024-12-01T00:00:00", difficulty="easy",
@@ -147,6 +149,10 @@ STYLE_SOLUTIONS = [
     ("abc101_d", "import sys\nlines = sys.stdin.read().split('\\n')\nfor s in lines[1:1 + int(lines[0])]:\n"
                  "    print(len(s))\n", True),
     ("abc101_d", "import sys\nn = int(input())\nfor s in sys.stdin.read().split():\n    print(len(s))\n", False),
+    ("abc101_f", "import sys\na = sys.stdin.readline()\nb = sys.stdin.readline()\nprint(a, b)\n", False),  # newlines
+    ("abc101_f", "import sys\na = sys.stdin.readline().strip()\nb = sys.stdin.readline().strip()\nprint(a, b)\n", True),
+    ("abc101_f", "from sys import stdin\na = stdin.readline()\nb = stdin.readline()\nprint(a, b)\n", True),
+    ("abc101_f", "a = input()\nb = input()\nprint(a + ' ' + b)\n", True),
     ("abc101_e", "a, b = map(int, input().split())\nprint(a + b)\n", True),
     ("abc101_e", "a, b = map(int, input().split())\nprint(a - b)\n", False),
     ("3101", "class Solution:\n    def add(self, a: int, b: int) -> int:\n        return a + b\n", True),
