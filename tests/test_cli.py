@@ -97,6 +97,24 @@ def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, caps
     assert results["eval"]["HumanEval/2"][0]["base_status"] == "fail"
 
 
+@pytest.mark.parametrize("text, message", [
+    ("", "no samples in it"),  # main: wrote outputs, then KeyError 'base'
+    ("\n  \n", "no samples in it"),
+    ('{"task_id": "HumanEval/0", "completion": "x"}\n\n{"task_id": "HumanEval/0", "completion": "x"} }\n',
+     "samples.jsonl:3: not JSON (Extra data at column 47)"),  # main: "line 1 column 47", no file
+    ('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "HumanEval/999", "completion": "x"}\n',
+     "samples.jsonl:2: task HumanEval/999 is not among the selected humaneval_plus tasks"),
+])  # fmt: skip
+def test_evaluate_refuses_empty_and_malformed_files_naming_file_and_line(tmp_path, capsys, monkeypatch, text, message):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(text)
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(SHARED))
+    rc = main(["evaluate", str(samples), "--dataset", "humaneval_plus", "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and str(samples) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.jsonl"]  # nothing written
+
+
 def test_bad_interpreter_is_named_without_suggesting_no_sandbox(tmp_path):
     from skipbench.execute.sandbox import SandboxUnavailable, check_sandbox, make_profile
 

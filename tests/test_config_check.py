@@ -94,15 +94,18 @@ def test_external_samples_validated_per_line(tmp_path):
         json.dumps(["not", "an", "object"]),
         json.dumps({"task_id": "T/9", "completion": "x"}),
         json.dumps({"task_id": "T/0"}),
+        json.dumps({"task_id": "T/0", "solution": "x", "sample_id": 0}),  # as execute checks: main planned it
         "",
     ]) + "\n")
     with pytest.raises(ConfigError) as err:
         check_samples_file(f, {"T/0"}, "benchmarks.b")
     msg = str(err.value)
     assert msg.startswith("benchmarks.b.samples: bad lines")
-    assert f"{f}:2: needs a string 'solution' or 'completion', got {{'solution': 'int'}}" in msg
-    assert f"{f}:3: not JSON" in msg and f"{f}:4: a list, not an object" in msg
-    assert f"{f}:5: task_id 'T/9'" in msg and f"{f}:6: needs a string" in msg and f"{f}:1:" not in msg
+    assert f"{f}:2: solution of T/0 must be a string, not int" in msg
+    assert f"{f}:3: not JSON" in msg and f"{f}:4: a list, not a JSON object" in msg
+    assert f"{f}:5: task T/9 is not among the selected benchmarks.b tasks" in msg
+    assert f"{f}:6: sample of T/0 has neither solution nor completion" in msg and f"{f}:1:" not in msg
+    assert f"{f}:7: sample 0 of T/0 already given on line 1" in msg
     with pytest.raises(ConfigError, match="cannot read it"):
         check_samples_file(tmp_path / "missing.jsonl", {"T/0"}, "benchmarks.b")
     f.write_bytes(b"\xff\xfe\n")
@@ -119,7 +122,7 @@ def test_datasets_not_downloaded_yet_are_checked_later_and_planning_stays_offlin
     assert check_benchmarks({"hp": {"dataset": "humaneval_plus"}}) == {"hp": None}
     f = tmp_path / "s.jsonl"
     f.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": 3, "completion": "x"}\n')
-    with pytest.raises(ConfigError, match=r"s.jsonl:2: task_id 3") as err:
+    with pytest.raises(ConfigError, match=r"s.jsonl:2: task_id must be a string, not int") as err:
         check_samples_file(f, None, "benchmarks.hp")
     assert ":1:" not in str(err.value)
 
@@ -134,3 +137,10 @@ def test_new_strategies_are_checked_against_the_routing_shape():
         check_variants({"r": {"strategy": "router_topk", "k": 5}}, shape)
     with pytest.raises(ConfigError, match=r"variants.e.thresholds = .*at most 3 cut points"):
         check_variants({"e": {"strategy": "entropy_k", "thresholds": [0.1, 0.2, 0.3, 0.4]}}, shape)
+
+
+def test_a_generating_synthetic_model_needs_its_architecture():
+    from skipbench.config_check import synthetic_shape
+
+    with pytest.raises(ConfigError, match="model.synthetic.architecture: n_routed_experts is missing"):
+        synthetic_shape({})

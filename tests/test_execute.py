@@ -89,12 +89,36 @@ def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
     assert "tmpfs_dev_shm=16MiB" in json.loads(rows[tasks[0].task_id]["sandbox_profile"])["enforced"]
 
 
+def test_a_lone_surrogate_is_scored_a_failure_not_a_crash(tmp_path):
+    """'\\ud800' and NUL are valid JSON; EvalPlus scores such solutions failures (they do not
+    compile). main's execute stage crashed hashing the first and refused the file for the second."""
+    from skipbench.evalplus_results import eval_results
+    from skipbench.samples import read_samples
+
+    cfg = {"dataset": "humaneval", "tasks": 1}
+    task = load_benchmark(cfg).tasks[0]
+    samples = write_samples(tmp_path / "s.jsonl", [{"task_id": task.task_id, "completion": task.canonical_solution},
+                                                   {"task_id": task.task_id, "completion": "    return '\ud800'\n"},
+                                                   {"task_id": task.task_id, "completion": "    return 1\x00\n"}])
+    assert "\\ud800" in samples.read_text()
+    out = tmp_path / "exec.parquet"
+    run_execute(cfg, samples, EXEC, out, threads=1)
+    rows = {r["sample_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert rows[0]["status"] == "pass"
+    assert rows[1]["status"] == "load_error" and rows[1]["error_type"] == "UnicodeEncodeError"
+    assert rows[2]["status"] == "load_error"  # a NUL byte: it does not compile either
+    results = eval_results(load_benchmark(cfg), read_samples(samples, load_benchmark(cfg)), pq.read_table(out).to_pandas())
+    assert [e["base_status"] for e in results["eval"][task.task_id]] == ["pass", "fail", "fail"]
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"task_id": "HumanEval/0", "solution": 42}', "s.jsonl:2: solution of HumanEval/0 must be a string, not int"),
     ('{"task_id": "HumanEval/0", "completion": ["x"]}', "s.jsonl:2: completion of HumanEval/0 must be a string"),
     ('{"task_id": 0, "solution": "x"}', "s.jsonl:2: task_id must be a string"),
-    ('["HumanEval/0"]', "s.jsonl:2: a sample is a JSON object, not list"),
-    ("[" * 100000, "s.jsonl:2: not a JSON line (RecursionError)"),
+    ('["HumanEval/0"]', "s.jsonl:2: a list, not a JSON object"),
+    ("[" * 100000, "s.jsonl:2: not JSON (RecursionError)"),
+    ('{"task_id": "HumanEval/0", "solution": "x"} }', "s.jsonl:2: not JSON (Extra data at column 45)"),
+    ('{"task_id": "HumanEval/0", "solution": "x"}\udc80', "s.jsonl:2: not UTF-8"),
     ('{"task_id": "HumanEval/0", "solution": "x", "sample_id": "7"}', "s.jsonl:2: sample_id must be an integer"),
     ('{"task_id": "HumanEval/0", "solution": "x", "sample_id": 0}', "s.jsonl:2: sample 0 of HumanEval/0 already given on line 1"),
     ('{"task_id": "HumanEval/9", "solution": "x"}', "s.jsonl:2: task HumanEval/9 is not among the selected"),
@@ -106,7 +130,7 @@ def test_samples_file_is_validated_per_line_before_any_sandbox(tmp_path, monkeyp
 
     monkeypatch.setattr(execute, "check_sandbox", lambda p: pytest.fail("sandbox started before validation"))
     path = tmp_path / "s.jsonl"
-    path.write_text('{"task_id": "HumanEval/0", "solution": "x"}\n' + line + "\n")
+    path.write_text('{"task_id": "HumanEval/0", "solution": "x"}\n' + line + "\n", errors="surrogateescape")  # \udc80: a raw 0x80 byte
     with pytest.raises(SamplesError) as e:
         run_execute({"dataset": "humaneval", "tasks": 1}, path, EXEC, tmp_path / "o.parquet", threads=1)
     assert message in str(e.value)

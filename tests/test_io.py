@@ -81,3 +81,21 @@ def test_current_umask_reads_without_changing(umask_022):
 
     assert current_umask() == 0o022
     assert current_umask() == 0o022
+
+
+def test_jsonl_objects_names_file_and_line_of_every_bad_line(tmp_path):
+    from skipbench.io import JsonlError, jsonl_objects
+
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"a": "x\u2028y"}\n\n{"a": 1} }\n[1]\n' + "[" * 100000 + "\n{\"b\": 2}\r\n", encoding="utf-8")
+    rows = jsonl_objects(f)
+    assert [w for w, _ in rows] == [f"{f}:1", f"{f}:3", f"{f}:4", f"{f}:5", f"{f}:6"]
+    assert rows[0][1] == {"a": "x\u2028y"} and rows[4][1] == {"b": 2}  # U+2028 is no line break in JSONL
+    assert str(rows[1][1]) == f"{f}:3: not JSON (Extra data at column 10)"
+    assert str(rows[2][1]) == f"{f}:4: a list, not a JSON object"
+    assert str(rows[3][1]) == f"{f}:5: not JSON (RecursionError)"
+    f.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(JsonlError, match=r"s.jsonl:2: not UTF-8"):
+        jsonl_objects(f)
+    with pytest.raises(JsonlError, match="cannot read it"):
+        jsonl_objects(tmp_path / "missing.jsonl")

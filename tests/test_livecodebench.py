@@ -4,7 +4,6 @@ evaluator (nvidia-livecodebench) as the oracle of the comparison rules."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import pickle
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lcb_fixture import PROBLEMS, SOLUTIONS, encode_private, write_release
+from lcb_fixture import PROBLEMS, SOLUTIONS, encode_private, lcb_verdicts, write_release
 from skipbench import livecodebench as lcb
 from skipbench.benchmarks import load_benchmark
 from skipbench.prompts import Prompter, program_of, render_tasks
@@ -160,29 +159,9 @@ def test_comparison_rules_never_raise_on_untrusted_outputs():
 
 # --- LiveCodeBench's evaluator as the oracle ------------------------------------------------
 
-def _lcb_testing_util() -> Path:
-    spec = importlib.util.find_spec("livecodebench")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("nvidia-livecodebench (LiveCodeBench's evaluator) is not installed: `make setup` installs it")
-    return Path(spec.submodule_search_locations[0]) / "evaluation" / "testing_util.py"
-
-
-def _oracle(problem: lcb.LcbProblem, code: str) -> bool:
-    """LiveCodeBench's run_test in a process of its own (its reliability_guard disables os)."""
-    sample = {"input_output": json.dumps({"inputs": [i for i, _ in problem.tests],
-                                          "outputs": [o for _, o in problem.tests], "fn_name": problem.fn_name})}
-    script = textwrap.dedent(f"""
-        import importlib.util, json, sys
-        spec = importlib.util.spec_from_file_location("lcb_testing_util", {str(_lcb_testing_util())!r})
-        tu = importlib.util.module_from_spec(spec); spec.loader.exec_module(tu)
-        results, _ = tu.run_test(json.loads(sys.argv[1]), test=sys.argv[2], timeout=2)
-        sys.__stdout__.write("VERDICT " + json.dumps([r is True for r in results]) + "\\n")
-    """)
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(sample), code], capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL, timeout=120)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("VERDICT ")][-1]
-    verdicts = json.loads(line[len("VERDICT "):])
-    return len(verdicts) == len(problem.tests) and all(verdicts)
+def _oracle(qid: str, code: str) -> bool:
+    pytest.importorskip("livecodebench", reason="nvidia-livecodebench (LiveCodeBench's evaluator): `make setup`")
+    return lcb_verdicts([(next(p for p in PROBLEMS if p["question_id"] == qid), code)])[0]
 
 
 def _ours_unsandboxed(problem: lcb.LcbProblem, code: str) -> bool:
@@ -220,7 +199,7 @@ def problems(release) -> dict:
 
 @pytest.mark.parametrize("qid, code, verdict", SOLUTIONS, ids=[f"{q}-{i}" for i, (q, _, _) in enumerate(SOLUTIONS)])
 def test_fixture_verdicts_agree_with_livecodebench(problems, qid, code, verdict):
-    assert _oracle(problems[qid], code) is verdict  # the fixture's verdicts are LiveCodeBench's
+    assert _oracle(qid, code) is verdict  # the fixture's verdicts are LiveCodeBench's
     assert _ours_unsandboxed(problems[qid], code) is verdict
 
 

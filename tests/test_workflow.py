@@ -173,3 +173,17 @@ def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
     scores = table(new_run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
     assert scores.loc[("he", "top2"), "experts_per_token"] == pytest.approx(2.0)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+
+def test_external_samples_config_plans_without_a_model_architecture(tmp_path):
+    """Benchmarks that only score external samples run no model: no architecture block is
+    needed (main: KeyError 'n_routed_experts' while planning), and no model job is planned."""
+    write_release(tmp_path / "lcb")
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"task_id": q, "solution": c}) + "\n" for q, c, _ in SOLUTIONS))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "run": "ext", "model": {"source": "synthetic"}, "variants": {"dense": {"strategy": "dense"}},
+        "benchmarks": {"lcb": {"dataset": "livecodebench", "path": "lcb/test.jsonl", "samples": "s.jsonl", "variants": []}},
+    }))  # fmt: skip
+    jobs = snakemake(tmp_path, "-n", "--quiet", "rules").stdout
+    assert "execute" in jobs and "score" in jobs
+    assert not any(rule in jobs for rule in ("checkpoint", "build_kernels", "infer", "throughput"))

@@ -32,6 +32,12 @@ def generated_variants(benchmark):
     return [v for v in variants_of(benchmark) if v != EXTERNAL]
 
 
+# A config whose benchmarks all score external samples runs no model: no generation and, unless
+# throughput.variants names some, no throughput sweep; its model block needs no architecture.
+GENERATES = any(generated_variants(b) for b in BENCHMARKS)
+MODEL_RUNS = GENERATES or bool(config["throughput"].get("variants"))
+
+
 # Teacher-forced fidelity (rules/fidelity.smk) runs the transformers oracle in fp32 on the CPU:
 # the synthetic model only. A downloaded checkpoint (DeepSeek-V3: 671B parameters) does not fit;
 # its scores leave the KL columns empty rather than start a job that cannot finish.
@@ -173,9 +179,8 @@ def _check_config():
             SkipRule.from_config(variant)
         except ValueError as e:
             raise config_check.ConfigError(f"variants.{name}: {e}") from None
-    if MODEL["source"] == "synthetic":
-        shape = config_check.RoutingShape.of({"model_type": "deepseek_v3", **MODEL["synthetic"]["architecture"]})
-        config_check.check_variants(VARIANTS, shape)
+    if MODEL["source"] == "synthetic" and MODEL_RUNS:
+        config_check.check_variants(VARIANTS, config_check.synthetic_shape(MODEL["synthetic"]["architecture"]))
     task_ids = config_check.check_benchmarks(BENCHMARKS)
     for name, bench in BENCHMARKS.items():
         if "samples" in bench and name in task_ids:  # absent: its dataset is not here yet

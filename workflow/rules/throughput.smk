@@ -4,7 +4,7 @@
 # otherwise one engine per variant, one after the other.
 
 THROUGHPUT = config["throughput"]
-THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS))
+THROUGHPUT_VARIANTS = THROUGHPUT.get("variants", list(VARIANTS) if GENERATES else [])
 if set(THROUGHPUT_VARIANTS) - set(VARIANTS):
     raise ValueError(f"throughput.variants names unknown variants {sorted(set(THROUGHPUT_VARIANTS) - set(VARIANTS))}; "
                      f"known: {sorted(VARIANTS)}")  # fmt: skip

@@ -49,18 +49,13 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, typed({name: variant}, schema)[name]
 
 
-def _tasks_in(samples: Path) -> list[str]:
-    from skipbench.io import read_jsonl
-
-    return list(dict.fromkeys(s["task_id"] for s in read_jsonl(samples)))
-
-
 def cmd_evaluate(args) -> int:
     import pyarrow.parquet as pq
 
     from skipbench.benchmarks import DATASETS, load_benchmark
     from skipbench.evalplus_results import eval_results_path, write_eval_results
     from skipbench.execute import run_execute
+    from skipbench.samples import read_samples
     from skipbench.score import pass_at_1, sample_passes
 
     samples = Path(args.samples)
@@ -68,14 +63,13 @@ def cmd_evaluate(args) -> int:
     if args.path:
         bench_cfg["path"] = args.path
     # EvalPlus scores every task of the dataset; a samples file with fewer tasks is scored
-    # on its own tasks (in dataset order), and says so.
-    wanted = set(_tasks_in(samples))
-    every = load_benchmark(bench_cfg).tasks
-    bench_cfg["tasks"] = [t.task_id for t in every if t.task_id in wanted]
-    unknown = wanted - set(bench_cfg["tasks"])
-    if unknown:
-        print(f"error: {samples}: {len(unknown)} task ids not in {args.dataset}: {sorted(unknown)[:5]}", file=sys.stderr)
+    # on its own tasks (in dataset order), and says so. Every line is checked first (file:line).
+    every = load_benchmark(bench_cfg)
+    wanted = {s["task_id"] for s in read_samples(samples, every)}
+    if not wanted:
+        print(f"error: {samples}: no samples in it (every line is blank): nothing to score", file=sys.stderr)
         return 2
+    bench_cfg["tasks"] = [t.task_id for t in every.tasks if t.task_id in wanted]
     out = Path(args.out or eval_results_path(str(samples)))
     execution_path = out.with_name(out.name.replace("_eval_results.json", "") + "_execution.parquet")
     exec_cfg = {"sandbox": args.sandbox, "groundtruth_dir": str(Path(args.cache) / "groundtruth")}
@@ -84,7 +78,7 @@ def cmd_evaluate(args) -> int:
     write_eval_results(out, load_benchmark(bench_cfg), samples, execution)
     passes = sample_passes(execution)
     name = args.dataset
-    print(f"{name} {DATASETS[name].version}: {len(bench_cfg['tasks'])} of {len(every)} tasks, {len(passes)} samples")
+    print(f"{name} {DATASETS[name].version}: {len(bench_cfg['tasks'])} of {len(every.tasks)} tasks, {len(passes)} samples")
     for split, label in (("base", "base tests"), ("plus", "base + plus tests")):
         if split in set(execution["split"]):
             p, lo, hi, _ = pass_at_1(passes[split])

@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 import yaml
 
 from skipbench.benchmarks import DatasetUnavailable
+from skipbench.io import JsonlError
+from skipbench.samples import check_samples, listing
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,15 @@ class RoutingShape:
 
         r = routing_of(config)
         return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))
+
+
+def synthetic_shape(architecture: dict) -> RoutingShape:
+    """The routing of model.synthetic.architecture; only a config that generates needs one."""
+    try:
+        return RoutingShape.of({"model_type": "deepseek_v3", **architecture})
+    except KeyError as e:
+        raise ConfigError(f"model.synthetic.architecture: {e.args[0]} is missing (the synthetic model generates "
+                          "for some benchmark)") from None
 
 
 def _at_most(field: str, value, limit: int, what: str) -> list[str]:
@@ -179,29 +190,13 @@ def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]
 
 
 def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) -> None:
-    """External samples: one JSON object per line with a known task_id (any string while
-    the dataset is not downloaded: task_ids None) and a string `solution` or `completion`.
-    Raises with file:line of every bad line (up to 10)."""
-    errors = []
+    """External samples, checked as the execute stage checks them (skipbench.samples), so a
+    file that plans also runs: one JSON object per line with a known task_id (any string while
+    the dataset is not downloaded: task_ids None), a string `solution` or `completion`, a
+    unique sample_id. Raises with file:line of every bad line (up to 10)."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where}.samples = {str(path)!r}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            errors.append(f"{path}:{n}: not JSON ({e})")
-            continue
-        if not isinstance(s, dict):
-            errors.append(f"{path}:{n}: a {type(s).__name__}, not an object")
-        elif not isinstance(s.get("task_id"), str) or (task_ids is not None and s["task_id"] not in task_ids):
-            errors.append(f"{path}:{n}: task_id {s.get('task_id')!r} is not a task of this benchmark")
-        elif not any(isinstance(s.get(k), str) for k in ("solution", "completion")):
-            got = {k: type(s[k]).__name__ for k in ("solution", "completion") if k in s}
-            errors.append(f"{path}:{n}: needs a string 'solution' or 'completion', got {got or 'neither'}")
+        _, errors = check_samples(Path(path), task_ids, where)
+    except JsonlError as e:
+        raise ConfigError(f"{where}.samples: cannot read it: {e}") from None
     if errors:
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise ConfigError(f"{where}.samples: bad lines:\n  " + "\n  ".join(errors[:10]) + more)
+        raise ConfigError(f"{where}.samples: {listing(errors)}")

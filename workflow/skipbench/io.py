@@ -99,6 +99,41 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+class JsonlError(ValueError):
+    """A JSONL file or line that cannot be read; the message starts with file:line."""
+
+
+def jsonl_objects(path: str | os.PathLike) -> list[tuple[str, dict | JsonlError]]:
+    """(where, object) for every non-blank line of an untrusted JSONL file, where = "file:line";
+    a line that is not one JSON object gives a JsonlError in its place, so a caller can report
+    every bad line or stop at the first. Lines end at "\n" only (a JSON string may hold a raw
+    U+2028). Raises JsonlError for a file that cannot be read or is not UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise JsonlError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise JsonlError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start} of the file)") from None
+    out: list[tuple[str, dict | JsonlError]] = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:  # its own line is always 1: give the column only
+            out.append((where, JsonlError(f"{where}: not JSON ({e.msg} at column {e.colno})")))
+            continue
+        except Exception as e:  # noqa: BLE001 - recursion, huge numbers, anything: the line is at fault
+            out.append((where, JsonlError(f"{where}: not JSON ({type(e).__name__})")))
+            continue
+        out.append((where, value if type(value) is dict else JsonlError(f"{where}: a {type(value).__name__}, not a JSON object")))
+    return out
+
+
 def check_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Return `table` cast to `schema`; raise if columns are missing or extra."""
     have, want = set(table.column_names), set(schema.names)

@@ -8,12 +8,20 @@ skipbench.livecodebench.sandbox_program), followed by `_SB_CODE = <candidate sou
 - stdin problems (grade_stdio, testing_util.py:292-407): a trailing `if __name__ ==
   '__main__':` block is unwrapped (clean_if_name, :91-104), the imports hoisted and every
   other statement wrapped in `wrapped_function()` after LCB's import prelude (make_function,
-  :107-136); each test calls it with stdin, `open()`, `sys.stdin.readline/readlines/read`
-  answering from the test input (call_method, :139-163) and stdout captured
-  (Capturing, :77-88); SystemExit ends the program normally.
+  :107-136), compiled before any test. Each test calls it as call_method (:139-163) does
+  with its stacked `@patch`es, entered bottom-up: `read`, `readlines` and `readline` of the
+  ORIGINAL stdin object answer from the test input (the whole text, its "\n"-split lines,
+  the next of those lines without newline), then `sys.stdin` becomes a plain
+  `StringIO(input)` and `builtins.open` a `mock_open(read_data=input)`. So `sys.stdin`
+  behaves as a file, while names bound at compile time (`from sys import stdin`, the
+  prelude's `from sys import *`, its `open` from `from builtins import *`) keep the
+  original objects. stdout is captured (Capturing, :77-88, whose close() takes one
+  argument); SystemExit ends the program normally.
 - call-based problems (grade_call_based, :211-289): the prelude, then the program; a
   `class Solution` is instantiated (compile_code, :174-193); the result's top-level tuple
   becomes a list.
+- ints convert to and from decimal text up to 50000 digits, as LCB's evaluator sets
+  (compute_code_generation_metrics.py:26, inherited by its test process).
 Only the captured text or the return value leaves: the trusted side compares.
 Compiled once per process, lazily, so compile time counts against the first test.
 """
@@ -34,6 +42,7 @@ _SB_PRELUDE = (
     "import io\nimport sys\nimport json\nsys.setrecursionlimit(50000)\n"
 )
 _SB_COMPILED = []
+_sb_sys.set_int_max_str_digits(50000)  # compute_code_generation_metrics.py:26
 
 
 def _sb_unwrap_main(code):
@@ -73,37 +82,47 @@ def _sb_compiled():
     return _SB_COMPILED[0]
 
 
-class _SbStdin(_sb_io.StringIO):
-    """sys.stdin as LCB patches it: readline yields lines without their newline."""
+def _sb_open_for(text):
+    """builtins.open as mock_open(read_data=text) (one per test, as the patch makes one per
+    call); unittest.mock is imported on first use only: ~60 ms a sandbox otherwise."""
+    made = []
 
-    def __init__(self, text):
-        super().__init__(text)
-        self._sb_text = text
-        self._sb_lines = iter(text.split("\n"))
+    def open_(*args, **kwargs):
+        if not made:
+            from unittest.mock import mock_open
 
-    def readline(self, *args):
-        return next(self._sb_lines)
+            made.append(mock_open(read_data=text))
+        return made[0](*args, **kwargs)
 
-    def readlines(self, *args):
-        return self._sb_text.split("\n")
-
-    def read(self, *args):
-        return self._sb_text
+    return open_
 
 
 def __lcb_stdio__(stdin_text):
     """Run the program on one test's input; return what it printed."""
     program = _sb_compiled()
+    lines = iter(stdin_text.split("\n"))
+    original = _sb_sys.stdin  # the process's own (/dev/null), as in LCB's test process
+    patched = {"read": lambda *a: stdin_text, "readlines": lambda *a: stdin_text.split("\n"),
+               "readline": lambda *a: next(lines)}  # fmt: skip
+    shadowed = {name: vars(original)[name] for name in patched if name in vars(original)}
     out = _sb_io.StringIO()
-    saved = _sb_sys.stdin, _sb_sys.stdout, _sb_builtins.open
-    _sb_sys.stdin, _sb_sys.stdout = _SbStdin(stdin_text), out
-    _sb_builtins.open = lambda *a, **k: _sb_io.StringIO(stdin_text)
+    out.close = lambda x: 1  # Capturing's: a close() call without argument raises
+    saved = _sb_sys.stdout, _sb_builtins.open
+    for name, fn in patched.items():
+        setattr(original, name, fn)
+    _sb_sys.stdin, _sb_sys.stdout = _sb_io.StringIO(stdin_text), out
+    _sb_builtins.open = _sb_open_for(stdin_text)
     try:
         program()
     except SystemExit:
         pass
     finally:
-        _sb_sys.stdin, _sb_sys.stdout, _sb_builtins.open = saved
+        _sb_sys.stdin, (_sb_sys.stdout, _sb_builtins.open) = original, saved
+        for name in patched:
+            if name in shadowed:
+                setattr(original, name, shadowed[name])
+            else:
+                delattr(original, name)
     return out.getvalue()
 
 

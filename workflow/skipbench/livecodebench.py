@@ -30,10 +30,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from skipbench.io import JsonlError, jsonl_objects
+
 DIFFICULTIES = ("easy", "medium", "hard")
 HUB_REPO = "livecodebench/code_generation_lite"
 TIMEOUT_S = 6.0  # lcb_runner/runner/parser.py --evaluation_timeout: per test (signal.alarm)
 MAX_PRIVATE_BYTES = 1 << 30  # one problem's decompressed private tests
+INT_MAX_STR_DIGITS = 50000  # compute_code_generation_metrics.py:26 sys.set_int_max_str_digits(50000)
 
 
 @dataclass(frozen=True)
@@ -112,17 +115,10 @@ def read_rows(paths: list[Path]) -> list[tuple[str, dict]]:
     """(where, row) for every line of the files: where = file:line for messages."""
     rows = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (ValueError, RecursionError) as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: not a JSON object")
-                rows.append((f"{path}:{n}", row))
+        for where, row in jsonl_objects(path):
+            if isinstance(row, JsonlError):
+                raise row
+            rows.append((where, row))
     return rows
 
 
@@ -231,9 +227,21 @@ def sandbox_job(p: LcbProblem, code: str):
     return job, (TIMEOUT_S + 1) * len(args) + 5, judge
 
 
+def _lcb_int(digits: str) -> int:
+    """A JSON integer under LiveCodeBench's digit limit, not this process's (4300 by
+    default); Decimal's conversion is exact and has no limit of its own."""
+    if len(digits.lstrip("-")) > INT_MAX_STR_DIGITS:
+        raise ValueError(f"integer of {len(digits)} digits exceeds the limit ({INT_MAX_STR_DIGITS} digits)")
+    return int(Decimal(digits))
+
+
+def _json(text: str) -> Any:
+    return json.loads(text, parse_int=_lcb_int)
+
+
 def call_arguments(text: str) -> list:
     """A call-based test input: one JSON value per line (grade_call_based, testing_util.py:227-229)."""
-    return [json.loads(line) for line in text.split("\n")]
+    return [_json(line) for line in text.split("\n")]
 
 
 def _stripped_lines(text: str) -> list[str]:
@@ -273,6 +281,6 @@ def call_match(output: Any, expected: str) -> bool:
     try:
         if isinstance(output, tuple):
             output = list(output)
-        return bool(output == json.loads(expected))
+        return bool(output == _json(expected))
     except Exception:  # noqa: BLE001 - deep or odd values: no match
         return False

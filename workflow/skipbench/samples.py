@@ -8,61 +8,74 @@ import json
 from pathlib import Path
 
 from skipbench.benchmarks import Benchmark
+from skipbench.io import JsonlError, jsonl_objects
 
 
 class SamplesError(ValueError):
     pass
 
 
-def _sample(path: Path, lineno: int, line: str, known: set[str], dataset: str) -> dict:
-    where = f"{path}:{lineno}"
-    try:
-        s = json.loads(line)
-    except Exception as e:  # noqa: BLE001 - recursion, unicode, anything: the file is at fault
-        raise SamplesError(f"{where}: not a JSON line ({type(e).__name__})") from None
-    if type(s) is not dict:
-        raise SamplesError(f"{where}: a sample is a JSON object, not {type(s).__name__}")
+def _sample(s: dict, known: set[str] | None, dataset: str) -> str | None:
+    """What is wrong with one parsed sample, or None. A solution that merely does not compile
+    (a NUL byte, a lone surrogate) is not wrong here: it is scored a failure, as EvalPlus does."""
     tid = s.get("task_id")
     if type(tid) is not str:
-        raise SamplesError(f"{where}: task_id must be a string")
-    if tid not in known:
-        raise SamplesError(f"{where}: task {tid} is not among the selected {dataset} tasks")
+        return f"task_id must be a string, not {type(tid).__name__}"
+    if known is not None and tid not in known:
+        return f"task {tid} is not among the selected {dataset} tasks"
     if "solution" not in s and "completion" not in s:
-        raise SamplesError(f"{where}: sample of {tid} has neither solution nor completion")
+        return f"sample of {tid} has neither solution nor completion"
     for key in ("solution", "completion"):
         if key in s and type(s[key]) is not str:
-            raise SamplesError(f"{where}: {key} of {tid} must be a string, not {type(s[key]).__name__}")
-        if key in s and "\x00" in s[key]:
-            raise SamplesError(f"{where}: {key} of {tid} contains a NUL byte")
+            return f"{key} of {tid} must be a string, not {type(s[key]).__name__}"
     sid = s.get("sample_id")
     if sid is not None and (type(sid) is not int or not 0 <= sid < 2**31):
-        raise SamplesError(f"{where}: sample_id must be an integer in [0, 2^31), not {sid!r}"[:200])
-    return s
+        return f"sample_id must be an integer in [0, 2^31), not {sid!r}"[:200]
+    return None
 
 
-def read_samples(path: Path, bench: Benchmark) -> list[dict]:
-    """Samples of the selected tasks with `sample_id` filled in (EvalPlus's completion_id:
-    per-task order in the file where absent). Raises SamplesError naming file and line."""
-    known = {t.task_id for t in bench.tasks}
+def check_samples(path: Path, known: set[str] | None, dataset: str) -> tuple[list[dict], list[str]]:
+    """(samples with `sample_id` filled in (EvalPlus's completion_id: per-task order in the
+    file where absent), "file:line: what" of every bad line). `known`: the task ids a sample
+    may name (None: any, while the dataset is not downloaded). Raises JsonlError for a file
+    that cannot be read."""
     counter: dict[str, int] = {}
     seen: dict[tuple[str, int], int] = {}
-    out = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SamplesError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    out, errors = [], []
+    for where, s in jsonl_objects(path):
+        if isinstance(s, JsonlError):
+            errors.append(str(s))
             continue
-        s = _sample(Path(path), lineno, line, known, bench.dataset)
-        tid = s["task_id"]
+        if (problem := _sample(s, known, dataset)) is not None:
+            errors.append(f"{where}: {problem}")
+            continue
+        tid, lineno = s["task_id"], int(where.rsplit(":", 1)[1])
         sid = s.get("sample_id", counter.get(tid, 0))
         counter[tid] = counter.get(tid, 0) + 1
         if (tid, sid) in seen:
-            raise SamplesError(f"{path}:{lineno}: sample {sid} of {tid} already given on line {seen[(tid, sid)]}")
+            errors.append(f"{where}: sample {sid} of {tid} already given on line {seen[(tid, sid)]}")
+            continue
         seen[(tid, sid)] = lineno
         out.append(dict(s, sample_id=sid))
-    return out
+    return out, errors
+
+
+def listing(errors: list[str]) -> str:
+    """The first 10 problems, one a line."""
+    more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+    return "bad lines:\n  " + "\n  ".join(errors[:10]) + more
+
+
+def read_samples(path: Path, bench: Benchmark) -> list[dict]:
+    """The samples of `bench`'s selected tasks (check_samples); raises SamplesError naming
+    file:line of every bad line."""
+    try:
+        samples, errors = check_samples(path, {t.task_id for t in bench.tasks}, bench.dataset)
+    except JsonlError as e:
+        raise SamplesError(str(e)) from None
+    if errors:
+        raise SamplesError(f"{path}: {listing(errors)}")
+    return samples
 
 
 def read_journal(path: Path) -> list[dict]:

@@ -94,6 +94,12 @@ def solution_of(task: Task, sample: dict) -> str:
     return sample["solution"] if "solution" in sample else task.prompt + sample["completion"]
 
 
+def solution_sha256(code: str) -> str:
+    """Of any string a samples line can hold: a lone surrogate ("\\ud800") is valid JSON and is
+    hashed as it is, then fails to compile in the sandbox (EvalPlus scores it a failure)."""
+    return hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def execute_one(profile: SandboxProfile, uid: int | None, bench: Benchmark, task: Task, code: str,
                 truth: SplitTruth, exec_cfg: dict) -> tuple[Outcome, float]:  # fmt: skip
     """Run `code` on one split; returns the outcome and the split's time budget."""
@@ -156,7 +162,7 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
     jobs = []
     for s in samples:
         code = solution_of(tasks[s["task_id"]], s)
-        digest = hashlib.sha256(code.encode()).hexdigest()
+        digest = solution_sha256(code)
         for split in bench.splits:
             if (s["task_id"], s["sample_id"], split, digest) not in done:
                 jobs.append((s["task_id"], s["sample_id"], split, code, digest))
