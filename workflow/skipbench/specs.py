@@ -47,7 +47,8 @@ class HardwareProfile:
     bf16_flops: float  # dense (no sparsity) BF16 FLOP/s, one device
     fp8_flops: float  # dense FP8 FLOP/s; = bf16_flops where the device has no FP8 matmul
     sources: dict = field(default_factory=dict)  # field -> where the number comes from
-    cost: object = None  # costmodel.CostModel fitted from measurements of today's kernels, or None
+    cost: object = None  # the first of `costs`, or None (kept for callers that take one fit)
+    costs: tuple = ()  # costmodel.CostModel per calibration entry (kernel, dtype, expert shape each)
     calibrate: dict | None = None  # `calibrate:` block: time this machine's MoE layer at run time (roofline)
 
     def flops(self, dtype: str) -> float:
@@ -132,13 +133,14 @@ def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> 
         if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
             raise ValueError(f"{path}: `{key}` needs `value` and `source` (every number says where it comes from)")
         values[key], sources[key] = float(entry["value"]), str(entry["source"])
-    cost = None
+    costs = ()
     if "calibration" in cfg:
         from skipbench.costmodel import load_calibration
 
-        cost = load_calibration(cfg["calibration"], path.parent, str(path))
-    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, cost=cost, calibrate=calibrate,
-                           **values)  # fmt: skip
+        blocks = cfg["calibration"] if isinstance(cfg["calibration"], list) else [cfg["calibration"]]
+        costs = tuple(load_calibration(b, path.parent, str(path)) for b in blocks)
+    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, cost=costs[0] if costs else None,
+                           costs=costs, calibrate=calibrate, **values)  # fmt: skip
 
 
 def matrix_bytes(rows: int, cols: int, dtype: str) -> int:
