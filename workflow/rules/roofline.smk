@@ -57,3 +57,22 @@ if TRACING:
             "../../envs/model.yaml"
         script:
             "../scripts/roofline.py"
+
+
+# Needs no trace: the DeepSeek-V3 shape's serving prediction beside published measurements.
+rule published_serving:
+    input:
+        published="config/hardware/published_serving.yaml",
+    output:
+        f"{RUN}/roofline/published_serving.parquet",
+    params:
+        code=code("published_serving", files=["config/hardware/h200.yaml", "config/hardware/h200-measured.yaml",
+                                               "config/hardware/h800.yaml", "config/hardware/h200_moe_layer_2026-11-28.csv"]),
+    log:
+        f"{RUN}/logs/published_serving.log",
+    benchmark:
+        f"{RUN}/benchmarks/published_serving.tsv",
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/published_serving.py"

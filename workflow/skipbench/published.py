@@ -12,15 +12,30 @@ import itertools
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 from skipbench.costmodel import pick_calibration
+from skipbench.io import write_table
 from skipbench.serving import (ServingTerms, Setting, calibrate_launch, dp_ep_floor_step_ms, max_batch_at_speed,
                                tp_decode_terms, uniform_distinct)  # fmt: skip
 from skipbench.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, ModelShape, load_profile
 
 PUBLISHED = HARDWARE_DIR / "published_serving.yaml"
-COLUMNS = ["source", "setting", "metric", "published", "predicted", "error", "profile", "assumptions"]
+# One row per (published figure, reading of an unstated setting).
+PUBLISHED_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),  # where the figure was published
+        ("setting", pa.string()),  # model, engine, GPUs, parallel layout, lengths, concurrency
+        ("metric", pa.string()),  # "mean TPOT ms" or "output tok/s per node"
+        ("published", pa.float64()),  # the published figure
+        ("predicted", pa.float64()),  # skipbench's prediction of it
+        ("error", pa.float64()),  # predicted / published - 1
+        ("profile", pa.string()),  # profiles used, and whether this reading was held out or fitted
+        ("assumptions", pa.string()),  # what the source leaves open and we assumed
+    ]
+)
+COLUMNS = PUBLISHED_SCHEMA.names
 
 
 def _setting(r: dict, c: int, ratio: float) -> Setting:
@@ -86,3 +101,9 @@ def published_table(path: str | Path = PUBLISHED, hardware_dir: str | Path = HAR
     out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "error"])
     out.insert(5, "error", out["predicted"] / out["published"] - 1)
     return out
+
+
+def write_published(out_path, path: str | Path = PUBLISHED, hardware_dir: str | Path = HARDWARE_DIR) -> pa.Table:
+    """The roofline stage's published-serving table (PUBLISHED_SCHEMA), written atomically."""
+    table = published_table(path, hardware_dir)
+    return write_table(out_path, pa.Table.from_pandas(table, preserve_index=False), PUBLISHED_SCHEMA)
