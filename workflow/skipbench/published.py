@@ -56,7 +56,8 @@ def _engine(name: str, cfg: dict, readings: list[dict], shape: ModelShape, ratio
                          {k: e[k]["source"] for k in ("allreduce_ms", "link_bandwidth", "layer_launch_ms")})  # fmt: skip
     cal = next(r for r in readings if r["id"] == e["layer_launch_ms"]["calibrate_on"])
     s = _setting(cal, cal["concurrency"], ratio)
-    launch = calibrate_launch(shape, profile, cost, terms, s, cal["published"], uniform_distinct(s.concurrency, shape.n_experts, shape.top_k))
+    distinct = uniform_distinct(s.concurrency, shape.n_experts, shape.top_k)
+    launch = calibrate_launch(shape, profile, cost, terms, s, cal["published"], distinct)
     return profile, cost, ServingTerms(terms.engine, launch, terms.allreduce_ms, terms.link_bandwidth, terms.sources)
 
 

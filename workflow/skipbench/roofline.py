@@ -57,7 +57,6 @@ from skipbench.traffic import ALL_LAYERS
 log = logging.getLogger(__name__)
 
 SKIP_PATHS = ("skip_kernel", "weight0")
-CALIBRATIONS = ("calibrated", "bytes_floor")  # today's kernels; peak bandwidth and FLOPs (a lower bound on time)
 
 # One row per (hardware, variant, batch, skip path, calibration, layer).
 PREDICTION_SCHEMA = pa.schema(

@@ -78,13 +78,16 @@ def tp_decode_terms(shape: ModelShape, profile: HardwareProfile, cost: CostModel
     pairs = b * shape.top_k if pairs is None else pairs
     moe_bytes, moe_flops = shape.layer_fixed(moe=True, dtype=dtype)  # attention + router + shared, per token
     dense_bytes, dense_flops = shape.layer_fixed(moe=False, dtype=dtype)
-    router = shape.n_experts * shape.hidden * 2
-    replicated = router if shape.attention != "mla" else router + matrix_bytes(shape.kv_lora + shape.rope, shape.hidden, dtype) + (
-        matrix_bytes(shape.q_lora, shape.hidden, dtype) if shape.q_lora else 0)  # fmt: skip
-    head = shape.vocab * shape.hidden * 2  # bf16 lm_head, split over n
-    weights = (shape.n_moe_layers * (moe_bytes - replicated) + shape.n_dense_layers * (dense_bytes - replicated + router)
-               + head) / n + shape.n_layers * replicated  # fmt: skip
-    weight_flops = b * (shape.n_moe_layers * moe_flops + shape.n_dense_layers * dense_flops + 2 * head / 2) / n
+    router = shape.n_experts * shape.hidden * 2  # bf16, replicated, MoE layers only
+    mla_down = 0  # q_a and kv_a projections: replicated in TP engines
+    if shape.attention == "mla":
+        mla_down = matrix_bytes(shape.kv_lora + shape.rope, shape.hidden, dtype)
+        mla_down += matrix_bytes(shape.q_lora, shape.hidden, dtype) if shape.q_lora else 0
+    head_params = shape.vocab * shape.hidden  # bf16 lm_head, split over n
+    split = (shape.n_moe_layers * (moe_bytes - router - mla_down) + shape.n_dense_layers * (dense_bytes - mla_down)
+             + 2 * head_params)  # fmt: skip
+    weights = split / n + shape.n_moe_layers * router + shape.n_layers * mla_down
+    weight_flops = b * (shape.n_moe_layers * moe_flops + shape.n_dense_layers * dense_flops + 2 * head_params) / n
     kv_bytes, kv_flops = shape.kv_per_token(setting.context)
     kv_share = 1 if shape.attention == "mla" else 1 / n  # MLA's latent is read whole by every TP rank
     out = dict(
