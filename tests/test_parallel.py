@@ -56,4 +56,5 @@ def test_synthetic_deepseek_routing_respects_groups():
     assert r["ids"].shape == (6, 8) and r["kept"].sum(axis=1).tolist() == [2] * 6
     groups = r["ids"] // 32
     assert all(len(np.unique(g)) <= 4 for g in groups)  # top-8 within 4 of the 8 groups
-    assert (np.diff(r["weights"], axis=1) <= 0).all()  # slot order: highest score first
+    assert (np.diff(r["weights"], axis=1) <= 0).all()  # slot order: highest score first (no bias)
+    assert r["kept"][:, :2].all() and not r["kept"][:, 2:].any()  # router_topk 2: the two best slots

@@ -87,24 +87,24 @@ def parallel_speedups(variants: dict[str, dict[str, np.ndarray]], concurrency: l
 
 
 def synthetic_deepseek_routing(samples: int, positions: int, layers: int, keep_k: int, seed: int = 0,
-                               experts: int = 256, groups: int = 8, topk_group: int = 4,
-                               top_k: int = 8) -> dict[str, np.ndarray]:  # fmt: skip
+                               config: dict | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """traffic.trace_arrays-shaped routing with no trace behind it: standard-normal router
-    logits through DeepSeek-V3's own selection (sigmoid scores; group score = sum of its top-2;
-    keep `topk_group` groups; top_k experts within them), keeping the `keep_k` highest slots
-    (router_topk: the router re-run with k, same groups). Uniform by construction: real
-    routing is skewed, so busiest-device loads here are a lower estimate."""
-    rng = np.random.default_rng(seed)
+    logits through the model's own selection (routing.route, checked against transformers'
+    router; DeepSeek-V3 by default: sigmoid, 4 of 8 groups, top-8, a zero selection bias), the
+    router re-run with K' = keep_k (router_topk) marking which slots are kept. Uniform by
+    construction: real routing is skewed, so busiest-device loads here are a lower estimate."""
+    import torch
+
+    from skipbench.adapters import router_spec, routing_of
+    from skipbench.routing import route
+    from skipbench.specs import DEEPSEEK_V3_CONFIG
+
+    config = config or DEEPSEEK_V3_CONFIG
+    r = routing_of(config)
+    spec = router_spec(config, r.moe_layers[0], torch.zeros(r.experts) if r.selection_bias else None)
     n = samples * positions * layers
-    s = 1 / (1 + np.exp(-rng.standard_normal((n, experts))))  # N, E
-    g = np.sort(s.reshape(n, groups, -1), axis=2)[:, :, -2:].sum(axis=2)  # N, G
-    keep_groups = np.argsort(-g, axis=1)[:, :topk_group]  # N, topk_group
-    mask = np.zeros((n, groups), bool)
-    np.put_along_axis(mask, keep_groups, True, axis=1)
-    s = np.where(np.repeat(mask, experts // groups, axis=1), s, -np.inf)
-    ids = np.argsort(-s, axis=1)[:, :top_k]  # N, K slot order: highest score first
-    weights = np.take_along_axis(s, ids, axis=1).astype(np.float32)
-    kept = np.zeros(ids.shape, bool)
-    kept[:, :keep_k] = True
+    logits = torch.randn(n, r.experts, generator=torch.Generator().manual_seed(seed))  # N, E
+    ids, weights, kept = route(logits, spec, spec.topk_group, top_k=keep_k)  # N, K each
     sample, position, layer = np.unravel_index(np.arange(n), (samples, positions, layers))
-    return dict(sample=sample, position=position, layer=layer, ids=ids, kept=kept, weights=weights)
+    return dict(sample=sample, position=position, layer=layer, ids=ids.numpy().astype(np.int64), kept=kept.numpy(),
+                weights=weights.numpy().astype(np.float32))  # fmt: skip

@@ -32,7 +32,8 @@ DEEPSEEK_V3_CONFIG = dict(
     model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
     num_hidden_layers=61, first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
     num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
-    qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280,
+    qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280, n_group=8, topk_group=4, topk_method="noaux_tc",
+    scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
     quantization_config=dict(quant_method="fp8", fmt="e4m3", weight_block_size=[128, 128]),
 )  # fmt: skip
 
