@@ -79,3 +79,11 @@ def test_published_serving_script_writes_csv(tmp_path):
     assert list(table.columns) == ["source", "setting", "metric", "published", "predicted", "error", "profile",
                                    "assumptions"]  # fmt: skip
     assert table["source"].str.contains("InferenceX").any() and table["source"].str.contains("open-infra-index").any()
+
+
+@pytest.mark.parametrize("text", ["readings: 3\n", "engines: {}\nassumptions: {}\nreadings:\n- {metric: mean_tpot_ms}\n",
+                                  "a: [unclosed\n", "readings:\n- {metric: bogus, id: x}\nassumptions: {}\n"])
+def test_malformed_published_file_is_reported(tmp_path, text):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ValueError, match="p.yaml"):
+        published_table(tmp_path / "p.yaml")

@@ -62,8 +62,16 @@ def _engine(name: str, cfg: dict, readings: list[dict], shape: ModelShape, ratio
 
 
 def published_table(path: str | Path = PUBLISHED, hardware_dir: str | Path = HARDWARE_DIR) -> pd.DataFrame:
-    """COLUMNS rows: every published figure next to the DeepSeek-V3 shape's prediction."""
-    cfg = yaml.safe_load(Path(path).read_text())
+    """COLUMNS rows: every published figure next to the DeepSeek-V3 shape's prediction.
+    A malformed file raises ValueError naming it (a small committed yaml: no size bound needed
+    beyond safe_load's)."""
+    try:
+        return _table(yaml.safe_load(Path(path).read_text()), hardware_dir)
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration, AttributeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: malformed published-serving file: {type(e).__name__}: {e}") from e
+
+
+def _table(cfg: dict, hardware_dir) -> pd.DataFrame:
     readings, assume = cfg["readings"], cfg["assumptions"]
     shape = ModelShape.from_config(DEEPSEEK_V3_CONFIG)  # R1 and R1-0528 share V3's architecture
     rows = []
