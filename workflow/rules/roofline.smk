@@ -60,14 +60,14 @@ if TRACING:
 
 
 # Needs no trace: the DeepSeek-V3 shape's serving prediction beside published measurements.
+# The repository's files it reads are params (content hashes), not inputs: under a remote
+# default storage an input path would be looked up in the storage.
 rule published_serving:
-    input:
-        published="config/hardware/published_serving.yaml",
     output:
         f"{RUN}/roofline/published_serving.parquet",
     params:
-        code=code("published_serving", files=["config/hardware/h200.yaml", "config/hardware/h200-measured.yaml",
-                                               "config/hardware/h800.yaml", "config/hardware/h200_moe_layer_2026-11-28.csv"]),
+        code=code("published_serving", files=[f"config/hardware/{f}" for f in ("published_serving.yaml", "h200.yaml",
+                                              "h200-measured.yaml", "h800.yaml", "h200_moe_layer_2026-11-28.csv")]),
     log:
         f"{RUN}/logs/published_serving.log",
     benchmark:

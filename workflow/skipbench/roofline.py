@@ -154,10 +154,11 @@ def predict(
     for profile in profiles:
         bw, rate = profile.bandwidth * n_devices, profile.flops(dtype) * n_devices
         given = (calibrations or {}).get(profile.name)
-        cost, refused = pick_calibration([given] if given else profile.costs, dtype, shape.hidden, shape.moe_inter)
-        if refused and (given or profile.costs):
-            log.warning("%s: %s: bytes floor only", profile.name, refused)
-        floor_note = "" if cost or not (given or profile.costs) else f"bytes floor only: {refused}"
+        candidates = [given] if given else profile.costs
+        cost, refused = pick_calibration(candidates, dtype, shape.hidden, shape.moe_inter)
+        floor_note = f"bytes floor only: {refused}" if candidates and cost is None else ""
+        if floor_note:
+            log.warning("%s: %s", profile.name, floor_note)
         cal = {"bytes_floor": None} | ({"calibrated": cost} if cost else {})
         for skip_path, t in _routing_frames(traffic, dense_variant):
             for cal_name, calibration in cal.items():
