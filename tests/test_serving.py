@@ -87,3 +87,12 @@ def test_malformed_published_file_is_reported(tmp_path, text):
     (tmp_path / "p.yaml").write_text(text)
     with pytest.raises(ValueError, match="p.yaml"):
         published_table(tmp_path / "p.yaml")
+
+
+def test_write_published_schema(tmp_path):
+    from skipbench.io import read_table
+    from skipbench.published import PUBLISHED_SCHEMA, write_published
+
+    write_published(tmp_path / "p.parquet")
+    t = read_table(tmp_path / "p.parquet", PUBLISHED_SCHEMA)
+    assert t.schema.names == PUBLISHED_SCHEMA.names and t.num_rows == 18
