@@ -72,20 +72,20 @@ def write_throughput(run_dir: Path) -> list[Path]:
     return paths
 
 
-IDEAL_STRETCH = 1.5  # ideal (bytes floor) speedup - 1 = 1.5 x the calibrated one's
+FLOOR_STRETCH = 1.5  # bytes-floor speedup - 1 = 1.5 x the calibrated one's
 VALIDATION_ERROR = -0.4  # this-machine's predicted step time vs the engine's, every row
 
 
 def write_predictions(path: Path) -> Path:
-    """Predictions of three profiles: h200 and this-machine calibrated (band), h800 ideal only;
+    """Predictions of three profiles: h200 and this-machine calibrated (band), h800 bytes floor only;
     and the validation table next to them (this-machine vs the engine, off by 40%)."""
     rows = []
-    for hw, scale, cals in (("h200", 1.0, ("calibrated", "ideal")), ("this-machine", 0.5, ("calibrated", "ideal")),
-                            ("h800", 1.0, ("ideal",))):  # fmt: skip
+    for hw, scale, cals in (("h200", 1.0, ("calibrated", "bytes_floor")), ("this-machine", 0.5, ("calibrated", "bytes_floor")),
+                            ("h800", 1.0, ("bytes_floor",))):  # fmt: skip
         for v, speedup in PREDICTED_H200.items():
             for batch in (1, 4):
                 for cal in cals:
-                    s = 1 + (speedup - 1) * scale / batch * (IDEAL_STRETCH if cal == "ideal" else 1)
+                    s = 1 + (speedup - 1) * scale / batch * (FLOOR_STRETCH if cal == "bytes_floor" else 1)
                     for skip_path, sp in (("skip_kernel", s), ("weight0", 1.0)):
                         for layer in (-1, 1):
                             rows.append(dict(source="predicted", model="tiny", hardware=hw, device=hw, n_devices=1,
@@ -97,7 +97,7 @@ def write_predictions(path: Path) -> Path:
     val = [dict(kind="engine", hardware="this-machine", calibration=cal, device="cpu:x86_64x2", variant=v, batch=b,
                 distinct_experts=1.0, predicted_ms=0.6 if cal == "calibrated" else 0.1, measured_ms=1.0,
                 rel_error=VALIDATION_ERROR if cal == "calibrated" else -0.9, measured_by="vllm 0.32.0")
-           for cal in ("ideal", "calibrated") for v in ("dense", "top1") for b in (1, 4)]  # fmt: skip
+           for cal in ("bytes_floor", "calibrated") for v in ("dense", "top1") for b in (1, 4)]  # fmt: skip
     write_table(path.with_name("validation.parquet"), val, VALIDATION_SCHEMA)
     return path
 

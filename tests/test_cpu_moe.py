@@ -81,7 +81,7 @@ def test_fit_recovers_terms_and_savings_side_by_side():
 def test_calibration_data_errors_are_reported(tmp_path, bad):
     (tmp_path / "d.csv").write_text(bad)
     block = dict(data="d.csv", ms_column="ms", expert_bytes=1, pair_flops=1, bandwidth=1e9, device="x",
-                 date="2026-01-01", source="test")  # fmt: skip
+                 date="2026-01-01", source="test", dtype="bf16", hidden=4, intermediate=2, kernel="k")  # fmt: skip
     with pytest.raises(ValueError, match="calibration"):
         load_calibration(block, tmp_path, "p.yaml")
     with pytest.raises(ValueError, match="needs"):

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from report_fixtures import (FRONT_BASE_VS_EPT, FRONT_PLUS_VS_EPT, IDEAL_STRETCH, PREDICTED_H200, SWEEP, VALIDATION_ERROR,
+from report_fixtures import (FRONT_BASE_VS_EPT, FRONT_PLUS_VS_EPT, FLOOR_STRETCH, PREDICTED_H200, SWEEP, VALIDATION_ERROR,
                              scores_rows, write_run, write_scores)  # fmt: skip
 
 from skipbench.report.summary import SUMMARY_SCHEMA, build_summary, load_run, predicted_whole_model
@@ -28,9 +28,9 @@ def test_summary_values_at_the_deployment_batch(tmp_path):
     assert set(s["predicted_hardware"]) == {"h200"}
     for v, speedup in PREDICTED_H200.items():
         assert s.loc[v, "predicted_speedup"] == pytest.approx(speedup)  # the calibrated end
-        assert s.loc[v, "predicted_speedup_ideal"] == pytest.approx(1 + (speedup - 1) * IDEAL_STRETCH)
+        assert s.loc[v, "predicted_speedup_floor"] == pytest.approx(1 + (speedup - 1) * FLOOR_STRETCH)
     assert set(s["predicted_calibration"].dropna()) == {"h200 fit"}
-    assert set(s["validation_hardware"]) == {"this-machine"}  # calibrated checks, not the ideal ones
+    assert set(s["validation_hardware"]) == {"this-machine"}  # calibrated checks, not the bytes-floor ones
     assert s["validation_error"].tolist() == pytest.approx([VALIDATION_ERROR] * len(s))
     assert s.loc["dense", "distinct_experts"] == 4.0 and s.loc["top1", "distinct_experts"] == 1.0
     assert math.isnan(s.loc["top3", "distinct_experts"])  # no trace
@@ -44,18 +44,18 @@ def test_summary_values_at_the_deployment_batch(tmp_path):
     assert s4.loc["dense", "distinct_experts"] == 16.0
 
 
-def test_uncalibrated_profile_is_an_upper_bound_not_a_speedup(tmp_path):
+def test_uncalibrated_profile_is_a_bytes_floor_not_a_speedup(tmp_path):
     run = full_run(tmp_path)
     whole = predicted_whole_model(run.predictions)
     assert set(whole.loc[whole["hardware"] == "h200", "calibration"]) == {"calibrated"}
-    assert set(whole.loc[whole["hardware"] == "h800", "calibration"]) == {"ideal"}
+    assert set(whole.loc[whole["hardware"] == "h800", "calibration"]) == {"bytes_floor"}
     assert len(whole) == 3 * 5 * 2  # one row per (hardware, variant, batch)
     s = build_summary([run], deployment_batch=1, hardware=["h800"]).set_index("variant")
     assert s["predicted_speedup"].isna().all()  # never called a speedup
-    assert s.loc["top1", "predicted_speedup_ideal"] == pytest.approx(1 + 1.5 * IDEAL_STRETCH)
+    assert s.loc["top1", "predicted_speedup_floor"] == pytest.approx(1 + 1.5 * FLOOR_STRETCH)
     assert set(s["predicted_calibration"].dropna()) == {"uncalibrated"}
     md = markdown(s.reset_index())
-    assert "≤ 3.25 (upper bound)" in md
+    assert "bytes floor 3.25 (uncalibrated)" in md
 
 
 def test_pareto_uses_base_tests_without_plus(tmp_path):
@@ -74,11 +74,11 @@ def test_write_summary_parquet_and_markdown(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     lines = md.splitlines()
     assert lines[0].startswith("| run | benchmark | variant | pass@1 base [95% CI] | pass@1 plus [95% CI] |")
-    assert "speedup @1 (measured)" in lines[0] and "predicted tok/s ratio @1 (calibrated / ideal)" in lines[0]
+    assert "speedup @1 (measured)" in lines[0] and "predicted tok/s ratio @1 (calibrated / bytes floor)" in lines[0]
     (top1,) = [l for l in lines if l.startswith("| tiny | he | top1")]
     cells = [c.strip() for c in top1.strip("|").split("|")]
     assert cells[2:7] == ["top1 *", "0.200 [0.000, 0.300]", "0.100 [0.000, 0.200]", "-0.700 (p=0.5)", "-0.700 (p=0.25)"]
-    assert cells[7:11] == ["105.0", "12.0", "1.20", "2.50 / 3.25"]  # the band: calibrated / ideal
+    assert cells[7:11] == ["105.0", "12.0", "1.20", "2.50 / 3.25"]  # the band: calibrated / bytes floor
     assert "Predicted @1: roofline model (h200), skip_kernel path" in md
     assert "median error -40%: OFF BY MORE THAN 25%" in md  # the validation error, said in words
     assert "Measured @1: throughput sweep on vllm 0.32.0 on cpu:x86_64x2" in md

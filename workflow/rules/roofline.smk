@@ -57,3 +57,22 @@ if TRACING:
             "../../envs/model.yaml"
         script:
             "../scripts/roofline.py"
+
+
+# Needs no trace: the DeepSeek-V3 shape's serving prediction beside published measurements.
+# The repository's files it reads are params (content hashes), not inputs: under a remote
+# default storage an input path would be looked up in the storage.
+rule published_serving:
+    output:
+        f"{RUN}/roofline/published_serving.parquet",
+    params:
+        code=code("published_serving", files=[f"config/hardware/{f}" for f in ("published_serving.yaml", "h200.yaml",
+                                              "h200-measured.yaml", "h800.yaml", "h200_moe_layer_2026-11-28.csv")]),
+    log:
+        f"{RUN}/logs/published_serving.log",
+    benchmark:
+        f"{RUN}/benchmarks/published_serving.tsv",
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/published_serving.py"

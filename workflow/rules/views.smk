@@ -14,6 +14,7 @@ def table_views():
     tables += [f"traffic/{b}" for b in own["traffic"]]
     if own["predictions"]:
         tables += ["roofline/predictions", "roofline/validation"]
+    tables.append("roofline/published_serving")  # needs no trace
     return [f"{RUN}/views/{t}.html" for t in tables]
 
 

@@ -196,4 +196,5 @@ def calibrate_here(profile, shape, batches=(1, 4, 16), repeats: int = 15) -> Cos
     # the median on a busy machine times the run queue; the fast calls time the layer
     return fit_cost_model(bench, "ms_p10", moe.expert_bytes, moe.pair_flops, profile.bandwidth,
                           f"{device_name()}: eager MoE layer {moe.hidden}x{moe.intermediate}x{moe.experts} "
-                          f"{moe.dtype}, 1 thread, p10 of {repeats} calls, timed by the roofline stage")  # fmt: skip
+                          f"{moe.dtype}, 1 thread, p10 of {repeats} calls, timed by the roofline stage",
+                          expert_shape=(moe.hidden, moe.intermediate))  # fmt: skip

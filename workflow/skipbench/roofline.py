@@ -19,12 +19,18 @@ computed (the hypothetical this model is for); `weight0` is what the vLLM plugin
 (DESIGN.md section 3): every routed slot is still computed, so its traffic is the dense
 model's and its predicted speedup is 1 by construction, never a saving.
 
-Two predictions per profile, shown together as a band: `ideal` (the routed term at the
-bytes floor of the profile's peaks: an upper bound on any speedup) and `calibrated` (the
-routed term from skipbench.costmodel, fitted to measured kernel times on that device:
-today's kernels, with their per-layer fixed cost). A profile without measurements has
-only `ideal`, which reports call an upper bound. kernels/bench.py output for a profile,
-when present, replaces the profile's own calibration data (our kernel, not today's).
+Two predictions per profile, shown together as a band: `bytes_floor` (every term at the
+profile's peak bandwidth and FLOP rate: a lower bound on the step's time, NOT a bound on
+the speedup: a skip can save more than its bytes where the kernel is compute- or
+launch-bound) and `calibrated` (the routed term from skipbench.costmodel, fitted to
+measured kernel times on that device: today's kernels, with their per-layer fixed cost).
+A calibration is used only for the weight dtype and expert shape it timed (or their
+tensor-parallel slices: bytes and FLOPs / n_devices, the per-layer launch cost kept); a
+profile without one that covers the model gets the bytes floor alone, and its
+`calibration_source` says why. kernels/bench.py output for a profile, when present,
+replaces the profile's own calibration data (our kernel, not today's).
+n_devices is tensor parallel: every expert split over the devices, communication not
+modelled here (skipbench.serving adds it; skipbench.parallel does expert parallel).
 
 Speedup = predicted tokens/s over dense's at the same batch; traffic replay holds every
 step at exactly `batch` decode tokens (traffic.py, continuous batching), so this is a
@@ -43,7 +49,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skipbench.costmodel import CostModel, fit_cost_model
+from skipbench.costmodel import CostModel, fit_cost_model, pick_calibration
 from skipbench.io import read_table, write_table
 from skipbench.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, HardwareProfile, ModelShape, load_profile
 from skipbench.traffic import ALL_LAYERS
@@ -59,12 +65,14 @@ PREDICTION_SCHEMA = pa.schema(
         ("model", pa.string()),  # model name (checkpoint directory or preset)
         ("hardware", pa.string()),  # hardware profile name (config/hardware/<name>.yaml)
         ("device", pa.string()),  # the device the profile describes
-        ("n_devices", pa.int16()),  # devices sharing the step (ideal scaling, no communication)
+        ("n_devices", pa.int16()),  # tensor-parallel devices sharing the step (no communication term)
         ("weight_dtype", pa.string()),  # fp8 (128x128 block scales) or bf16 weights
         ("variant", pa.string()),  # skip variant
         ("skip_path", pa.string()),  # skip_kernel (skipped slot costs nothing) or weight0 (computed anyway)
-        ("calibration", pa.string()),  # ideal (bytes floor of the peaks) or calibrated (costmodel fit)
-        ("calibration_source", pa.string()),  # what the calibrated routed term was fitted on ("" for ideal)
+        ("calibration", pa.string()),  # bytes_floor (peaks: a lower bound on time) or calibrated (costmodel fit)
+        # calibrated: what the routed term was fitted on, with its errors; bytes_floor: "" where the
+        # profile has a calibration for this model, else why it has none (dtype, expert shape)
+        ("calibration_source", pa.string()),
         ("batch", pa.int32()),  # concurrency: sequences decoded together
         ("layer", pa.int16()),  # MoE layer index, or -1 = whole model (all layers + lm_head)
         ("tokens_per_step", pa.float64()),  # decode tokens in a step (refill replay: = batch)
@@ -106,7 +114,8 @@ def fit_kernel_calibration(bench: pd.DataFrame, profile: HardwareProfile, shape:
     shape = shape or ModelShape.from_config(DEEPSEEK_V3_CONFIG)
     bench = bench if "slots" in bench else bench.assign(slots=bench["batch"] * shape.top_k)  # upper bound
     return fit_cost_model(bench, "ms", shape.expert_bytes(dtype), shape.expert_flops, profile.bandwidth,
-                          f"{profile.device}: {source}")  # fmt: skip
+                          f"{profile.device}: {source} {dtype}", dtype=dtype,
+                          expert_shape=(shape.hidden, shape.moe_inter))  # fmt: skip
 
 
 def _routing_frames(traffic: pd.DataFrame, dense_variant: str) -> list[tuple[str, pd.DataFrame]]:
@@ -144,10 +153,13 @@ def predict(
     frames = []
     for profile in profiles:
         bw, rate = profile.bandwidth * n_devices, profile.flops(dtype) * n_devices
-        cal = {"ideal": None}
-        cost = (calibrations or {}).get(profile.name) or profile.cost
-        if cost is not None:
-            cal["calibrated"] = cost
+        given = (calibrations or {}).get(profile.name)
+        candidates = [given] if given else profile.costs
+        cost, refused = pick_calibration(candidates, dtype, shape.hidden, shape.moe_inter)
+        floor_note = f"bytes floor only: {refused}" if candidates and cost is None else ""
+        if floor_note:
+            log.warning("%s: %s", profile.name, floor_note)
+        cal = {"bytes_floor": None} | ({"calibrated": cost} if cost else {})
         for skip_path, t in _routing_frames(traffic, dense_variant):
             for cal_name, calibration in cal.items():
                 d = t[["variant", "concurrency", "layer", "tokens_per_step", "distinct_mean"]].rename(
@@ -156,9 +168,10 @@ def predict(
                 d["routed_bytes"] = t["distinct_mean"].to_numpy() * shape.expert_bytes(dtype)
                 d["routed_flops"] = t["slots_per_step"].to_numpy() * shape.expert_flops
                 routed, d["routed_bound"] = roofline_ms(d["routed_bytes"], d["routed_flops"], bw, rate)
-                if calibration:
+                if calibration:  # each device holds 1/n of every expert: its slice's bytes and FLOPs
                     routed = calibration.routed_ms(d["distinct_experts"], t["slots_per_step"].to_numpy(),
-                                                   shape.expert_bytes(dtype), shape.expert_flops)  # fmt: skip
+                                                   shape.expert_bytes(dtype) / n_devices,
+                                                   shape.expert_flops / n_devices)  # fmt: skip
                 d["routed_ms"] = routed
                 d["other_bytes"] = fixed_bytes + d["tokens_per_step"] * kv_bytes
                 d["other_flops"] = d["tokens_per_step"] * (fixed_flops + kv_flops)
@@ -170,7 +183,7 @@ def predict(
                 out = pd.concat([whole, d], ignore_index=True)
                 frames.append(out.assign(hardware=profile.name, device=profile.device, skip_path=skip_path,
                                          calibration=cal_name,
-                                         calibration_source=calibration.source if calibration else ""))  # fmt: skip
+                                         calibration_source=calibration.source if calibration else floor_note))  # fmt: skip
     out = pd.concat(frames, ignore_index=True)
     out = out.assign(source="predicted", model=model, n_devices=n_devices, weight_dtype=dtype)
     # speedup: tokens/s over the dense variant's skip_kernel prediction, same hardware, calibration and
@@ -218,7 +231,7 @@ VALIDATION_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # kernel (one layer's routed experts, kernels/bench.py) or engine (decode step)
         ("hardware", pa.string()),  # profile the prediction used
-        ("calibration", pa.string()),  # ideal or calibrated (PREDICTION_SCHEMA)
+        ("calibration", pa.string()),  # bytes_floor or calibrated (PREDICTION_SCHEMA)
         ("device", pa.string()),  # device the measurement ran on
         ("variant", pa.string()),  # skip variant (engine) or bench rule (kernel)
         ("batch", pa.int32()),  # batch / concurrency
@@ -239,14 +252,14 @@ def validate(
     calibrations: dict[str, CostModel] | None = None,
 ) -> pd.DataFrame:
     """VALIDATION_SCHEMA rows: kernel bench tables ({profile name: table}, DeepSeek-V3 FP8 layer)
-    against the ideal roofline and the calibrated model fitted on them (in-sample), and engine
+    against the bytes-floor roofline and the calibrated model fitted on them (in-sample), and engine
     runs (THROUGHPUT_SCHEMA) against whole-model step predictions of a profile describing the
     same device, under each calibration predicted."""
     rows = []
     dsv3 = ModelShape.from_config(DEEPSEEK_V3_CONFIG)
     for name, bench in (kernel_bench or {}).items():
         profile = profiles[name]
-        preds = {"ideal": bench_roofline_ms(bench, profile, dsv3, "fp8")}
+        preds = {"bytes_floor": bench_roofline_ms(bench, profile, dsv3, "fp8")}
         if name in (calibrations or {}):
             slots = bench["slots"] if "slots" in bench else bench["batch"] * dsv3.top_k
             preds["calibrated"] = calibrations[name].routed_ms(bench["distinct_experts"], slots,

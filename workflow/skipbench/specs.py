@@ -32,7 +32,8 @@ DEEPSEEK_V3_CONFIG = dict(
     model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
     num_hidden_layers=61, first_k_dense_replace=3, n_routed_experts=256, num_experts_per_tok=8, n_shared_experts=1,
     num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
-    qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280,
+    qk_nope_head_dim=128, v_head_dim=128, vocab_size=129280, n_group=8, topk_group=4, topk_method="noaux_tc",
+    scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
     quantization_config=dict(quant_method="fp8", fmt="e4m3", weight_block_size=[128, 128]),
 )  # fmt: skip
 
@@ -47,7 +48,8 @@ class HardwareProfile:
     bf16_flops: float  # dense (no sparsity) BF16 FLOP/s, one device
     fp8_flops: float  # dense FP8 FLOP/s; = bf16_flops where the device has no FP8 matmul
     sources: dict = field(default_factory=dict)  # field -> where the number comes from
-    cost: object = None  # costmodel.CostModel fitted from measurements of today's kernels, or None
+    cost: object = None  # the first of `costs`, or None (kept for callers that take one fit)
+    costs: tuple = ()  # costmodel.CostModel per calibration entry (kernel, dtype, expert shape each)
     calibrate: dict | None = None  # `calibrate:` block: time this machine's MoE layer at run time (roofline)
 
     def flops(self, dtype: str) -> float:
@@ -132,13 +134,14 @@ def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> 
         if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
             raise ValueError(f"{path}: `{key}` needs `value` and `source` (every number says where it comes from)")
         values[key], sources[key] = float(entry["value"]), str(entry["source"])
-    cost = None
+    costs = ()
     if "calibration" in cfg:
         from skipbench.costmodel import load_calibration
 
-        cost = load_calibration(cfg["calibration"], path.parent, str(path))
-    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, cost=cost, calibrate=calibrate,
-                           **values)  # fmt: skip
+        blocks = cfg["calibration"] if isinstance(cfg["calibration"], list) else [cfg["calibration"]]
+        costs = tuple(load_calibration(b, path.parent, str(path)) for b in blocks)
+    return HardwareProfile(name=name, device=str(cfg["device"]), sources=sources, cost=costs[0] if costs else None,
+                           costs=costs, calibrate=calibrate, **values)  # fmt: skip
 
 
 def matrix_bytes(rows: int, cols: int, dtype: str) -> int:

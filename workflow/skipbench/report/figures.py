@@ -112,7 +112,7 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
 
 def calibrated_xlim(speedups: pd.Series) -> tuple[float, float]:
     """x limits of a predicted panel: dense (1.0) and every calibrated point, with room on the
-    right for labels. The ideal bars may reach further (they are clipped): scaled to them,
+    right for labels. The bytes-floor bars may reach further (they are clipped): scaled to them,
     the calibrated points, often within a few percent of dense, would crowd at one end."""
     lo, hi = min(1.0, speedups.min()), max(1.0, speedups.max())
     span = max(hi - lo, 0.01)
@@ -191,7 +191,7 @@ def tradeoff_figure(runs: list[RunTables], benchmark: str):
 
 def speedup_columns(runs: list[RunTables], hardware: list[str]) -> list[str]:
     """MEASURED and the CALIBRATED hardware profiles predicted in any run (config order first).
-    An uncalibrated profile's ideal prediction is an upper bound: summary.md lists it as such,
+    An uncalibrated profile's bytes-floor prediction is no speedup: summary.md lists it as such,
     no panel draws it as a speedup (a tiny model would get launch-bound GPU "speedups")."""
     predicted = set()
     for t in runs:
@@ -219,7 +219,7 @@ def speedup_at(t: RunTables, column: str, batch: int) -> tuple[pd.Series, str]:
 
 def prediction_source(t: RunTables, hardware: str, p: pd.DataFrame) -> str:
     """Skip path, calibration and (where checked) validation error of a profile's predictions."""
-    cal = "; ".join(sorted(set(p["calibration_source"].dropna()) - {""})) or "uncalibrated: upper bound"
+    cal = "; ".join(sorted(set(p["calibration_source"].dropna()) - {""})) or "uncalibrated: bytes floor only"
     hw, err = validation_error(t.validation)
     checked = f"; validation vs engine here {100 * err:+.0f}%" if hw == hardware and not np.isnan(err) else ""
     return f"roofline, hardware {hardware}, skip kernel (skipped expert never loaded), calibrated on {cal}{checked}"
@@ -252,17 +252,17 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
             else:
                 skipped = True
                 p = predicted_whole_model(t.predictions)
-                ideal = p[(p["hardware"] == column) & (p["batch"] == batch)].set_index("variant")["speedup_ideal"]
-                d = d.assign(ideal=d["variant"].map(ideal))
+                floor = p[(p["hardware"] == column) & (p["batch"] == batch)].set_index("variant")["speedup_floor"]
+                d = d.assign(floor=d["variant"].map(floor))
                 label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
-                         f"(grey bar: toward the ideal bytes-floor prediction, up to {d['ideal'].max():.2f})")  # fmt: skip
+                         f"(grey bar: toward the bytes-floor prediction, up to {d['floor'].max():.2f})")  # fmt: skip
             if column != MEASURED:  # the axis spans the calibrated points: set before their labels are placed
                 ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))
             fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
                                                            hollow=column != MEASURED, front=skipped)  # fmt: skip
-            if column != MEASURED:  # the band: calibrated (point) to ideal (grey bar, clipped at the axis)
-                band = d.dropna(subset=["speedup", "ideal", f"pass1_{split}"])
-                ax.hlines(band[f"pass1_{split}"], band["speedup"], band["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
+            if column != MEASURED:  # the band: calibrated (point) to bytes floor (grey bar, clipped)
+                band = d.dropna(subset=["speedup", "floor", f"pass1_{split}"])
+                ax.hlines(band[f"pass1_{split}"], band["speedup"], band["floor"], color="0.6", lw=3, alpha=0.4, zorder=0)
             ax.axvline(1.0, color="0.5", lw=0.8)
             ax.set_title(panel_text(ax, f"{t.run}: {split} tests\n{source}"))
     fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
@@ -303,7 +303,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
         return fig
     batch = int(rows["deployment_batch"].iloc[0])
     header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "experts/token",
-              "tok/s infer (meas.)", f"tok/s ratio @{batch} meas.", f"tok/s ratio @{batch} pred. (cal. / ideal)"]  # fmt: skip
+              "tok/s infer (meas.)", f"tok/s ratio @{batch} meas.", f"tok/s ratio @{batch} pred. (cal. / bytes floor)"]  # fmt: skip
 
     def fmt(x, spec):
         return "" if pd.isna(x) else format(x, spec)
@@ -312,8 +312,8 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
     for r in rows.itertuples():
         split = "plus" if not pd.isna(r.delta_plus) else "base"
         delta, p = getattr(r, f"delta_{split}"), getattr(r, f"mcnemar_p_{split}")
-        ideal = "" if pd.isna(r.predicted_speedup_ideal) else f"{r.predicted_speedup_ideal:.2f}"
-        pred = (f"{fmt(r.predicted_speedup, '.2f') or '≤'} / {ideal} ({r.predicted_hardware})" if ideal
+        floor = "" if pd.isna(r.predicted_speedup_floor) else f"{r.predicted_speedup_floor:.2f}"
+        pred = (f"{fmt(r.predicted_speedup, '.2f') or 'uncal.'} / {floor} ({r.predicted_hardware})" if floor
                 else "")  # fmt: skip
         cells.append([r.run, r.variant, r.strategy or "", fmt(r.pass1_base, ".3f"), fmt(r.pass1_plus, ".3f"),
                       "" if pd.isna(delta) else f"{delta:+.3f} ({split}, p={p:.2g})", fmt(r.experts_per_token, ".2f"),

@@ -48,8 +48,8 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
                 g = g.sort_values("batch")
                 ax.plot(g["batch"], g["speedup"], "-o" if measured else "--o", color=colours[variant],
                         mfc=colours[variant] if measured else "none", ms=5, lw=1.2, label=variant)  # fmt: skip
-                if not measured:  # the band: calibrated (line) to ideal bytes floor (shade)
-                    ax.fill_between(g["batch"], g["speedup"], g["speedup_ideal"], color=colours[variant], alpha=0.12)
+                if not measured:  # the band: calibrated (line) to bytes floor (shade)
+                    ax.fill_between(g["batch"], g["speedup"], g["speedup_floor"], color=colours[variant], alpha=0.12)
             ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("batch size (concurrent sequences, constant load)")
@@ -59,7 +59,7 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
                 ax.set_ylabel(f"output tok/s ratio over dense, measured,\nskip path {', '.join(sorted(paths))}{nothing}")
                 ax.set_title(panel_text(ax, f"{t.run}: measured\n({sweep_source(d)})"))
             else:
-                ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to ideal)")
+                ax.set_ylabel("decode tok/s ratio over dense, predicted,\nskip kernel, calibrated (shade: to bytes floor)")
                 ax.set_title(panel_text(ax, f"{t.run}: predicted\n({prediction_source(t, column, d)})"))
             ax.grid(alpha=0.3)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
@@ -67,7 +67,7 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
              Line2D([], [], color="k", ls="--", marker="o", mfc="none", label="predicted (hardware profile)")]  # fmt: skip
     fig.legend(handles=style, loc="outside lower center", ncols=2)
     fig.suptitle("tokens/s over dense vs batch size at equal load (weight0 skipping computes the expert: "
-                 "1 by construction; uncalibrated profiles: no panel, upper bounds in summary.md)")  # fmt: skip
+                 "1 by construction; uncalibrated profiles: no panel, bytes floor in summary.md)")  # fmt: skip
     return fig
 
 

@@ -11,9 +11,10 @@ Definitions used by the summary and the figures:
 - predicted speedup: roofline whole-model tokens/s of the variant over dense's at the same
   batch and equal load (traffic replay refills every step to `batch` decode tokens), for the
   `skip_kernel` path (a skipped expert is never loaded). A band: `calibrated` (today's
-  kernels, skipbench.costmodel fitted on measurements of the device) and `ideal` (bytes
-  floor). A profile without measurements has only the ideal end: an upper bound, never
-  called a speedup (predicted_speedup stays null).
+  kernels, skipbench.costmodel fitted on measurements of the device) and `bytes_floor`
+  (every term at the profile's peaks: a lower bound on time; its speedup is not a bound on
+  the speedup). A profile without a calibration for the model has only the bytes floor,
+  never called a speedup (predicted_speedup stays null).
 - validation error: the engine's measured time per output token against the prediction of
   the profile describing the same device (roofline/validation.parquet), median over rows.
 """
@@ -73,9 +74,9 @@ SUMMARY_SCHEMA = pa.schema([
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device
     ("measured_on", pa.string()),  # "<engine> <version> on <device>" of those two
     ("predicted_hardware", pa.string()),  # roofline hardware profile of the next five
-    ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path, calibrated (else ideal)
+    ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path, calibrated (else bytes floor)
     ("predicted_speedup", pa.float64()),  # tokens/s over dense, skip_kernel path, calibrated; null if uncalibrated
-    ("predicted_speedup_ideal", pa.float64()),  # the same at the bytes floor: an upper bound
+    ("predicted_speedup_floor", pa.float64()),  # the same at the bytes floor (a lower bound on time, not a bound on speedup)
     ("predicted_calibration", pa.string()),  # what the calibrated end was fitted on, or "uncalibrated"
     ("validation_hardware", pa.string()),  # profile whose predictions were checked against the engine here
     ("validation_error", pa.float64()),  # median predicted / measured - 1 of those checks (engine decode step)
@@ -173,20 +174,20 @@ def measured_speedup(throughput: pd.DataFrame | None) -> pd.DataFrame:
 
 
 PREDICTED_COLUMNS = ["hardware", "variant", "batch", "calibration", "calibration_source", "tokens_per_s", "speedup",
-                     "speedup_ideal"]  # fmt: skip
+                     "speedup_floor"]  # fmt: skip
 
 
 def predicted_whole_model(predictions: pd.DataFrame | None) -> pd.DataFrame:
     """Whole-model skip_kernel predictions, one row per (hardware, variant, batch): tokens_per_s
     and speedup of the calibrated model where the profile has one (calibration "calibrated"),
-    else of the ideal one ("ideal": an upper bound); speedup_ideal always the ideal end."""
+    else of the bytes floor; speedup_floor always the bytes-floor end."""
     if predictions is None or predictions.empty:
         return pd.DataFrame(columns=PREDICTED_COLUMNS)
     p = predictions[(predictions["layer"] == ALL_LAYERS) & (predictions["skip_path"] == "skip_kernel")]
     keys = ["hardware", "variant", "batch"]
-    ideal = p[p["calibration"] == "ideal"].set_index(keys)["speedup"].rename("speedup_ideal")
-    best = p.sort_values("calibration").drop_duplicates(keys)  # "calibrated" sorts before "ideal"
-    out = best.join(ideal, on=keys)
+    floor = p[p["calibration"] == "bytes_floor"].set_index(keys)["speedup"].rename("speedup_floor")
+    best = p.sort_values("calibration", key=lambda c: c != "calibrated").drop_duplicates(keys)  # calibrated first
+    out = best.join(floor, on=keys)
     return out[PREDICTED_COLUMNS].sort_values(keys).reset_index(drop=True)
 
 
@@ -197,7 +198,7 @@ def validation_error(validation: pd.DataFrame | None) -> tuple[str | None, float
     v = validation[validation["kind"] == "engine"]
     if v.empty:
         return None, math.nan
-    v = v[v["calibration"] == v["calibration"].min()]  # "calibrated" before "ideal"
+    v = v[v["calibration"] == ("calibrated" if (v["calibration"] == "calibrated").any() else "bytes_floor")]
     hw = v["hardware"].iloc[0]
     return hw, float(v.loc[v["hardware"] == hw, "rel_error"].median())
 
@@ -239,7 +240,7 @@ def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) 
     s["predicted_tok_s"] = s["variant"].map(pred["tokens_per_s"])
     calibrated = pred[pred["calibration"] == "calibrated"]
     s["predicted_speedup"] = s["variant"].map(calibrated["speedup"])  # an uncalibrated one is no speedup
-    s["predicted_speedup_ideal"] = s["variant"].map(pred["speedup_ideal"])
+    s["predicted_speedup_floor"] = s["variant"].map(pred["speedup_floor"])
     source = pred["calibration_source"].where(pred["calibration"] == "calibrated", "uncalibrated")
     s["predicted_calibration"] = s["variant"].map(source)
     s["validation_hardware"], s["validation_error"] = validation_error(tables.validation)

@@ -41,12 +41,12 @@ def _kl(row) -> str:
 
 
 def _band(r) -> str:
-    """'calibrated / ideal', or '≤ ideal (upper bound)' without calibration."""
-    ideal = _num(r["predicted_speedup_ideal"], ".2f")
-    if not ideal:
+    """'calibrated / bytes floor', or 'bytes floor x (uncalibrated)' without calibration."""
+    floor = _num(r["predicted_speedup_floor"], ".2f")
+    if not floor:
         return ""
     cal = _num(r["predicted_speedup"], ".2f")
-    return f"{cal} / {ideal}" if cal else f"≤ {ideal} (upper bound)"
+    return f"{cal} / {floor}" if cal else f"bytes floor {floor} (uncalibrated)"
 
 
 def _validation_notes(summary: pd.DataFrame) -> list[str]:
@@ -95,7 +95,7 @@ def markdown(summary: pd.DataFrame) -> str:
         "tok/s (infer, measured)": lambda r: _num(r["tokens_per_s"], ".1f"),
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
-        f"predicted tok/s ratio @{batch} (calibrated / ideal)": _band,
+        f"predicted tok/s ratio @{batch} (calibrated / bytes floor)": _band,
         "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
@@ -119,7 +119,9 @@ def markdown(summary: pd.DataFrame) -> str:
         f"Predicted @{batch}: roofline model ({hw}), skip_kernel path (a skipped expert is never loaded), "
         f"decode tokens/s of the variant over dense's at equal load ({batch} sequences in every step): "
         "a prediction, not a measurement. Calibrated: the routed experts' time fitted on measured kernel "
-        f"times ({cal}); ideal: the bytes floor. An uncalibrated profile gives only `≤ x (upper bound)`."
+        f"times ({cal}); bytes floor: every term at the profile's peaks, a lower bound on time (its ratio "
+        "is not a bound on the speedup). A profile with no calibration for this model's dtype and expert "
+        "shape gives only `bytes floor x (uncalibrated)`."
         if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
         *_validation_notes(summary),
         "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
