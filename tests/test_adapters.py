@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers as tf
 
-from skipbench import adapters
+from skipbench.model import adapters
 from skipbench.oracle import layer_index, patch_model
 from skipbench.routing import LayerRule, route
 from skipbench.strategies import SkipRule

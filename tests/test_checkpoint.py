@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from skipbench.benchmarks import Task
-from skipbench.checkpoint import TRAINING_SCHEMA, run_checkpoint
-from skipbench.fp8 import QUANTIZATION_CONFIG, convert_checkpoint
+from skipbench.model.checkpoint import TRAINING_SCHEMA, run_checkpoint
+from skipbench.model.fp8 import QUANTIZATION_CONFIG, convert_checkpoint
 from skipbench.io import read_table, sha256_file
-from skipbench.layout import MANIFEST_SCHEMA, read_index
+from skipbench.model.layout import MANIFEST_SCHEMA, read_index
 from test_tinymodel import MICRO_ARCH
 
 TASKS = [
@@ -112,8 +112,8 @@ def test_synthetic_is_deterministic(random_ckpt, tmp_path):
 def test_converted_checkpoint_loads_in_transformers(random_ckpt, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from skipbench import tinymodel
-    from skipbench.checkpoint import dequantized
+    from skipbench.model import tinymodel
+    from skipbench.model.checkpoint import dequantized
 
     out = tmp_path / "bf16"
     convert_checkpoint(random_ckpt / "model", out, "fp8_to_bf16", device="cpu")
@@ -272,7 +272,7 @@ from skipbench.reproducible import pin_cpu_paths
 pin_cpu_paths()  # as workflow/scripts/checkpoint.py, before torch loads
 import torch
 from skipbench.benchmarks import Task
-from skipbench.checkpoint import synthetic_checkpoint
+from skipbench.model.checkpoint import synthetic_checkpoint
 threads, out, synth, tasks = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 torch.set_num_threads(threads)  # what the caller happens to have: must not matter
 out.mkdir(parents=True)
@@ -308,7 +308,7 @@ from skipbench.reproducible import pin_cpu_paths
 pin_cpu_paths()
 import torch, yaml
 from skipbench.benchmarks import Task, memorised_tasks
-from skipbench.checkpoint import synthetic_checkpoint
+from skipbench.model.checkpoint import synthetic_checkpoint
 config, threads, out = yaml.safe_load(Path(sys.argv[1]).read_text()), int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(threads)
 out.mkdir(parents=True)

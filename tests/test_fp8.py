@@ -11,13 +11,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skipbench import fp8
-from skipbench.fp8 import (
+from skipbench.model import fp8
+from skipbench.model.fp8 import (
     CONVERT_REPORT_SCHEMA, QUANTIZATION_CONFIG, convert_checkpoint, dequantize_fp8_blocks, is_fp8_weight,
     quantize_fp8_blocks,
 )
 from skipbench.io import read_table
-from skipbench.layout import INDEX_NAME, read_index, write_index
+from skipbench.model.layout import INDEX_NAME, read_index, write_index
 
 
 def reference_dequant(q: torch.Tensor, s: torch.Tensor, block: int = 128) -> torch.Tensor:

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from skipbench.fp8 import quantize_fp8_blocks
+from skipbench.model.fp8 import quantize_fp8_blocks
 from skipbench.io import read_table
-from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA, MoeShape, build_kernels, model_weight_dtype, select_backend
+from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA, MoeShape, build_kernels, model_weight_dtype, select_backend
 from skipbench_kernels.reference import (
     deepseek_route,
     dequant_act,

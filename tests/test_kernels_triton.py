@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 from skipbench_kernels import moe_triton as mt  # noqa: E402
 from skipbench_kernels.layout import stack_shared_expert, with_shared_expert  # noqa: E402
 from skipbench_kernels.reference import moe_reference, quant_blocks  # noqa: E402
-from skipbench.kernel_build import TOLERANCE  # noqa: E402
+from skipbench.model.kernel_build import TOLERANCE  # noqa: E402
 
 if not CUDA and not mt.UPCAST_DOT:
     pytest.skip("kernels were jitted before TRITON_INTERPRET was set", allow_module_level=True)
@@ -277,7 +277,7 @@ def test_transformers_moe_on_the_kernel_matches_eager_experts_with_sentinel_skip
 
 def test_kernel_choice_from_manifest_and_patch_only_where_triton_runs(tmp_path):
     from skipbench.io import write_table
-    from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
+    from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
     from skipbench_kernels.integration import KernelChoice, SkipAwareExperts, load_kernel_choice, use_skip_kernel
     from skipbench_kernels.tune import Tuned, configs_to_json
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from skipbench import fp8
-from skipbench.adapters import FAMILIES, Routing
+from skipbench.model import fp8
+from skipbench.model.adapters import FAMILIES, Routing
 from skipbench.strategies import SkipRule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -271,7 +271,7 @@ FAMILY_CONFIGS = {"qwen3-30b-a3b": QWEN3_30B_A3B, "mixtral-8x7b": MIXTRAL_8X7B, 
 def test_family_fixtures_route_as_their_presets(preset):
     import yaml
 
-    from skipbench.adapters import check_routing
+    from skipbench.model.adapters import check_routing
     from skipbench.specs import HARDWARE_DIR
 
     cfg = yaml.safe_load((HARDWARE_DIR.parent / "presets" / f"{preset}.yaml").read_text())

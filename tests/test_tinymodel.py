@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from skipbench import tinymodel
+from skipbench.model import tinymodel
 
 TEXTS = [
     'def add(a: int, b: int) -> int:\n    """Add two numbers."""\n    return a + b\n',

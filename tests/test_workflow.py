@@ -16,12 +16,12 @@ import yaml
 
 from lcb_fixture import SOLUTIONS, write_release
 from skipbench.benchmarks import load_tasks
-from skipbench.checkpoint import TRAINING_SCHEMA
+from skipbench.model.checkpoint import TRAINING_SCHEMA
 from skipbench.execute import EXECUTE_SCHEMA
-from skipbench.fp8 import CONVERT_REPORT_SCHEMA
+from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA
 from skipbench.infer import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
-from skipbench.kernel_build import KERNEL_MANIFEST_SCHEMA
-from skipbench.layout import MANIFEST_SCHEMA
+from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
+from skipbench.model.layout import MANIFEST_SCHEMA
 from skipbench.score import SCORES_SCHEMA
 from skipbench.throughput import THROUGHPUT_SCHEMA
 

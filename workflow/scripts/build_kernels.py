@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from skipbench.kernel_build import build_kernels
+from skipbench.model.kernel_build import build_kernels
 from skipbench.logs import log_to
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from skipbench.fp8 import CONVERT_REPORT_SCHEMA, convert_checkpoint
+from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA, convert_checkpoint
 from skipbench.io import write_table
 from skipbench.logs import log_to
 

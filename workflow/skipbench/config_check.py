@@ -64,8 +64,8 @@ class RoutingShape:
 
     @classmethod
     def of(cls, config: dict) -> "RoutingShape":
-        """From a config.json of any supported family (skipbench.adapters)."""
-        from skipbench.adapters import routing_of
+        """From a config.json of any supported family (skipbench.model.adapters)."""
+        from skipbench.model.adapters import routing_of
 
         r = routing_of(config)
         return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skipbench.adapters import gate_spec, moe_blocks
+from skipbench.model.adapters import gate_spec, moe_blocks
 from skipbench.routing import LayerRule, RouterSpec
 from skipbench.strategies import SkipRule
 from skipbench.traces import slot_weights

@@ -95,7 +95,7 @@ def synthetic_deepseek_routing(samples: int, positions: int, layers: int, keep_k
     construction: real routing is skewed, so busiest-device loads here are a lower estimate."""
     import torch
 
-    from skipbench.adapters import router_spec, routing_of
+    from skipbench.model.adapters import router_spec, routing_of
     from skipbench.routing import route
     from skipbench.specs import DEEPSEEK_V3_CONFIG
 

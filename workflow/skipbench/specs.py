@@ -201,7 +201,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict | str | Path) -> "ModelShape":
         """From config.json (a dict, its path, or the checkpoint directory); needs model_type."""
-        from skipbench.adapters import routing_of  # imports torch: only when a shape is read
+        from skipbench.model.adapters import routing_of  # imports torch: only when a shape is read
 
         if not isinstance(config, dict):
             path = Path(config)

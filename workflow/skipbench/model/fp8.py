@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from skipbench.progress import track
 
 from skipbench.io import atomic_dir, write_json, write_table
-from skipbench.layout import CONFIG_NAME, DTYPE_BYTES, copy_side_files, read_index, write_index
+from skipbench.model.layout import CONFIG_NAME, DTYPE_BYTES, copy_side_files, read_index, write_index
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ class MoeShape:
     @classmethod
     def from_model_config(cls, cfg: dict, tensor_parallel_size: int = 1) -> "MoeShape":
         """Any family adapters.py knows (DeepSeek, Qwen MoE, Mixtral, OLMoE)."""
-        from skipbench.adapters import routing_of
+        from skipbench.model.adapters import routing_of
         from skipbench.specs import expert_intermediate
 
         routing = routing_of(cfg)
@@ -109,7 +109,7 @@ def select_backend(requested: str, device: str, triton_version: str | None = Non
 
 
 def _random_case(shape: MoeShape, weight_kind: str, device: str, gen: torch.Generator):
-    from skipbench.fp8 import quantize_fp8_blocks
+    from skipbench.model.fp8 import quantize_fp8_blocks
 
     e, h, i, k, t = shape.experts, shape.hidden, shape.intermediate, shape.slots, SELF_TEST_TOKENS
     x = torch.randn(t, h, generator=gen)
@@ -176,7 +176,7 @@ def tune_for_model(cfg: dict, kind: str, batches=TUNE_BATCHES, budget_s: float =
     """Tuned configs ([skipbench_kernels.tune.Tuned]) at the model's real expert shapes on
     this GPU, as one tensor-parallel rank holds them; routed like the model (its expert
     groups when all experts fit, plain top-k otherwise)."""
-    from skipbench.adapters import routing_of
+    from skipbench.model.adapters import routing_of
     from skipbench_kernels.moe_triton import moe_triton
     from skipbench_kernels.tune import random_layer, reference_checker, tune
 

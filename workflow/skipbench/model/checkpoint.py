@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 
 from skipbench.benchmarks import Task
-from skipbench.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, dequantize_fp8_blocks, is_fp8_weight, quantize_fp8_blocks
+from skipbench.model.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, dequantize_fp8_blocks, is_fp8_weight, quantize_fp8_blocks
 from skipbench.io import atomic_dir, stable_hash, write_json, write_table
-from skipbench.layout import CONFIG_NAME, MANIFEST_SCHEMA, manifest_rows, shard_name, write_index
-from skipbench import tinymodel
+from skipbench.model.layout import CONFIG_NAME, MANIFEST_SCHEMA, manifest_rows, shard_name, write_index
+from skipbench.model import tinymodel
 
 log = logging.getLogger(__name__)
 
