@@ -22,9 +22,9 @@ KeepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, weights) 
 
 
 def skip_rules(experts: int) -> dict[str, KeepFn]:
-    """The benchmark's skip settings (skipbench.strategies): dense, static top-4 and top-2,
+    """The benchmark's skip settings (skipbench.skip.strategies): dense, static top-4 and top-2,
     NAEE threshold (beta 0.3) and batch-aware (OEA, k0 = 2)."""
-    from skipbench.strategies import SkipRule
+    from skipbench.skip.strategies import SkipRule
 
     settings = {
         "dense": SkipRule("dense"),

@@ -51,7 +51,7 @@ TOLERANCE = {"fp8": 2e-2, "bf16": 1e-2, "baseline": 2e-2}  # vs float64; baselin
 
 
 def _import_kernels(use_interpreter: bool):
-    """skipbench_kernels and skipbench.strategies, installed or straight from this checkout."""
+    """skipbench_kernels and skipbench.skip.strategies, installed or straight from this checkout."""
     if use_interpreter:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is jitted
     sys.path.insert(0, str(ROOT / "workflow"))

@@ -19,8 +19,8 @@ import transformers as tf
 
 from skipbench.model import adapters
 from skipbench.oracle import layer_index, patch_model
-from skipbench.routing import LayerRule, route
-from skipbench.strategies import SkipRule
+from skipbench.skip.routing import LayerRule, route
+from skipbench.skip.strategies import SkipRule
 from tiny_models import BOS, EOS, write_tokenizer
 
 COMMON = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=1024,

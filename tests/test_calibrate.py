@@ -9,8 +9,8 @@ import yaml
 
 from skipbench.benchmarks import load_tasks
 from skipbench.calibrate import CALIBRATION_SCHEMA, bind_calibration, calibration_tasks, run_calibration
-from skipbench.routing import LayerRule
-from skipbench.strategies import SkipRule
+from skipbench.skip.routing import LayerRule
+from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 BENCHMARKS = {"humaneval": {"dataset": "humaneval", "tasks": 10}}

@@ -11,7 +11,7 @@ import skipbench.infer as infer
 from skipbench.benchmarks import Task
 from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 TASKS = [Task(f"T/{i}", p, "f", "") for i, p in enumerate(["def f(x):\n", "def add(a, b):\n", "x = [", "import os\n", "class A:\n"])]

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from skipbench.strategies import SkipRule  # noqa: E402
+from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench.vllm_plugin import ENV_RULE  # noqa: E402
 from test_adapters import write_tiny  # noqa: E402
 

@@ -3,7 +3,7 @@
 import torch
 
 from skipbench.engines import TransformersEngine
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 
 from skipbench.model import fp8
 from skipbench.model.adapters import FAMILIES, Routing
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skipbench.routing import LayerRule, RouterSpec, route
-from skipbench.strategies import REROUTE, STRATEGIES, SkipRule
+from skipbench.skip.routing import LayerRule, RouterSpec, route
+from skipbench.skip.strategies import REROUTE, STRATEGIES, SkipRule
 
 E, G, TOPK_GROUP = 16, 4, 2  # the tiny model's router: 16 experts in 4 groups, 2 groups per token
 

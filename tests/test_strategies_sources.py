@@ -4,8 +4,8 @@ with K' = k (vLLM num_experts_per_tok), Adaptive-K, MoDES-style modulation, deco
 import pytest
 import torch
 
-from skipbench.routing import LayerRule, RouterSpec
-from skipbench.strategies import SkipRule
+from skipbench.skip.routing import LayerRule, RouterSpec
+from skipbench.skip.strategies import SkipRule
 from test_strategies import E, G, TOPK_GROUP, dense_router, spec
 
 

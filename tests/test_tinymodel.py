@@ -83,7 +83,7 @@ def test_load_release_state_dict_rejects_incomplete():
 
 
 def test_selection_bias_is_seeded_and_changes_some_rankings():
-    from skipbench.routing import RouterSpec, route
+    from skipbench.skip.routing import RouterSpec, route
 
     config = tinymodel.release_config(MICRO_ARCH, 300)
     model = tinymodel.build_model(config, 0)

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 from skipbench import vllm_kernel  # noqa: E402
 from skipbench.engines import SKIP_KERNEL, VLLM_EXPERTS, VllmEngine  # noqa: E402
-from skipbench.strategies import SkipRule  # noqa: E402
+from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench_kernels.integration import KernelChoice, triton_runs_on  # noqa: E402
 from tiny_models import write_tiny_dsv3  # noqa: E402
 from vllm.model_executor.layers.fused_moe.activation import MoEActivation  # noqa: E402

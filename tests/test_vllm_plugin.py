@@ -13,8 +13,8 @@ import torch
 vllm = pytest.importorskip("vllm")
 
 from skipbench.engines import TransformersEngine, VllmEngine, request_of  # noqa: E402
-from skipbench.routing import LayerRule  # noqa: E402
-from skipbench.strategies import SkipRule  # noqa: E402
+from skipbench.skip.routing import LayerRule  # noqa: E402
+from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
 from tiny_models import write_tiny_dsv3  # noqa: E402
 from vllm.model_executor.layers.fused_moe.router.cpu_router import CPURouter  # noqa: E402

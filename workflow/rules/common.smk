@@ -115,7 +115,7 @@ def samples_for(wildcards):
 
 def calibration_of(variants):
     """The calibration table (a DAG input), if a strategy of `variants` reads it."""
-    from skipbench.strategies import SkipRule
+    from skipbench.skip.strategies import SkipRule
 
     if any(SkipRule.from_config(VARIANTS[v]).needs_calibration for v in variants):
         return {"calibration": f"{RUN}/calibrate/calibration.parquet"}
@@ -171,7 +171,7 @@ def _check_config():
     keys, strategy parameters that do not fit the model, datasets, calibration, external
     samples. Downloaded models' routing is checked after the download, before an engine starts."""
     from skipbench import config_check
-    from skipbench.strategies import SkipRule
+    from skipbench.skip.strategies import SkipRule
 
     config_check.check_unique_keys(workflow.configfiles)
     for name, variant in VARIANTS.items():

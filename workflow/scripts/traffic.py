@@ -4,7 +4,7 @@ from pathlib import Path
 
 from skipbench.logs import log_to
 from skipbench.specs import ModelShape
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 from skipbench.traffic import write_traffic
 
 

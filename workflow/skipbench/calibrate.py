@@ -34,7 +34,7 @@ from skipbench.progress import track
 from skipbench.benchmarks import Task, load_tasks
 from skipbench.disjoint import EvaluatedTexts
 from skipbench.io import read_table, stable_hash, write_table
-from skipbench.strategies import CALIBRATED, SkipRule
+from skipbench.skip.strategies import CALIBRATED, SkipRule
 
 log = logging.getLogger(__name__)
 

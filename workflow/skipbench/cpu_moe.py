@@ -8,7 +8,7 @@ computed, so skipping saves real bytes and FLOPs; this module measures how much.
 Routing is synthetic and fresh for every timed call (seeded): softmax over the logits of a
 Gaussian router, top-K slots, then the skip rule keeps a subset of the slots (dense: all K,
 topk k: the k highest, threshold beta: slots whose weight >= beta x the token's top weight,
-NAEE-style, skipbench.strategies). Fresh routing per call keeps a repeated expert from
+NAEE-style, skipbench.skip.strategies). Fresh routing per call keeps a repeated expert from
 being served warm from cache, as successive decode steps would not be either.
 Shapes: B tokens (decode batch), H hidden, I expert intermediate, E experts, K router slots.
 """

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from skipbench.progress import heartbeat
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 from skipbench.traces import assemble_steps
 from skipbench_kernels.integration import SKIP_PATH as KERNEL_SKIP_PATH
 from skipbench_kernels.integration import KernelChoice

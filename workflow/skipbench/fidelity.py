@@ -31,7 +31,7 @@ import torch
 from skipbench.benchmarks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.io import read_table, write_table
-from skipbench.strategies import SkipRule
+from skipbench.skip.strategies import SkipRule
 
 log = logging.getLogger(__name__)
 

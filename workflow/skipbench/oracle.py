@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from skipbench.model.adapters import gate_spec, moe_blocks
-from skipbench.routing import LayerRule, RouterSpec
-from skipbench.strategies import SkipRule
+from skipbench.skip.routing import LayerRule, RouterSpec
+from skipbench.skip.strategies import SkipRule
 from skipbench.traces import slot_weights
 
 SKIP_PATH = "sentinel"

@@ -96,7 +96,7 @@ def synthetic_deepseek_routing(samples: int, positions: int, layers: int, keep_k
     import torch
 
     from skipbench.model.adapters import router_spec, routing_of
-    from skipbench.routing import route
+    from skipbench.skip.routing import route
     from skipbench.specs import DEEPSEEK_V3_CONFIG
 
     config = config or DEEPSEEK_V3_CONFIG

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from skipbench.io import write_table
-from skipbench.strategies import REROUTE
+from skipbench.skip.strategies import REROUTE
 from skipbench.traffic import TRACE_SCHEMA
 
 

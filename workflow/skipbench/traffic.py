@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from skipbench.strategies import SkipRule, keep_batch_aware
+from skipbench.skip.strategies import SkipRule, keep_batch_aware
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ import torch
 
 from skipbench import vllm_kernel
 from skipbench.oracle import layer_index
-from skipbench.routing import LayerRule, RouterSpec
-from skipbench.strategies import SkipRule
+from skipbench.skip.routing import LayerRule, RouterSpec
+from skipbench.skip.strategies import SkipRule
 from skipbench.traces import slot_weights
 from skipbench_kernels.integration import KernelChoice
 

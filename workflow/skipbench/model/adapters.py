@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from skipbench.routing import RouterSpec
+from skipbench.skip.routing import RouterSpec
 
 
 @dataclass(frozen=True)

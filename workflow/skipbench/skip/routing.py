@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from skipbench.strategies import REROUTE, SkipRule, keep_topk
+from skipbench.skip.strategies import REROUTE, SkipRule, keep_topk
 
 
 @dataclass(frozen=True)
