@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from skipbench.benchmarks import load_benchmark
+from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.execute import run_execute
 
 EXCEPTIONS = {"HumanEval/32"}  # documented: stock EvalPlus fails every solution of it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from skipbench.benchmarks import DatasetUnavailable, _assert_tolerance, load_benchmark, load_tasks
+from skipbench.benchmarks.tasks import DatasetUnavailable, _assert_tolerance, load_benchmark, load_tasks
 from shared_data import HUMANEVAL_PLUS, needs_shared_data
 
 

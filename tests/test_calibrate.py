@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from skipbench.benchmarks import load_tasks
+from skipbench.benchmarks.tasks import load_tasks
 from skipbench.calibrate import CALIBRATION_SCHEMA, bind_calibration, calibration_tasks, run_calibration
 from skipbench.skip.routing import LayerRule
 from skipbench.skip.strategies import SkipRule
@@ -83,7 +83,7 @@ def test_bind_calibration(table):
 
 
 def _task(tid, prompt, solution="    return x\n"):
-    from skipbench.benchmarks import Task
+    from skipbench.benchmarks.tasks import Task
 
     return Task(task_id=tid, prompt=prompt, entry_point="f", canonical_solution=solution)
 
@@ -107,7 +107,7 @@ def fake_datasets(monkeypatch, datasets):
 
 
 def test_normalised_text_and_near_duplicates():
-    from skipbench.disjoint import EvaluatedTexts, normalise
+    from skipbench.benchmarks.disjoint import EvaluatedTexts, normalise
 
     # comments, indentation and docstring wrapping do not matter
     assert normalise(EVAL.prompt) == normalise(NEAR_COPY.prompt)

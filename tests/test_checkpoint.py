@@ -18,7 +18,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.model.checkpoint import TRAINING_SCHEMA, run_checkpoint
 from skipbench.model.fp8 import QUANTIZATION_CONFIG, convert_checkpoint
 from skipbench.io import read_table, sha256_file
@@ -271,7 +271,7 @@ from pathlib import Path
 from skipbench.reproducible import pin_cpu_paths
 pin_cpu_paths()  # as workflow/scripts/checkpoint.py, before torch loads
 import torch
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.model.checkpoint import synthetic_checkpoint
 threads, out, synth, tasks = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 torch.set_num_threads(threads)  # what the caller happens to have: must not matter
@@ -307,7 +307,7 @@ from pathlib import Path
 from skipbench.reproducible import pin_cpu_paths
 pin_cpu_paths()
 import torch, yaml
-from skipbench.benchmarks import Task, memorised_tasks
+from skipbench.benchmarks.tasks import Task, memorised_tasks
 from skipbench.model.checkpoint import synthetic_checkpoint
 config, threads, out = yaml.safe_load(Path(sys.argv[1]).read_text()), int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from skipbench.benchmarks import Benchmark, Task
+from skipbench.benchmarks.tasks import Benchmark, Task
 from skipbench.cli import main, parse_variant
 from skipbench.config_types import typed
 from skipbench.evalplus_results import eval_results, eval_results_path

@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from skipbench.benchmarks import load_benchmark
+from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.execute import EXECUTE_SCHEMA, run_execute
 from shared_data import HUMANEVAL_PLUS, needs_shared_data
 from test_benchmarks import mbpp_file
@@ -93,7 +93,7 @@ def test_a_lone_surrogate_is_scored_a_failure_not_a_crash(tmp_path):
     """'\\ud800' and NUL are valid JSON; EvalPlus scores such solutions failures (they do not
     compile). main's execute stage crashed hashing the first and refused the file for the second."""
     from skipbench.evalplus_results import eval_results
-    from skipbench.samples import read_samples
+    from skipbench.benchmarks.samples import read_samples
 
     cfg = {"dataset": "humaneval", "tasks": 1}
     task = load_benchmark(cfg).tasks[0]
@@ -126,7 +126,7 @@ def test_a_lone_surrogate_is_scored_a_failure_not_a_crash(tmp_path):
 ])  # fmt: skip
 def test_samples_file_is_validated_per_line_before_any_sandbox(tmp_path, monkeypatch, line, message):
     import skipbench.execute.stage as execute
-    from skipbench.samples import SamplesError
+    from skipbench.benchmarks.samples import SamplesError
 
     monkeypatch.setattr(execute, "check_sandbox", lambda p: pytest.fail("sandbox started before validation"))
     path = tmp_path / "s.jsonl"

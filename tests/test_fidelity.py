@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.fidelity import FIDELITY_SCHEMA, compare, run_fidelity
 from tiny_models import write_tiny_dsv3
 

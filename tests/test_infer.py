@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import skipbench.infer as infer
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
 from skipbench.skip.strategies import SkipRule

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lcb_fixture import BIG, STYLE_PROBLEMS, STYLE_SOLUTIONS, lcb_verdicts, write_release
-from skipbench import livecodebench as lcb
+from skipbench.benchmarks import livecodebench as lcb
 
 pytest.importorskip("livecodebench", reason="nvidia-livecodebench (LiveCodeBench's evaluator): `make setup`")
 

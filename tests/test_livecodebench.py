@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lcb_fixture import PROBLEMS, SOLUTIONS, encode_private, lcb_verdicts, write_release
-from skipbench import livecodebench as lcb
-from skipbench.benchmarks import load_benchmark
-from skipbench.prompts import Prompter, program_of, render_tasks
+from skipbench.benchmarks import livecodebench as lcb
+from skipbench.benchmarks.tasks import load_benchmark
+from skipbench.benchmarks.prompts import Prompter, program_of, render_tasks
 
 
 @pytest.fixture(scope="module")

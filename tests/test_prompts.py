@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from skipbench.benchmarks import Task, load_benchmark
+from skipbench.benchmarks.tasks import Task, load_benchmark
 from skipbench.infer import INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
-from skipbench.prompts import (EVALPLUS_INSTRUCTION, EVALPLUS_RESPONSE, HUMANEVAL_STOP, evalplus_chat_stop,
+from skipbench.benchmarks.prompts import (EVALPLUS_INSTRUCTION, EVALPLUS_RESPONSE, HUMANEVAL_STOP, evalplus_chat_stop,
                                make_prompter, prepare_generation, program_of, render_tasks)
 from tiny_models import write_tiny_dsv3, write_tokenizer
 from shared_data import HUMANEVAL_PLUS, needs_shared_data

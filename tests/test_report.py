@@ -72,7 +72,7 @@ def embedded(report: str, name: str) -> str:
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_built_report_shows_summary_and_scores_as_tables(tmp_path):
     """External samples only (no model, no engine): execute, score, figures, views, report."""
-    from skipbench.benchmarks import load_tasks
+    from skipbench.benchmarks.tasks import load_tasks
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     tasks = load_tasks({"dataset": "humaneval", "tasks": 3})

@@ -101,7 +101,7 @@ def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
 
 def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
     from skipbench import infer
-    from skipbench.benchmarks import Task
+    from skipbench.benchmarks.tasks import Task
     from skipbench.skip.strategies import SkipRule
 
     model = tmp_path / "model"

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from skipbench.benchmarks import load_benchmark
+from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.execute import execute_one
 from skipbench.execute.groundtruth import build_groundtruth
 from skipbench.execute.sandbox import check_sandbox, make_profile

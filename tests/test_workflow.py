@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lcb_fixture import SOLUTIONS, write_release
-from skipbench.benchmarks import load_tasks
+from skipbench.benchmarks.tasks import load_tasks
 from skipbench.model.checkpoint import TRAINING_SCHEMA
 from skipbench.execute import EXECUTE_SCHEMA
 from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA

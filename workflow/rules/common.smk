@@ -90,12 +90,12 @@ def _code(script, files):
 
 
 def memorised_tasks():
-    """What the synthetic model is trained on (skipbench.benchmarks.memorised_tasks): the
+    """What the synthetic model is trained on (skipbench.benchmarks.tasks.memorised_tasks): the
     tasks of every benchmark it generates for. A download trains on nothing. A param: an
     added benchmark retrains only if it brings tasks not memorised yet."""
     if MODEL["source"] != "synthetic":
         return []
-    from skipbench.benchmarks import memorised_tasks as tasks_to_memorise
+    from skipbench.benchmarks.tasks import memorised_tasks as tasks_to_memorise
 
     return tasks_to_memorise({name: bench for name, bench in BENCHMARKS.items() if generated_variants(name)})
 

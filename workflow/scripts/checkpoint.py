@@ -8,7 +8,7 @@ from skipbench.reproducible import pin_cpu_paths
 pin_cpu_paths()  # before torch loads (via the modules below): a bit-identical checkpoint
 
 from skipbench.model.adapters import check_routing
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.model.checkpoint import run_checkpoint
 from skipbench.logs import log_to
 

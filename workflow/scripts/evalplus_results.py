@@ -2,7 +2,7 @@
 
 import pyarrow.parquet as pq
 
-from skipbench.benchmarks import load_benchmark
+from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.evalplus_results import write_eval_results
 from skipbench.logs import log_to
 

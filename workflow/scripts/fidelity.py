@@ -6,7 +6,7 @@ import torch
 
 from skipbench.fidelity import run_fidelity
 from skipbench.logs import log_to
-from skipbench.prompts import prepare_generation
+from skipbench.benchmarks.prompts import prepare_generation
 
 if __name__ == "__main__":
     log_to(snakemake.log[0])

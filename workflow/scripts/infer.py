@@ -5,7 +5,7 @@ from pathlib import Path
 
 from skipbench.infer import run_infer, write_infer_outputs
 from skipbench.logs import log_to
-from skipbench.prompts import prepare_generation
+from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 
 

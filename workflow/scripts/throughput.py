@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from skipbench.logs import log_to
-from skipbench.prompts import prepare_generation
+from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 from skipbench.throughput import run_throughput
 

@@ -31,8 +31,8 @@ import pyarrow as pa
 import torch
 from skipbench.progress import track
 
-from skipbench.benchmarks import Task, load_tasks
-from skipbench.disjoint import EvaluatedTexts
+from skipbench.benchmarks.tasks import Task, load_tasks
+from skipbench.benchmarks.disjoint import EvaluatedTexts
 from skipbench.io import read_table, stable_hash, write_table
 from skipbench.skip.strategies import CALIBRATED, SkipRule
 

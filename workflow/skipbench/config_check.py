@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 
 import yaml
 
-from skipbench.benchmarks import DatasetUnavailable
+from skipbench.benchmarks.tasks import DatasetUnavailable
 from skipbench.io import JsonlError
-from skipbench.samples import check_samples, listing
+from skipbench.benchmarks.samples import check_samples, listing
 
 
 class ConfigError(ValueError):
@@ -129,7 +129,7 @@ def check_variants_against_checkpoint(variants: dict[str, dict], model_dir: Path
 def needs_download(bench: dict) -> bool:
     """Whether loading a dataset would fetch it (EvalPlus, no local file yet): then its
     check waits for the stage that downloads it, and planning stays offline."""
-    from skipbench.benchmarks import DATASETS
+    from skipbench.benchmarks.tasks import DATASETS
 
     src = DATASETS.get(bench.get("dataset"))
     if bench.get("dataset") == "humaneval" or bench.get("path") or src is None or os.environ.get(src.env):
@@ -142,7 +142,7 @@ def needs_download(bench: dict) -> bool:
 def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str] | None]:
     """Load every benchmark's tasks (dataset, path, pinned hash, task ids); returns task ids
     per benchmark (None: the dataset is not downloaded yet, checked when it is)."""
-    from skipbench.benchmarks import load_tasks
+    from skipbench.benchmarks.tasks import load_tasks
 
     ids = {}
     for name, bench in benchmarks.items():
@@ -176,7 +176,7 @@ def _not_checked(what: str, e: Exception) -> None:
 
 
 def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]) -> None:
-    from skipbench.benchmarks import load_tasks
+    from skipbench.benchmarks.tasks import load_tasks
     from skipbench.calibrate import calibration_tasks
 
     if isinstance(cfg["tasks"], list):
@@ -190,7 +190,7 @@ def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]
 
 
 def check_samples_file(path: str | Path, task_ids: set[str] | None, where: str) -> None:
-    """External samples, checked as the execute stage checks them (skipbench.samples), so a
+    """External samples, checked as the execute stage checks them (skipbench.benchmarks.samples), so a
     file that plans also runs: one JSON object per line with a known task_id (any string while
     the dataset is not downloaded: task_ids None), a string `solution` or `completion`, a
     unique sample_id. Raises with file:line of every bad line (up to 10)."""

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from skipbench.benchmarks import Benchmark
+from skipbench.benchmarks.tasks import Benchmark
 from skipbench.execute import read_samples, solution_of
 from skipbench.io import write_json
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.io import read_table, write_table
 from skipbench.skip.strategies import SkipRule

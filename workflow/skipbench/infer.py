@@ -29,12 +29,12 @@ from pathlib import Path
 import pyarrow as pa
 from skipbench.progress import track
 
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.calibrate import variant_rule
 from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.config_check import check_variants_against_checkpoint
 from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
-from skipbench.prompts import HUMANEVAL_STOP, program_of
+from skipbench.benchmarks.prompts import HUMANEVAL_STOP, program_of
 from skipbench.skip.strategies import SkipRule
 from skipbench.traces import SampleTrace, trace_table
 from skipbench.traffic import TRACE_SCHEMA
@@ -79,7 +79,7 @@ INFER_SUMMARY_SCHEMA = pa.schema([
     ("dense_experts_per_token", pa.int32()),  # the model's num_experts_per_tok
     ("moe_layers", pa.int32()),
     ("resumed_samples", pa.int32()),  # samples taken from the checkpoint cache, not generated in this run
-    ("prompt_protocol", pa.string()),  # generation.prompt: completion | chat (skipbench.prompts)
+    ("prompt_protocol", pa.string()),  # generation.prompt: completion | chat (skipbench.benchmarks.prompts)
 ])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from skipbench.benchmarks import load_benchmark
+from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.io import write_table
 from skipbench.score import DENSE, VariantInputs, _read, paired_test, pass_at_1, sample_passes
 from skipbench.stats import holm

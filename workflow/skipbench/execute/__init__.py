@@ -4,7 +4,7 @@ The stage itself is `stage.py`; the sandbox (`sandbox.py`, its profile, seccomp 
 memory cgroup and uid slots), the trusted side of its conversation (`harness.py`) and the
 ground truth it judges against (`groundtruth.py`, `compare.py`) are its parts. The driver
 that runs inside the sandbox (skipbench.sandbox_driver) and LiveCodeBench's runtime
-(skipbench.lcb_runtime) stay at top level: skipbench.livecodebench, which the prompt stage
+(skipbench.lcb_runtime) stay at top level: skipbench.benchmarks.livecodebench, which the prompt stage
 imports too, builds LiveCodeBench's sandbox jobs from them.
 """
 

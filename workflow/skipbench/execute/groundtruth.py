@@ -19,7 +19,7 @@ from queue import Queue
 from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
 from skipbench.progress import track
 
-from skipbench.benchmarks import Benchmark, Task
+from skipbench.benchmarks.tasks import Benchmark, Task
 from skipbench.execute.harness import run_tests
 from skipbench.execute.sandbox import DRIVER_SOURCE, SandboxProfile
 from skipbench.execute.slots import lease_uids

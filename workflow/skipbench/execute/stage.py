@@ -25,8 +25,8 @@ from queue import Queue
 
 import pyarrow as pa
 
-from skipbench import livecodebench as lcb
-from skipbench.benchmarks import Benchmark, Task, load_benchmark
+from skipbench.benchmarks import livecodebench as lcb
+from skipbench.benchmarks.tasks import Benchmark, Task, load_benchmark
 from skipbench.execute.compare import is_floats, outputs_match
 from skipbench.execute.groundtruth import SplitTruth, build_groundtruth, output_mode
 from skipbench.execute.harness import Outcome, run_tests
@@ -34,7 +34,7 @@ from skipbench.execute.sandbox import SandboxProfile, check_sandbox, make_profil
 from skipbench.execute.slots import lease_uids
 from skipbench.io import write_table
 from skipbench.progress import track
-from skipbench.samples import read_journal, read_samples
+from skipbench.benchmarks.samples import read_journal, read_samples
 from skipbench.sandbox_driver import decode
 
 log = logging.getLogger(__name__)

