@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from skipbench.cpu_moe import EagerMoE, MoeShape, bench_layer, fit_this_machine, savings
-from skipbench.engines import device_name
+from skipbench.infer.engines import device_name
 from skipbench.specs import measure_profile
 
 FIT_RULES = ("dense", "topk:2")

@@ -8,7 +8,7 @@ is out of range (the oracle's sentinel E, or -1) is skipped: its expert is never
 `use_skip_kernel` does this only when the build_kernels manifest chose the Triton backend
 and the model sits on a GPU, and returns the skip path that will run, for the results.
 
-vLLM: skipbench.vllm_kernel (the plugin's kernel path) runs RoutedExperts.forward_modular
+vLLM: skipbench.infer.vllm_kernel (the plugin's kernel path) runs RoutedExperts.forward_modular
 on moe_triton with the rule's keep mask, reading vLLM's w13_weight [E, 2I, H], w2_weight
 [E, H, I] and block-FP8 w13/w2_weight_scale_inv, which are this kernel's layout.
 

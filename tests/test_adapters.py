@@ -18,7 +18,7 @@ import torch
 import transformers as tf
 
 from skipbench.model import adapters
-from skipbench.oracle import layer_index, patch_model
+from skipbench.infer.oracle import layer_index, patch_model
 from skipbench.skip.routing import LayerRule, route
 from skipbench.skip.strategies import SkipRule
 from tiny_models import BOS, EOS, write_tokenizer
@@ -184,7 +184,7 @@ def test_vllm_router_routes_like_transformers_and_every_rule_agrees(family):
     pytest.importorskip("vllm")
     from vllm.model_executor.layers.fused_moe.router.router_factory import create_fused_moe_router
 
-    from skipbench.vllm_plugin import router_spec as vllm_spec
+    from skipbench.infer.vllm_plugin import router_spec as vllm_spec
 
     model, layers = hf_routing(family)
     cfg = model.config
@@ -270,8 +270,8 @@ def engine_and_oracle(request, tmp_path_factory):
     pytest.importorskip("vllm")
     from vllm import LLM
 
-    from skipbench.oracle import load_oracle
-    from skipbench.vllm_plugin import ENV_RULE, WORKER_EXTENSION
+    from skipbench.infer.oracle import load_oracle
+    from skipbench.infer.vllm_plugin import ENV_RULE, WORKER_EXTENSION
 
     family = request.param
     tmp = tmp_path_factory.mktemp(family)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from skipbench.benchmarks.tasks import load_tasks
-from skipbench.calibrate import CALIBRATION_SCHEMA, bind_calibration, calibration_tasks, run_calibration
+from skipbench.infer.calibrate import CALIBRATION_SCHEMA, bind_calibration, calibration_tasks, run_calibration
 from skipbench.skip.routing import LayerRule
 from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
@@ -96,7 +96,7 @@ OTHER = _task("C/1", "def g(items):\n    '''Sort the items in reverse order and 
 
 def fake_datasets(monkeypatch, datasets):
     """load_tasks(cfg) -> datasets[cfg['dataset']] (whole dataset, or the first `tasks` ids)."""
-    import skipbench.calibrate as cal
+    import skipbench.infer.calibrate as cal
 
     def load(cfg):
         pool = datasets[cfg["dataset"]]

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import skipbench.infer as infer
+import skipbench.infer.stage as infer
 from skipbench.benchmarks.tasks import Task
-from skipbench.infer import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
+from skipbench.infer.stage import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
 from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
@@ -330,7 +330,7 @@ def test_marks_name_each_variant_and_drop_those_of_earlier_configs(tmp_path):
     import pyarrow as pa
 
     from skipbench.io import stable_hash
-    from skipbench.marks import write_marks
+    from skipbench.infer.marks import write_marks
 
     report = pa.Table.from_pylist([dict(variant="thr0.3", generated_samples=5, engine_start=0)])
     marks = [tmp_path / f"{v}.{stable_hash(cfg)}.json" for v, cfg in

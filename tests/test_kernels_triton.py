@@ -259,7 +259,7 @@ def _tiny_transformers_model():
 
 
 def test_transformers_moe_on_the_kernel_matches_eager_experts_with_sentinel_skips():
-    from skipbench.oracle import patch_model
+    from skipbench.infer.oracle import patch_model
     from skipbench.skip.strategies import SkipRule
     from skipbench_kernels.integration import SkipAwareExperts, patch_experts
     from skipbench_kernels.tune import Tuned

@@ -232,7 +232,7 @@ def test_sandboxed_verdicts_equal_livecodebench_s(release, tmp_path):
 
 def test_calibration_is_held_out_from_a_livecodebench_benchmark(release):
     """A LiveCodeBench benchmark is its own dataset family: calibration on HumanEval still plans."""
-    from skipbench.calibrate import calibration_tasks
+    from skipbench.infer.calibrate import calibration_tasks
 
     tasks = calibration_tasks({"dataset": "humaneval", "tasks": 3},
                               {"he": {"dataset": "humaneval", "tasks": 2},

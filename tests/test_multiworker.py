@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from skipbench.skip.strategies import SkipRule  # noqa: E402
-from skipbench.vllm_plugin import ENV_RULE  # noqa: E402
+from skipbench.infer.vllm_plugin import ENV_RULE  # noqa: E402
 from test_adapters import write_tiny  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -39,7 +39,7 @@ def main():
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     llm = LLM(sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=256, seed=0, tensor_parallel_size=2,
-              distributed_executor_backend="mp", worker_extension_cls="skipbench.vllm_plugin.SkipStatsWorker")
+              distributed_executor_backend="mp", worker_extension_cls="skipbench.infer.vllm_plugin.SkipStatsWorker")
     try:
         workers = llm.collective_rpc(probe)
         llm.collective_rpc("skipbench_reset")

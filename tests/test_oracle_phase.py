@@ -2,7 +2,7 @@
 
 import torch
 
-from skipbench.engines import TransformersEngine
+from skipbench.infer.engines import TransformersEngine
 from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from skipbench.benchmarks.tasks import Task, load_benchmark
-from skipbench.infer import INFER_SUMMARY_SCHEMA, run_infer
+from skipbench.infer.stage import INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
 from skipbench.benchmarks.prompts import (EVALPLUS_INSTRUCTION, EVALPLUS_RESPONSE, HUMANEVAL_STOP, evalplus_chat_stop,
                                make_prompter, prepare_generation, program_of, render_tasks)

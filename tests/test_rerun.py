@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from skipbench.infer import model_fingerprint
+from skipbench.infer.stage import model_fingerprint
 from skipbench.io import content_hash, sampled_digest
 
 
@@ -65,7 +65,7 @@ def test_atomic_dir_removes_staging_folders_of_a_killed_job(tmp_path):
 
 CHILD = """
 import multiprocessing, sys, time
-from skipbench.lifetime import register
+from skipbench.infer.lifetime import register
 
 def grandchild(pid_file):
     register()  # as vLLM's plugin loader does in EngineCore and its workers
@@ -100,7 +100,7 @@ def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
 
 
 def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
-    from skipbench import infer
+    from skipbench.infer.stage import stage as infer
     from skipbench.benchmarks.tasks import Task
     from skipbench.skip.strategies import SkipRule
 

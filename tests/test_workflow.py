@@ -19,7 +19,7 @@ from skipbench.benchmarks.tasks import load_tasks
 from skipbench.model.checkpoint import TRAINING_SCHEMA
 from skipbench.execute import EXECUTE_SCHEMA
 from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA
-from skipbench.infer import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
+from skipbench.infer.stage import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
 from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
 from skipbench.model.layout import MANIFEST_SCHEMA
 from skipbench.score import SCORES_SCHEMA

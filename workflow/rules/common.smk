@@ -131,7 +131,7 @@ TRACING = config["engine"].get("enforce_eager", False) or config["engine"]["name
 
 
 def _swaps_rules():
-    from skipbench.engines import swaps_rules
+    from skipbench.infer.engines import swaps_rules
 
     return swaps_rules(config["engine"])
 
@@ -145,7 +145,7 @@ def generation_mark(benchmark, variant):
     """The file `generate` writes when a variant's cache is complete. Named by a hash of the
     variant's config: an added or edited variant has no mark yet, so its infer job (and only
     its) is planned; the others read their marks as ancient() (generate rewrites them all)."""
-    from skipbench.marks import mark_name
+    from skipbench.infer.marks import mark_name
 
     return f"{RUN}/generate/{benchmark}/{mark_name(variant, VARIANTS[variant])}"
 

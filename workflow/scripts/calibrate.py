@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from skipbench.calibrate import DEFAULT_CALIBRATION, calibration_tasks, run_calibration
+from skipbench.infer.calibrate import DEFAULT_CALIBRATION, calibration_tasks, run_calibration
 from skipbench.logs import log_to
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 
 from pathlib import Path
 
-from skipbench.infer import generate_variants
-from skipbench.marks import write_marks
+from skipbench.infer.stage import generate_variants
+from skipbench.infer.marks import write_marks
 from skipbench.logs import log_to
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice

@@ -3,7 +3,7 @@ shared engine, from the cache the benchmark's `generate` job filled."""
 
 from pathlib import Path
 
-from skipbench.infer import run_infer, write_infer_outputs
+from skipbench.infer.stage import run_infer, write_infer_outputs
 from skipbench.logs import log_to
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice

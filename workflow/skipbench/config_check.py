@@ -2,7 +2,7 @@
 
 Every message names the field, the value and what is allowed. Strategy parameters are checked
 against the model's routing shape: from the config for the synthetic model (planning time),
-from the downloaded config.json before an engine starts (skipbench.infer).
+from the downloaded config.json before an engine starts (skipbench.infer.stage).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str] | None]:
 
 def check_calibration(calibration: dict, benchmarks: dict[str, dict]) -> None:
     """Calibration tasks exist, are held out, and are enough (else calibrate fails after training)."""
-    from skipbench.calibrate import DEFAULT_CALIBRATION
+    from skipbench.infer.calibrate import DEFAULT_CALIBRATION
 
     cfg = DEFAULT_CALIBRATION | dict(calibration)
     if any(needs_download(b) for b in [cfg, *benchmarks.values()]):
@@ -177,7 +177,7 @@ def _not_checked(what: str, e: Exception) -> None:
 
 def _check_calibration(cfg: dict, calibration: dict, benchmarks: dict[str, dict]) -> None:
     from skipbench.benchmarks.tasks import load_tasks
-    from skipbench.calibrate import calibration_tasks
+    from skipbench.infer.calibrate import calibration_tasks
 
     if isinstance(cfg["tasks"], list):
         pool = {t.task_id for t in load_tasks({k: v for k, v in cfg.items() if k != "tasks"})}

@@ -178,7 +178,7 @@ def calibrate_here(profile, shape, batches=(1, 4, 16), repeats: int = 15) -> Cos
     thread mostly waits for a core, and the fit should see the layer, not the queue."""
     import torch
 
-    from skipbench.engines import device_name
+    from skipbench.infer.engines import device_name
 
     if not profile.device.startswith("cpu"):
         log.warning("%s: `calibrate` times the CPU eager layer; device is %s: left uncalibrated", profile.name,

@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from skipbench.benchmarks.tasks import Task
-from skipbench.calibrate import variant_rule
+from skipbench.infer.calibrate import variant_rule
 from skipbench.io import read_table, write_table
 from skipbench.skip.strategies import SkipRule
 
@@ -119,7 +119,7 @@ def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_gener
     import transformers
     from transformers import AutoTokenizer
 
-    from skipbench.oracle import load_oracle
+    from skipbench.infer.oracle import load_oracle
 
     rule = variant_rule(variant_cfg, calibration_path)
     if noise_floor is None and not rule.is_dense:

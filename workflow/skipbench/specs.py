@@ -92,7 +92,7 @@ def measure_profile(
     a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
     b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
     mm_s = _best_seconds(lambda: a @ b, device, repeats)
-    from skipbench.engines import device_name  # the name engine runs record: validation joins on it
+    from skipbench.infer.engines import device_name  # the name engine runs record: validation joins on it
 
     desc = device_name()
     when = time.strftime("%Y-%m-%dT%H:%M:%S")

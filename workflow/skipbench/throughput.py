@@ -38,8 +38,8 @@ import numpy as np
 import pyarrow as pa
 from skipbench.progress import track
 
-from skipbench.calibrate import variant_rule
-from skipbench.engines import device_name, open_engine, swaps_rules
+from skipbench.infer.calibrate import variant_rule
+from skipbench.infer.engines import device_name, open_engine, swaps_rules
 from skipbench.io import write_table
 from skipbench_kernels.integration import KernelChoice
 

@@ -40,11 +40,11 @@ import os
 import numpy as np
 import torch
 
-from skipbench import vllm_kernel
-from skipbench.oracle import layer_index
+from skipbench.infer import vllm_kernel
+from skipbench.infer.oracle import layer_index
 from skipbench.skip.routing import LayerRule, RouterSpec
 from skipbench.skip.strategies import SkipRule
-from skipbench.traces import slot_weights
+from skipbench.infer.traces import slot_weights
 from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 ENV_RULE = "SKIPBENCH_RULE"
 ENV_KERNEL = vllm_kernel.ENV_KERNEL
 SKIP_PATH = "weight0"
-WORKER_EXTENSION = "skipbench.vllm_plugin.SkipStatsWorker"
+WORKER_EXTENSION = "skipbench.infer.vllm_plugin.SkipStatsWorker"
 
 
 class RouterStats:

@@ -23,7 +23,7 @@ def mark_name(variant: str, variant_cfg: dict) -> str:
 
 
 def write_marks(report: pa.Table, marks: list[Path]) -> None:
-    """One mark per variant of the config: its GENERATE_SCHEMA row (skipbench.infer), or
+    """One mark per variant of the config: its GENERATE_SCHEMA row (skipbench.infer.stage), or
     on_benchmark false for a variant the benchmark leaves out. Marks of earlier configs
     in the same folders are removed."""
     rows = {row["variant"]: row for row in report.to_pylist()}

@@ -22,7 +22,7 @@ from torch import nn
 from skipbench.model.adapters import gate_spec, moe_blocks
 from skipbench.skip.routing import LayerRule, RouterSpec
 from skipbench.skip.strategies import SkipRule
-from skipbench.traces import slot_weights
+from skipbench.infer.traces import slot_weights
 
 SKIP_PATH = "sentinel"
 

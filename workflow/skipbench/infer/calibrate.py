@@ -174,7 +174,7 @@ def run_calibration(model_dir: Path, tasks: list[Task], out_path: Path, dtype: s
     """Dense routing statistics over prompt + canonical solution of `tasks`; writes CALIBRATION_SCHEMA."""
     from transformers import AutoTokenizer
 
-    from skipbench.oracle import load_oracle
+    from skipbench.infer.oracle import load_oracle
 
     model, gates = load_oracle(Path(model_dir), SkipRule("dense"), getattr(torch, dtype))
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -30,13 +30,13 @@ import pyarrow as pa
 from skipbench.progress import track
 
 from skipbench.benchmarks.tasks import Task
-from skipbench.calibrate import variant_rule
-from skipbench.engines import ENGINES, device_name, open_engine, swaps_rules
+from skipbench.infer.calibrate import variant_rule
+from skipbench.infer.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.config_check import check_variants_against_checkpoint
 from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.benchmarks.prompts import HUMANEVAL_STOP, program_of
 from skipbench.skip.strategies import SkipRule
-from skipbench.traces import SampleTrace, trace_table
+from skipbench.infer.traces import SampleTrace, trace_table
 from skipbench.traffic import TRACE_SCHEMA
 from skipbench_kernels.integration import KernelChoice
 

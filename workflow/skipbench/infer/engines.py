@@ -29,7 +29,7 @@ import torch
 
 from skipbench.progress import heartbeat
 from skipbench.skip.strategies import SkipRule
-from skipbench.traces import assemble_steps
+from skipbench.infer.traces import assemble_steps
 from skipbench_kernels.integration import SKIP_PATH as KERNEL_SKIP_PATH
 from skipbench_kernels.integration import KernelChoice
 
@@ -125,7 +125,7 @@ class VllmEngine:
         import vllm
         from vllm import LLM
 
-        from skipbench.vllm_plugin import ENV_KERNEL, ENV_RULE, WORKER_EXTENSION
+        from skipbench.infer.vllm_plugin import ENV_KERNEL, ENV_RULE, WORKER_EXTENSION
 
         self.version = vllm.__version__
         self.rule = rule
@@ -248,7 +248,7 @@ class TransformersEngine:
         import transformers
         from transformers import AutoTokenizer
 
-        from skipbench.oracle import SKIP_PATH, load_oracle
+        from skipbench.infer.oracle import SKIP_PATH, load_oracle
         from skipbench_kernels.integration import use_skip_kernel
 
         self.version = transformers.__version__
