@@ -5,7 +5,7 @@ from pathlib import Path
 
 from skipbench.io import write_table
 from skipbench.roofline import PREDICTION_SCHEMA, VALIDATION_SCHEMA
-from skipbench.score import SCORES_SCHEMA
+from skipbench.score.stage import SCORES_SCHEMA
 from skipbench.throughput import THROUGHPUT_SCHEMA
 from skipbench.traffic import TRAFFIC_SCHEMA
 

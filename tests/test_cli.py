@@ -13,7 +13,7 @@ import yaml
 from skipbench.benchmarks.tasks import Benchmark, Task
 from skipbench.cli import main, parse_variant
 from skipbench.config_types import typed
-from skipbench.evalplus_results import eval_results, eval_results_path
+from skipbench.score.evalplus_results import eval_results, eval_results_path
 from shared_data import HUMANEVAL_PLUS, needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -92,7 +92,7 @@ def test_one_sample_never_takes_the_stage_down(tmp_path, monkeypatch):
 def test_a_lone_surrogate_is_scored_a_failure_not_a_crash(tmp_path):
     """'\\ud800' and NUL are valid JSON; EvalPlus scores such solutions failures (they do not
     compile). main's execute stage crashed hashing the first and refused the file for the second."""
-    from skipbench.evalplus_results import eval_results
+    from skipbench.score.evalplus_results import eval_results
     from skipbench.benchmarks.samples import read_samples
 
     cfg = {"dataset": "humaneval", "tasks": 1}
@@ -250,7 +250,7 @@ def test_score_counts_a_pass_only_when_every_test_was_judged():
     """main's score read only the status: rows like `pass, 0/7` (forged captures) counted."""
     import pandas as pd
 
-    from skipbench.score import sample_passes
+    from skipbench.score.stage import sample_passes
 
     ex = pd.DataFrame([
         {"task_id": "T/0", "sample_id": 0, "split": "base", "status": "pass", "tests_passed": 7, "tests_total": 7},

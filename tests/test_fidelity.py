@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skipbench.benchmarks.tasks import Task
-from skipbench.fidelity import FIDELITY_SCHEMA, compare, run_fidelity
+from skipbench.score.fidelity import FIDELITY_SCHEMA, compare, run_fidelity
 from tiny_models import write_tiny_dsv3
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skipbench.score import (
+from skipbench.score.stage import (
     SCORES_SCHEMA,
     VariantInputs,
     first_difference,
@@ -111,7 +111,7 @@ def test_external_variant_without_generations(tmp_path):
 
 
 def test_newcombe_paired_matches_the_reference_examples():
-    from skipbench.stats import newcombe_paired
+    from skipbench.score.stats import newcombe_paired
 
     # Fagerland, Lydersen & Laake's examples (contingencytables R/Newcombe_square_and_add_CI_paired_2x2.R):
     # Bentur et al. 2009 (1, 1, 7, 12): -0.2857 (-0.5069 to -0.0256), psi = 0 branch
@@ -126,7 +126,7 @@ def test_newcombe_paired_matches_the_reference_examples():
 
 
 def test_holm_hand_computed():
-    from skipbench.stats import holm
+    from skipbench.score.stats import holm
 
     # m = 4 (NaN not counted): sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
     got = holm([0.03, 0.5, float("nan"), 0.01, 0.02])
@@ -136,7 +136,7 @@ def test_holm_hand_computed():
 
 
 def test_pass_at_k_unbiased():
-    from skipbench.stats import pass_at_k
+    from skipbench.score.stats import pass_at_k
 
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
@@ -146,7 +146,7 @@ def test_pass_at_k_unbiased():
 
 
 def test_wilson_is_exact_at_the_ends():
-    from skipbench.score import wilson
+    from skipbench.score.stage import wilson
 
     assert wilson(10, 10)[1] == 1.0 and wilson(0, 10)[0] == 0.0
     lo, hi = wilson(10, 10)

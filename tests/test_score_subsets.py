@@ -7,8 +7,8 @@ import pytest
 from lcb_fixture import write_release
 from skipbench.report.summary import RunTables
 from skipbench.report.summary_table import subsets_markdown
-from skipbench.score import VariantInputs, paired_test, pass_at_1, sample_passes
-from skipbench.score_subsets import SUBSET_SCORES_SCHEMA, score_subsets, subsets_of
+from skipbench.score.stage import VariantInputs, paired_test, pass_at_1, sample_passes
+from skipbench.score.subsets import SUBSET_SCORES_SCHEMA, score_subsets, subsets_of
 
 
 def _exec(path, statuses):

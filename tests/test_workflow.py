@@ -22,7 +22,7 @@ from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA
 from skipbench.infer.stage import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA
 from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
 from skipbench.model.layout import MANIFEST_SCHEMA
-from skipbench.score import SCORES_SCHEMA
+from skipbench.score.stage import SCORES_SCHEMA
 from skipbench.throughput import THROUGHPUT_SCHEMA
 
 pytestmark = pytest.mark.slow

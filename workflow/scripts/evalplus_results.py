@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 
 from skipbench.benchmarks.tasks import load_benchmark
-from skipbench.evalplus_results import write_eval_results
+from skipbench.score.evalplus_results import write_eval_results
 from skipbench.logs import log_to
 
 if __name__ == "__main__":

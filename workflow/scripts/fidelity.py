@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from skipbench.fidelity import run_fidelity
+from skipbench.score.fidelity import run_fidelity
 from skipbench.logs import log_to
 from skipbench.benchmarks.prompts import prepare_generation
 

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from skipbench.logs import log_to
-from skipbench.score import VariantInputs, run_score
-from skipbench.score_subsets import score_subsets
+from skipbench.score.stage import VariantInputs, run_score
+from skipbench.score.subsets import score_subsets
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.

@@ -53,10 +53,10 @@ def cmd_evaluate(args) -> int:
     import pyarrow.parquet as pq
 
     from skipbench.benchmarks.tasks import DATASETS, load_benchmark
-    from skipbench.evalplus_results import eval_results_path, write_eval_results
+    from skipbench.score.evalplus_results import eval_results_path, write_eval_results
     from skipbench.execute import run_execute
     from skipbench.benchmarks.samples import read_samples
-    from skipbench.score import pass_at_1, sample_passes
+    from skipbench.score.stage import pass_at_1, sample_passes
 
     samples = Path(args.samples)
     bench_cfg = {"dataset": args.dataset}

@@ -14,8 +14,8 @@ import pyarrow as pa
 
 from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.io import write_table
-from skipbench.score import DENSE, VariantInputs, _read, paired_test, pass_at_1, sample_passes
-from skipbench.stats import holm
+from skipbench.score.stage import DENSE, VariantInputs, _read, paired_test, pass_at_1, sample_passes
+from skipbench.score.stats import holm
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skipbench.io import write_table
-from skipbench.stats import Z95, holm, mcnemar_exact, newcombe_paired, wilson  # noqa: F401 (re-exported)
+from skipbench.score.stats import Z95, holm, mcnemar_exact, newcombe_paired, wilson  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
