@@ -2,7 +2,7 @@
 
 One MoE layer at DeepSeek-V2-Lite expert shape (hidden 2048, expert intermediate 1408,
 64 experts, top-6) at decode batches 1-16 under dense, top-k and threshold rules
-(skipbench/cpu_moe.py). Prints measured time vs bytes, the `this-machine` cost model
+(skipbench/speed/cpu_moe.py). Prints measured time vs bytes, the `this-machine` cost model
 fitted on the dense and top-2 rows, and predicted vs measured savings of every rule, the
 held-out rules (top-4, threshold) testing the fit. Writes bench.csv / savings.csv to --out.
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from skipbench.cpu_moe import EagerMoE, MoeShape, bench_layer, fit_this_machine, savings
+from skipbench.speed.cpu_moe import EagerMoE, MoeShape, bench_layer, fit_this_machine, savings
 from skipbench.infer.engines import device_name
-from skipbench.specs import measure_profile
+from skipbench.speed.specs import measure_profile
 
 FIT_RULES = ("dense", "topk:2")
 

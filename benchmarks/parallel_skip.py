@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/parallel_skip.py --traces results/<run>/infer/humaneval \
         --config results/<run>/model/config.json --devices 4           # a run's own traces
 
-Expert parallel: a step waits for its busiest device (skipbench.parallel; ours). Prints, per
+Expert parallel: a step waits for its busiest device (skipbench.speed.parallel; ours). Prints, per
 variant and concurrency, routed-expert ms per layer and step and the speedup over dense under
 TP and EP, at the bytes floor of the H200's measured copy bandwidth and, where the model's
 dtype and expert shape have one, the H200 FP8 calibration (torch._scaled_grouped_mm without
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from skipbench.costmodel import pick_calibration
-from skipbench.parallel import parallel_speedups, synthetic_deepseek_routing
-from skipbench.specs import DEEPSEEK_V3_CONFIG, ModelShape, load_profile
+from skipbench.speed.costmodel import pick_calibration
+from skipbench.speed.parallel import parallel_speedups, synthetic_deepseek_routing
+from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, ModelShape, load_profile
 
 
 def _traced(folder: Path) -> dict:
     """{variant: trace arrays} of <folder>/<variant>/trace.parquet."""
     from skipbench.io import read_table
-    from skipbench.traffic import trace_arrays
+    from skipbench.speed.traffic import trace_arrays
 
     return {p.parent.name: trace_arrays(read_table(p)) for p in sorted(folder.glob("*/trace.parquet"))}
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/published_serving.py [--out table.csv]
 
 Prints every calibrated profile's fit (in-sample and leave-one-batch-out error) first, then
-the table of skipbench.published (config/hardware/published_serving.yaml).
+the table of skipbench.speed.published (config/hardware/published_serving.yaml).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pandas as pd
 import yaml
 
 from skipbench.io import write_text
-from skipbench.published import PUBLISHED, published_table
-from skipbench.specs import HARDWARE_DIR, load_profile
+from skipbench.speed.published import PUBLISHED, published_table
+from skipbench.speed.specs import HARDWARE_DIR, load_profile
 
 
 def main() -> None:

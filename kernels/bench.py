@@ -18,7 +18,7 @@ expert, scales included), floor_ms = bytes / copy bandwidth, bw_share = floor_ms
 and saving_share = (dense ms - ms) / ((dense bytes - bytes) / bandwidth), the share of
 the ideal skip saving realised. Files in DIR: bench_rows.csv/.parquet (all methods),
 kernel_bench.csv (the kernel's rows: batch, rule, distinct_experts, slots, ms; what
-skipbench.roofline reads), bench.json (device, versions, bandwidth, checks, configs),
+skipbench.speed.roofline reads), bench.json (device, versions, bandwidth, checks, configs),
 summary.md (the table for kernels/BENCHMARKS.md), parts.csv (each launch alone and vLLM's
 fused MoE, bench_parts.py); rows_live.csv / parts_live.csv get each row as it is measured.
 """

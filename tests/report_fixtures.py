@@ -4,10 +4,10 @@ Pareto fronts and speedups are computed by hand in the tests that use them."""
 from pathlib import Path
 
 from skipbench.io import write_table
-from skipbench.roofline import PREDICTION_SCHEMA, VALIDATION_SCHEMA
+from skipbench.speed.roofline import PREDICTION_SCHEMA, VALIDATION_SCHEMA
 from skipbench.score.stage import SCORES_SCHEMA
-from skipbench.throughput import THROUGHPUT_SCHEMA
-from skipbench.traffic import TRAFFIC_SCHEMA
+from skipbench.speed.throughput import THROUGHPUT_SCHEMA
+from skipbench.speed.traffic import TRAFFIC_SCHEMA
 
 # variant: (strategy, infer tokens/s, experts per token, pass@1 base, pass@1 plus)
 VARIANTS = {

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from skipbench.costmodel import fit_cost_model, load_calibration
-from skipbench.cpu_moe import CPU_MOE_SCHEMA, EagerMoE, MoeShape, bench_layer, keep_mask, route, savings
+from skipbench.speed.costmodel import fit_cost_model, load_calibration
+from skipbench.speed.cpu_moe import CPU_MOE_SCHEMA, EagerMoE, MoeShape, bench_layer, keep_mask, route, savings
 
 TINY = MoeShape(hidden=32, intermediate=16, experts=8, top_k=4)
 

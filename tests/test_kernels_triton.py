@@ -214,8 +214,8 @@ def test_bench_smoke_run_writes_a_table_the_roofline_reads(tmp_path):
 
     import pandas as pd
 
-    from skipbench.roofline import fit_kernel_calibration
-    from skipbench.specs import load_profile
+    from skipbench.speed.roofline import fit_kernel_calibration
+    from skipbench.speed.specs import load_profile
     from skipbench_kernels.bench import main
 
     assert main(["--out", str(tmp_path), "--smoke", "--budget-s", "30", "--tune-share", "0.05"]) == 0

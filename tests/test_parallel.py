@@ -1,12 +1,12 @@
-"""Tensor vs expert parallel routed-expert time on hand-built routing (skipbench.parallel)."""
+"""Tensor vs expert parallel routed-expert time on hand-built routing (skipbench.speed.parallel)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from skipbench.costmodel import CostModel
-from skipbench.parallel import device_loads, parallel_routed_ms, parallel_speedups, synthetic_deepseek_routing
+from skipbench.speed.costmodel import CostModel
+from skipbench.speed.parallel import device_loads, parallel_routed_ms, parallel_speedups, synthetic_deepseek_routing
 
 
 def routing(ids, kept):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipbench.roofline import (
+from skipbench.speed.roofline import (
     PREDICTION_SCHEMA,
     VALIDATION_SCHEMA,
     bench_roofline_ms,
@@ -17,8 +17,8 @@ from skipbench.roofline import (
     run_roofline,
     validate,
 )
-from skipbench.specs import DEEPSEEK_V3_CONFIG, HardwareProfile, ModelShape, load_profile
-from skipbench.traffic import ALL_LAYERS, TRAFFIC_SCHEMA
+from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, HardwareProfile, ModelShape, load_profile
+from skipbench.speed.traffic import ALL_LAYERS, TRAFFIC_SCHEMA
 
 DSV3 = ModelShape.from_config(DEEPSEEK_V3_CONFIG)
 H200_CALIBRATED = load_profile("h200")
@@ -272,7 +272,7 @@ def test_family_fixtures_route_as_their_presets(preset):
     import yaml
 
     from skipbench.model.adapters import check_routing
-    from skipbench.specs import HARDWARE_DIR
+    from skipbench.speed.specs import HARDWARE_DIR
 
     cfg = yaml.safe_load((HARDWARE_DIR.parent / "presets" / f"{preset}.yaml").read_text())
     check_routing(FAMILY_CONFIGS[preset.replace("coder-", "")], cfg["model"]["expected_routing"])

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skipbench.costmodel import fit_cost_model, leave_one_batch_out
-from skipbench.published import published_table
-from skipbench.serving import ServingTerms, Setting, prefill_ms, tp_decode_terms, uniform_distinct
-from skipbench.specs import DEEPSEEK_V3_CONFIG, ModelShape, load_profile
+from skipbench.speed.costmodel import fit_cost_model, leave_one_batch_out
+from skipbench.speed.published import published_table
+from skipbench.speed.serving import ServingTerms, Setting, prefill_ms, tp_decode_terms, uniform_distinct
+from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, ModelShape, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DSV3 = ModelShape.from_config(DEEPSEEK_V3_CONFIG)
@@ -91,7 +91,7 @@ def test_malformed_published_file_is_reported(tmp_path, text):
 
 def test_write_published_schema(tmp_path):
     from skipbench.io import read_table
-    from skipbench.published import PUBLISHED_SCHEMA, write_published
+    from skipbench.speed.published import PUBLISHED_SCHEMA, write_published
 
     write_published(tmp_path / "p.parquet")
     t = read_table(tmp_path / "p.parquet", PUBLISHED_SCHEMA)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from skipbench.io import read_table
-from skipbench.throughput import THROUGHPUT_SCHEMA, _Request, prompt_pool, round_order, run_throughput, summarise
+from skipbench.speed.throughput import THROUGHPUT_SCHEMA, _Request, prompt_pool, round_order, run_throughput, summarise
 
 
 def test_summarise_hand_computed():
@@ -59,7 +59,7 @@ def test_rejects_other_engines(tmp_path):
 @pytest.mark.vllm
 def test_tiny_cpu_sweep_interleaves_variants_in_one_engine(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
-    import skipbench.throughput as throughput
+    import skipbench.speed.throughput as throughput
     from tiny_models import write_tiny_dsv3
 
     starts, waves = [], []
@@ -124,7 +124,7 @@ def _fake_wave(engine_log):
 def test_sweep_orchestration(tmp_path, monkeypatch, eager):
     """Eager: one engine, rounds alternate between variants. Not eager: one engine per
     variant, one after the other, never asked to switch rules."""
-    import skipbench.throughput as throughput
+    import skipbench.speed.throughput as throughput
 
     events = []
     monkeypatch.setattr(throughput, "open_engine", lambda model, rule, cfg, seed, cache, **_: _FakeEngine(rule, eager, events))

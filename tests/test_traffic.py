@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from skipbench.io import read_table
 from skipbench.skip.strategies import SkipRule
-from skipbench.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
+from skipbench.speed.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
 
 
 def quantile(xs, q):

@@ -23,7 +23,7 @@ from skipbench.infer.stage import GENERATE_SCHEMA, GENERATIONS_SCHEMA, INFER_SUM
 from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
 from skipbench.model.layout import MANIFEST_SCHEMA
 from skipbench.score.stage import SCORES_SCHEMA
-from skipbench.throughput import THROUGHPUT_SCHEMA
+from skipbench.speed.throughput import THROUGHPUT_SCHEMA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

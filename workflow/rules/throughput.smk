@@ -1,6 +1,6 @@
 # Engine throughput of the variants at a sweep of concurrency levels (measured, never
 # predicted). One job measures them all: with an eager engine in ONE engine, round by round
-# alternating between variants, so machine drift hits each alike (skipbench/throughput.py);
+# alternating between variants, so machine drift hits each alike (skipbench/speed/throughput.py);
 # otherwise one engine per variant, one after the other.
 
 THROUGHPUT = config["throughput"]

@@ -1,7 +1,7 @@
 """Published serving measurements beside the cost model's predictions (config/hardware/published_serving.yaml)."""
 
 from skipbench.logs import log_to
-from skipbench.published import write_published
+from skipbench.speed.published import write_published
 
 if __name__ == "__main__":
     log_to(snakemake.log[0])

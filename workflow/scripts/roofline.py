@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from skipbench.logs import log_to
-from skipbench.roofline import run_roofline
+from skipbench.speed.roofline import run_roofline
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.

@@ -5,7 +5,7 @@ from pathlib import Path
 from skipbench.logs import log_to
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
-from skipbench.throughput import run_throughput
+from skipbench.speed.throughput import run_throughput
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.

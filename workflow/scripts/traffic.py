@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from skipbench.logs import log_to
-from skipbench.specs import ModelShape
+from skipbench.speed.specs import ModelShape
 from skipbench.skip.strategies import SkipRule
-from skipbench.traffic import write_traffic
+from skipbench.speed.traffic import write_traffic
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from skipbench.io import write_table
 from skipbench.skip.strategies import REROUTE
-from skipbench.traffic import TRACE_SCHEMA
+from skipbench.speed.traffic import TRACE_SCHEMA
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Definitions used by the summary and the figures:
 - predicted speedup: roofline whole-model tokens/s of the variant over dense's at the same
   batch and equal load (traffic replay refills every step to `batch` decode tokens), for the
   `skip_kernel` path (a skipped expert is never loaded). A band: `calibrated` (today's
-  kernels, skipbench.costmodel fitted on measurements of the device) and `bytes_floor`
+  kernels, skipbench.speed.costmodel fitted on measurements of the device) and `bytes_floor`
   (every term at the profile's peaks: a lower bound on time; its speedup is not a bound on
   the speedup). A profile without a calibration for the model has only the bytes floor,
   never called a speedup (predicted_speedup stays null).

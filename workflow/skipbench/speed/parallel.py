@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from skipbench.costmodel import CostModel
-from skipbench.traffic import step_traffic
+from skipbench.speed.costmodel import CostModel
+from skipbench.speed.traffic import step_traffic
 
 LAYOUTS = ("tp", "ep")
 
@@ -97,7 +97,7 @@ def synthetic_deepseek_routing(samples: int, positions: int, layers: int, keep_k
 
     from skipbench.model.adapters import router_spec, routing_of
     from skipbench.skip.routing import route
-    from skipbench.specs import DEEPSEEK_V3_CONFIG
+    from skipbench.speed.specs import DEEPSEEK_V3_CONFIG
 
     config = config or DEEPSEEK_V3_CONFIG
     r = routing_of(config)

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skipbench.costmodel import CostModel
-from skipbench.roofline import roofline_ms
-from skipbench.specs import KV_BYTES, HardwareProfile, ModelShape, matrix_bytes
+from skipbench.speed.costmodel import CostModel
+from skipbench.speed.roofline import roofline_ms
+from skipbench.speed.specs import KV_BYTES, HardwareProfile, ModelShape, matrix_bytes
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from skipbench.costmodel import pick_calibration
+from skipbench.speed.costmodel import pick_calibration
 from skipbench.io import write_table
-from skipbench.serving import (ServingTerms, Setting, calibrate_launch, dp_ep_floor_step_ms, max_batch_at_speed,
+from skipbench.speed.serving import (ServingTerms, Setting, calibrate_launch, dp_ep_floor_step_ms, max_batch_at_speed,
                                tp_decode_terms, uniform_distinct)  # fmt: skip
-from skipbench.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, ModelShape, load_profile
+from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, ModelShape, load_profile
 
 PUBLISHED = HARDWARE_DIR / "published_serving.yaml"
 # One row per (published figure, reading of an unstated setting).

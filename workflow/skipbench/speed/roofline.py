@@ -22,7 +22,7 @@ model's and its predicted speedup is 1 by construction, never a saving.
 Two predictions per profile, shown together as a band: `bytes_floor` (every term at the
 profile's peak bandwidth and FLOP rate: a lower bound on the step's time, NOT a bound on
 the speedup: a skip can save more than its bytes where the kernel is compute- or
-launch-bound) and `calibrated` (the routed term from skipbench.costmodel, fitted to
+launch-bound) and `calibrated` (the routed term from skipbench.speed.costmodel, fitted to
 measured kernel times on that device: today's kernels, with their per-layer fixed cost).
 A calibration is used only for the weight dtype and expert shape it timed (or their
 tensor-parallel slices: bytes and FLOPs / n_devices, the per-layer launch cost kept); a
@@ -30,7 +30,7 @@ profile without one that covers the model gets the bytes floor alone, and its
 `calibration_source` says why. kernels/bench.py output for a profile, when present,
 replaces the profile's own calibration data (our kernel, not today's).
 n_devices is tensor parallel: every expert split over the devices, communication not
-modelled here (skipbench.serving adds it; skipbench.parallel does expert parallel).
+modelled here (skipbench.speed.serving adds it; skipbench.speed.parallel does expert parallel).
 
 Speedup = predicted tokens/s over dense's at the same batch; traffic replay holds every
 step at exactly `batch` decode tokens (traffic.py, continuous batching), so this is a
@@ -49,10 +49,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skipbench.costmodel import CostModel, fit_cost_model, pick_calibration
+from skipbench.speed.costmodel import CostModel, fit_cost_model, pick_calibration
 from skipbench.io import read_table, write_table
-from skipbench.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, HardwareProfile, ModelShape, load_profile
-from skipbench.traffic import ALL_LAYERS
+from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, HardwareProfile, ModelShape, load_profile
+from skipbench.speed.traffic import ALL_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +315,9 @@ def run_roofline(
     device; absent files are skipped (no GPU run yet). throughput_paths: THROUGHPUT_SCHEMA
     tables; they validate profiles whose device is the one they ran on (e.g. `this-machine`).
     A profile with a `calibrate:` block is calibrated here, by timing the served model's own
-    MoE layer shape (skipbench.cpu_moe.calibrate_here).
+    MoE layer shape (skipbench.speed.cpu_moe.calibrate_here).
     """
-    from skipbench.traffic import TRAFFIC_SCHEMA
+    from skipbench.speed.traffic import TRAFFIC_SCHEMA
 
     profiles = {name: load_profile(name, hardware_dir) for name in hardware}
     benches = {n: _read_any(p) for n, p in (kernel_bench or {}).items() if Path(p).exists()}
@@ -328,7 +328,7 @@ def run_roofline(
     shape = ModelShape.from_config(model_dir)
     for name, profile in profiles.items():
         if profile.calibrate is not None and name not in calibrations:
-            from skipbench.cpu_moe import calibrate_here
+            from skipbench.speed.cpu_moe import calibrate_here
 
             if (cost := calibrate_here(profile, shape, **profile.calibrate)) is not None:
                 calibrations[name] = cost

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skipbench.costmodel import CostModel, fit_cost_model
+from skipbench.speed.costmodel import CostModel, fit_cost_model
 
 log = logging.getLogger(__name__)
 

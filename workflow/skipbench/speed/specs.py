@@ -6,7 +6,7 @@ Profiles live in config/hardware/<name>.yaml (add a file to add a device). A pro
 on (copy bandwidth, BF16 matmul rate): that is how a CPU run gets a profile that its own
 engine measurements can validate. A `calibration:` block names measured kernel times on
 the device (a data file next to the profile, with device, date and source) that
-skipbench.costmodel fits; a `calibrate:` block asks the roofline stage to measure them here.
+skipbench.speed.costmodel fits; a `calibrate:` block asks the roofline stage to measure them here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DEEPSEEK_V3_CONFIG = dict(
     quantization_config=dict(quant_method="fp8", fmt="e4m3", weight_block_size=[128, 128]),
 )  # fmt: skip
 
-HARDWARE_DIR = Path(__file__).resolve().parents[2] / "config" / "hardware"
+HARDWARE_DIR = Path(__file__).resolve().parents[3] / "config" / "hardware"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> 
         values[key], sources[key] = float(entry["value"]), str(entry["source"])
     costs = ()
     if "calibration" in cfg:
-        from skipbench.costmodel import load_calibration
+        from skipbench.speed.costmodel import load_calibration
 
         blocks = cfg["calibration"] if isinstance(cfg["calibration"], list) else [cfg["calibration"]]
         costs = tuple(load_calibration(b, path.parent, str(path)) for b in blocks)
