@@ -14,7 +14,7 @@ import torch
 vllm = pytest.importorskip("vllm")
 pytest.importorskip("triton")
 
-from skipbench import vllm_kernel  # noqa: E402
+from skipbench.infer import vllm_kernel  # noqa: E402
 from skipbench.infer.engines import SKIP_KERNEL, VLLM_EXPERTS, VllmEngine  # noqa: E402
 from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench_kernels.integration import KernelChoice, triton_runs_on  # noqa: E402
