@@ -20,6 +20,7 @@ from lcb_fixture import PROBLEMS, SOLUTIONS, encode_private, lcb_verdicts, write
 from skipbench.benchmarks import livecodebench as lcb
 from skipbench.benchmarks.tasks import load_benchmark
 from skipbench.benchmarks.prompts import Prompter, program_of, render_tasks
+from skipbench.execute.lcb_job import sandbox_program
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def _oracle(qid: str, code: str) -> bool:
 
 def _ours_unsandboxed(problem: lcb.LcbProblem, code: str) -> bool:
     """The program skipbench sends to the sandbox, run here in a plain process, judged by our rules."""
-    program, entry, args = lcb.sandbox_program(code, problem)
+    program, entry, args = sandbox_program(code, problem)
     driver = program + textwrap.dedent(f"""
         import json as _j, sys as _s
         _out = []

@@ -148,7 +148,7 @@ def test_unknown_sandbox_kind_refused():
 def probe(env, body: str, profile=None):
     """Run `def probe(): <body>` in the sandbox once; its return value (a plain value)."""
     from skipbench.execute.harness import run_tests
-    from skipbench.sandbox_driver import encode
+    from skipbench.execute.sandbox_driver import encode
 
     job = {"code": "def probe():\n" + body, "entry_point": "probe", "inputs": [encode([])], "time_limits": [20.0],
            "mode": "run", "output_mode": "value"}  # fmt: skip

@@ -2,10 +2,10 @@
 
 The stage itself is `stage.py`; the sandbox (`sandbox.py`, its profile, seccomp filter,
 memory cgroup and uid slots), the trusted side of its conversation (`harness.py`) and the
-ground truth it judges against (`groundtruth.py`, `compare.py`) are its parts. The driver
-that runs inside the sandbox (skipbench.sandbox_driver) and LiveCodeBench's runtime
-(skipbench.lcb_runtime) stay at top level: skipbench.benchmarks.livecodebench, which the prompt stage
-imports too, builds LiveCodeBench's sandbox jobs from them.
+ground truth it judges against (`groundtruth.py`, `compare.py`) are its parts. Two files run
+inside the sandbox and are read as text: the driver (`sandbox_driver.py`, which also holds
+the value codec both sides share) and LiveCodeBench's runtime (`lcb_runtime.py`), which
+`lcb_job.py` wraps around a LiveCodeBench candidate.
 """
 
 from skipbench.execute.stage import EXECUTE_SCHEMA, execute_one, read_samples, run_execute, solution_of

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from skipbench.execute.sandbox import ProtocolError, SandboxProfile, SandboxRun, Usage
-from skipbench.sandbox_driver import ENCODE_S, TRANSFER_S, decode
+from skipbench.execute.sandbox_driver import ENCODE_S, TRANSFER_S, decode
 
 STARTUP_S = 20.0  # bwrap + interpreter start; generous for a loaded 2-core machine
 GRACE_S = 1.0  # per-test slack on top of the relay's own timer: pipe, JSON, scheduling

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from skipbench import sandbox_driver
+from skipbench.execute import sandbox_driver
 from skipbench.execute import cgroup, seccomp
 from skipbench.execute.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
 from skipbench.execute.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names

@@ -25,17 +25,17 @@ from queue import Queue
 
 import pyarrow as pa
 
-from skipbench.benchmarks import livecodebench as lcb
+from skipbench.benchmarks.samples import read_journal, read_samples
 from skipbench.benchmarks.tasks import Benchmark, Task, load_benchmark
 from skipbench.execute.compare import is_floats, outputs_match
 from skipbench.execute.groundtruth import SplitTruth, build_groundtruth, output_mode
 from skipbench.execute.harness import Outcome, run_tests
+from skipbench.execute.lcb_job import sandbox_job
 from skipbench.execute.sandbox import SandboxProfile, check_sandbox, make_profile
 from skipbench.execute.slots import lease_uids
 from skipbench.io import write_table
+from skipbench.execute.sandbox_driver import decode
 from skipbench.progress import track
-from skipbench.benchmarks.samples import read_journal, read_samples
-from skipbench.sandbox_driver import decode
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def execute_one(profile: SandboxProfile, uid: int | None, bench: Benchmark, task
     if truth.error is not None:
         return Outcome(status="groundtruth_error", tests_total=len(truth.inputs), error_type=truth.error[:80]), 0.0
     if task.lcb is not None:  # LiveCodeBench: its tests carry the expected outputs
-        job, budget, judge = lcb.sandbox_job(task.lcb, code)
+        job, budget, judge = sandbox_job(task.lcb, code)
         return run_tests(profile, uid, job, budget, judge), budget
     limits = time_limits(truth.ref_time, exec_cfg["time_factor"], exec_cfg["min_time_limit_s"])
     budget = min(float(exec_cfg["timeout_s"]), sum(limits))
