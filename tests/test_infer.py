@@ -141,7 +141,8 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):
-    from skipbench.speed.traffic import TRACE_SCHEMA, trace_arrays, traffic_table
+    from skipbench.infer.traces import TRACE_SCHEMA
+    from skipbench.speed.traffic import trace_arrays, traffic_table
 
     out = tmp_path / "oea"
     paths = dict(samples_path=out / "s.jsonl", generations_path=out / "g.parquet", summary_path=out / "sum.parquet")

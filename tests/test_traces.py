@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from skipbench.infer.traces import SampleTrace, assemble_steps, pack_keep, trace_table, unpack_keep, write_trace
-from skipbench.speed.traffic import TRACE_SCHEMA, trace_arrays
+from skipbench.infer.traces import TRACE_SCHEMA
+from skipbench.speed.traffic import trace_arrays
 
 
 def test_pack_round_trip():

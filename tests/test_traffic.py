@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from skipbench.io import read_table
 from skipbench.skip.strategies import SkipRule
-from skipbench.speed.traffic import ALL_LAYERS, TRACE_SCHEMA, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
+from skipbench.infer.traces import TRACE_SCHEMA
+from skipbench.speed.traffic import ALL_LAYERS, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
 
 
 def quantile(xs, q):

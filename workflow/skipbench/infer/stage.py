@@ -37,7 +37,7 @@ from skipbench.io import read_table, sampled_digest, stable_hash, write_json, wr
 from skipbench.benchmarks.prompts import HUMANEVAL_STOP, program_of
 from skipbench.skip.strategies import SkipRule
 from skipbench.infer.traces import SampleTrace, trace_table
-from skipbench.speed.traffic import TRACE_SCHEMA
+from skipbench.infer.traces import TRACE_SCHEMA
 from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Routing traces: what the router did for every generated token, in traffic.TRACE_SCHEMA.
+"""Routing traces: what the router did for every generated token, in TRACE_SCHEMA.
 
 Engines record, per router call and MoE layer, the experts the rule left in each slot
 (ids [T,K]), their weights before skipping (slot_weights, [T,K]) and which slots ran
@@ -29,7 +29,23 @@ import pyarrow as pa
 
 from skipbench.io import write_table
 from skipbench.skip.strategies import REROUTE
-from skipbench.speed.traffic import TRACE_SCHEMA
+
+# One row per (sample, generated token, MoE layer): written by the inference stage, read by
+# speed/traffic.py and speed/replay.py. About 6K + 18 bytes per token per layer before
+# Parquet compression: ~66 B on DeepSeek-V3 (K = 8); the trace files show the compressed size.
+TRACE_SCHEMA = pa.schema(
+    [
+        ("task_id", pa.string()),  # benchmark task, e.g. "HumanEval/0"
+        ("sample_id", pa.int32()),  # sample index within the task (pass@k draws)
+        ("position", pa.int32()),  # index of the generated token, 0 = first generated
+        ("layer", pa.int16()),  # MoE layer index in the model (not counting from first MoE)
+        ("expert_ids", pa.list_(pa.int16())),  # [K] the router's chosen experts, slot order
+        ("keep", pa.uint32()),  # bit k set = slot k computed, clear = skipped
+        # [K] slot weights before any slot is skipped (traces.slot_weights): what batch_aware
+        # re-decides from when the replay batches the tokens differently
+        ("weights", pa.list_(pa.float32())),
+    ]
+)
 
 
 @dataclass(frozen=True)

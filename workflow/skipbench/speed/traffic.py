@@ -33,26 +33,10 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from skipbench.infer.traces import TRACE_SCHEMA
 from skipbench.skip.strategies import SkipRule, keep_batch_aware
 
 log = logging.getLogger(__name__)
-
-# One row per (sample, generated token, MoE layer). Written by the inference stage
-# (strategies/vllm plugin), read here. About 6K + 18 bytes per token per layer before
-# Parquet compression: ~66 B on DeepSeek-V3 (K = 8); traces.py gives the compressed size.
-TRACE_SCHEMA = pa.schema(
-    [
-        ("task_id", pa.string()),  # benchmark task, e.g. "HumanEval/0"
-        ("sample_id", pa.int32()),  # sample index within the task (pass@k draws)
-        ("position", pa.int32()),  # index of the generated token, 0 = first generated
-        ("layer", pa.int16()),  # MoE layer index in the model (not counting from first MoE)
-        ("expert_ids", pa.list_(pa.int16())),  # [K] the router's chosen experts, slot order
-        ("keep", pa.uint32()),  # bit k set = slot k computed, clear = skipped
-        # [K] slot weights before any slot is skipped (traces.slot_weights): what batch_aware
-        # re-decides from when the replay batches the tokens differently
-        ("weights", pa.list_(pa.float32())),
-    ]
-)
 
 ALL_LAYERS = -1  # `layer` value of the rows averaged over every MoE layer
 
