@@ -200,6 +200,17 @@ def check_routing(config: dict, expected: dict) -> Routing:
     return routing_of(config)
 
 
+def expert_intermediate(config: dict, routing: Routing) -> tuple[int, int]:
+    """(one routed expert's intermediate, the shared experts' summed intermediate) of a
+    MoE config.json; routing: routing_of(config)."""
+    family = routing.family
+    if family.startswith("deepseek"):
+        return config["moe_intermediate_size"], routing.shared_experts * config["moe_intermediate_size"]
+    if family in ("qwen2_moe", "qwen3_moe"):  # Qwen2-MoE: one shared expert; Qwen3: none
+        return config["moe_intermediate_size"], config.get("shared_expert_intermediate_size") or 0
+    return config["intermediate_size"], 0  # mixtral, olmoe: the experts are the intermediate_size MLP
+
+
 def router_spec(config: dict, layer: int, bias: torch.Tensor | None = None) -> RouterSpec:
     """The RouterSpec of MoE layer `layer` (what routing.LayerRule needs), in either engine.
 

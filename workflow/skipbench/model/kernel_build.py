@@ -70,7 +70,7 @@ class MoeShape:
     def from_model_config(cls, cfg: dict, tensor_parallel_size: int = 1) -> "MoeShape":
         """Any family adapters.py knows (DeepSeek, Qwen MoE, Mixtral, OLMoE)."""
         from skipbench.model.adapters import routing_of
-        from skipbench.speed.specs import expert_intermediate
+        from skipbench.model.adapters import expert_intermediate
 
         routing = routing_of(cfg)
         inter, _ = expert_intermediate(cfg, routing)

@@ -152,17 +152,6 @@ def matrix_bytes(rows: int, cols: int, dtype: str) -> int:
     return n
 
 
-def expert_intermediate(config: dict, routing) -> tuple[int, int]:
-    """(one routed expert's intermediate, the shared experts' summed intermediate) of a
-    MoE config.json; routing: adapters.routing_of(config)."""
-    family = routing.family
-    if family.startswith("deepseek"):
-        return config["moe_intermediate_size"], routing.shared_experts * config["moe_intermediate_size"]
-    if family in ("qwen2_moe", "qwen3_moe"):  # Qwen2-MoE: one shared expert; Qwen3: none
-        return config["moe_intermediate_size"], config.get("shared_expert_intermediate_size") or 0
-    return config["intermediate_size"], 0  # mixtral, olmoe: the experts are the intermediate_size MLP
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What the roofline needs of a MoE config.json, any family in adapters.py.
@@ -201,7 +190,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict | str | Path) -> "ModelShape":
         """From config.json (a dict, its path, or the checkpoint directory); needs model_type."""
-        from skipbench.model.adapters import routing_of  # imports torch: only when a shape is read
+        from skipbench.model.adapters import expert_intermediate, routing_of  # imports torch: only when a shape is read
 
         if not isinstance(config, dict):
             path = Path(config)
