@@ -105,10 +105,11 @@ def test_evaluate_prints_pass_at_1_and_evalplus_reads_its_results(tmp_path, caps
     ('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "HumanEval/999", "completion": "x"}\n',
      "samples.jsonl:2: task HumanEval/999 is not among the selected humaneval_plus tasks"),
 ])  # fmt: skip
+@needs_shared_data
 def test_evaluate_refuses_empty_and_malformed_files_naming_file_and_line(tmp_path, capsys, monkeypatch, text, message):
     samples = tmp_path / "samples.jsonl"
     samples.write_text(text)
-    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(SHARED))
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(HUMANEVAL_PLUS))
     rc = main(["evaluate", str(samples), "--dataset", "humaneval_plus", "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and str(samples) in err
