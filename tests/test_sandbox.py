@@ -20,6 +20,7 @@ from skipbench.execute.slots import lease_uids
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 
 SIG = "def has_close_elements(numbers, threshold):\n"
+HONEST = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for j, b in enumerate(numbers) if i != j)\n"
 ATTACKS = {
     "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n" + SIG + "    return True\n",
     "thread_bomb": "import threading, time\nfor _ in range(1000):\n    threading.Thread(target=time.sleep, args=(60,)).start()\n" + SIG + "    return True\n",
@@ -57,6 +58,13 @@ ATTACKS = {
     "deep_json_line": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'[' * 300000 + b']' * 300000 + b'\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
     "huge_int_bookkeeping": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'{\"done\": true, \"peak_kb\": 1' + b'0' * 400 + b'}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
     "oversized_frame": SIG + "    import os, struct\n    for fd in range(3, 20):\n        try:\n            os.write(fd, struct.pack('>cI', b'V', 2**32 - 1))\n        except OSError:\n            pass\n    import time\n    time.sleep(5)\n",
+    # Time outside the limit (issue 24): each passed on a415ab4, whose relay gave a value's
+    # body a flat 60 s after its header and framed the value after the call's timer stopped.
+    "value_body_after_limit": "import os, time\n_w = os.write\ndef _slow(fd, data):\n    b = bytes(data)\n"
+                              "    if b[:1] == b'V' and len(b) > 5:\n        _w(fd, b[:5])\n        time.sleep(1.5)\n"
+                              "        return 5 + _w(fd, b[5:])\n    return _w(fd, data)\nos.write = _slow\n" + SIG + HONEST,
+    "slow_int_conversion": "class Slow(int):\n    def __int__(self):\n        import time\n        time.sleep(2.5)\n"
+                           "        return int.__add__(self, 0)\n" + SIG + "    return Slow(_honest(numbers, threshold))\n" + HONEST.replace("    return", "def _honest(numbers, threshold):\n    return"),
     "canonical_from_prompt_file": SIG + "    import inspect, sys\n    src = open(sys.argv[0]).read() if sys.argv and sys.argv[0] else ''\n    return 'canonical_solution' in src\n",
 }
 
@@ -287,7 +295,7 @@ def test_memory_cgroup_bounds_the_sum_of_processes(env):
 
 
 def test_sending_a_large_value_is_not_the_calls_time(env):
-    """A 40 MiB result is judged (WrongOutput), not timed out: its framing and transfer
-    have their own deadlines outside the test's limit and the split's budget."""
-    res, _ = _run(env, SIG + "    return 'x' * (40 << 20)\n")
+    """A 16 MiB result is judged (WrongOutput), not timed out: encoding it counts toward its
+    1 s limit (~0.3 s here), its transfer gets an allowance proportional to its size."""
+    res, _ = _run(env, SIG + "    return 'x' * (16 << 20)\n")
     assert (res.status, res.error_type) == ("fail", "WrongOutput"), res

@@ -27,6 +27,7 @@ from evalplus.eval._special_oracle import (
     _poly,
     _surface_Area,
 )
+from skipbench.values import hashes_spread
 
 
 def is_floats(x: Any) -> bool:
@@ -59,8 +60,8 @@ def _match(family: str, entry_point: str, inp: list, out: Any, exp: Any, atol: f
             exact = exact or abs(out - _surface_Area(*inp)) <= atol
         elif entry_point == "digit_distance_nums":  # Mbpp/558
             exact = exact or out == _digit_distance_nums(*inp)
-        elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:
-            exact = set(out) == set(exp)
+        elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:  # hash-colliding elements would make set() quadratic
+            exact = hashes_spread(out) and set(out) == set(exp)
     if family == "humaneval" and entry_point == "find_zero":  # HumanEval/32: any root
         return bool(abs(_poly(*inp, out)) <= atol)
     if atol == 0 and is_floats(exp):

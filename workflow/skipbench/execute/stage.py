@@ -35,7 +35,7 @@ from skipbench.execute.slots import lease_uids
 from skipbench.io import write_table
 from skipbench.progress import track
 from skipbench.samples import read_journal, read_samples
-from skipbench.sandbox_driver import decode
+from skipbench.values import decode
 
 log = logging.getLogger(__name__)
 
