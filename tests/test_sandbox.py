@@ -63,7 +63,7 @@ ATTACKS = {
     "value_body_after_limit": "import os, time\n_w = os.write\ndef _slow(fd, data):\n    b = bytes(data)\n"
                               "    if b[:1] == b'V' and len(b) > 5:\n        _w(fd, b[:5])\n        time.sleep(1.5)\n"
                               "        return 5 + _w(fd, b[5:])\n    return _w(fd, data)\nos.write = _slow\n" + SIG + HONEST,
-    "slow_int_conversion": "class Slow(int):\n    def __int__(self):\n        import time\n        time.sleep(2.5)\n"
+    "slow_int_conversion": "class Slow(int):\n    def __int__(self):\n        import time\n        time.sleep(1.2)\n"
                            "        return int.__add__(self, 0)\n" + SIG + "    return Slow(_honest(numbers, threshold))\n" + HONEST.replace("    return", "def _honest(numbers, threshold):\n    return"),
     "canonical_from_prompt_file": SIG + "    import inspect, sys\n    src = open(sys.argv[0]).read() if sys.argv and sys.argv[0] else ''\n    return 'canonical_solution' in src\n",
 }
@@ -210,11 +210,37 @@ def test_seccomp_refuses_dangerous_syscalls(env):
     if not seccomp.supported():
         pytest.skip(f"no syscall table for {platform.machine()}")
     names = ["io_uring_setup", "keyctl", "ptrace", "bpf", "perf_event_open", "mount", "unshare",
-             "memfd_create", "shmget", "process_vm_writev"]  # fmt: skip
+             "memfd_create", "shmget", "process_vm_writev", "io_setup", "msgget", "semget", "mq_open"]  # fmt: skip
     body = SYSCALL_PROBE.replace("NUMBERS", repr({n: seccomp.syscall_numbers()[n] for n in names}))
     assert probe(env, body) == {n: errno.EPERM for n in names}
     unfiltered = probe(env, body, make_profile({"sandbox": "bwrap", "memory_mb": 512, "seccomp": False}))
-    assert all(unfiltered[n] != errno.EPERM for n in ("io_uring_setup", "keyctl", "ptrace", "perf_event_open", "unshare"))
+    assert all(unfiltered[n] != errno.EPERM for n in ("io_uring_setup", "keyctl", "ptrace", "perf_event_open", "unshare",
+                                                     "io_setup", "msgget", "semget"))  # fmt: skip
+
+
+SOCKET_PROBE = (
+    "    import errno, socket\n    out = {}\n"
+    "    for name in ('AF_UNIX', 'AF_INET', 'AF_INET6', 'AF_VSOCK', 'AF_NETLINK', 'AF_PACKET', 'AF_ALG'):\n"
+    "        try:\n            socket.socket(getattr(socket, name), socket.SOCK_DGRAM if name != 'AF_ALG' else 5).close()\n"
+    "            out[name] = 0\n"
+    "        except OSError as e:\n            out[name] = e.errno\n"
+    "    a, b = socket.socketpair()\n    out['socketpair'] = a.send(b'x')\n"
+    "    return out\n"
+)
+
+
+def test_seccomp_allows_unix_sockets_only(env):
+    """AF_UNIX sockets (socketpair, multiprocessing, asyncio) work; every other family is
+    EPERM. On a415ab4 AF_VSOCK (and AF_ALG, AF_NETLINK) sockets were made inside."""
+    import errno
+
+    from skipbench.execute import seccomp
+
+    if not seccomp.supported():
+        pytest.skip("no syscall table here")
+    got = probe(env, SOCKET_PROBE)
+    assert got["AF_UNIX"] == 0 and got["socketpair"] == 1, got
+    assert all(got[f] == errno.EPERM for f in ("AF_INET", "AF_INET6", "AF_VSOCK", "AF_NETLINK", "AF_PACKET", "AF_ALG")), got
 
 
 def test_concurrent_runs_lease_disjoint_uids_and_do_not_kill_each_other(env):
