@@ -325,3 +325,27 @@ def test_sending_a_large_value_is_not_the_calls_time(env):
     1 s limit (~0.3 s here), its transfer gets an allowance proportional to its size."""
     res, _ = _run(env, SIG + "    return 'x' * (16 << 20)\n")
     assert (res.status, res.error_type) == ("fail", "WrongOutput"), res
+
+
+def test_uid_range_holding_a_user_or_a_process_is_refused():
+    """On a415ab4 both ranges were leased and the process of the leased uid was SIGKILLed."""
+    if os.geteuid() != 0:
+        pytest.skip("uids are switched only as root")
+    import pwd
+    import subprocess
+
+    user = pwd.getpwnam("nobody").pw_uid
+    with pytest.raises(ValueError, match="existing users"), lease_uids(user - 10, 1):
+        pass
+    base = 63000  # no account here; nothing of this suite leases it
+    assert not any(u.pw_uid in range(base, base + 1024) for u in pwd.getpwall())
+    proc = subprocess.Popen(["sleep", "30"], user=base, group=base)
+    try:
+        with pytest.raises(ValueError, match="running processes"), lease_uids(base, 1):
+            pass
+        assert proc.poll() is None  # untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    with lease_uids(base, 1) as (uid,):  # once it is gone the range is fine
+        assert uid == base
