@@ -295,6 +295,21 @@ def test_uid_lease_is_exclusive_across_processes(env):
     ("recursion_2000", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
                        "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(2000))\n", 0, "fail"),
     ("exit_is_none", "CANONICAL_RENAMED\ndef has_close_elements(n, t):\n    exit()\n", 0, "fail"),
+    # Issue 24's parity gaps, each "pass" on a415ab4. EvalPlus compares the numpy scalar itself:
+    # inexact np.float64 fails its type check on the tolerance path, exact passes.
+    ("numpy_inexact", "import numpy as np\ndef truncate_number(x):\n    return np.float64(x % 1.0) + 1e-12\n", 2, "fail"),
+    ("numpy_exact", "import numpy as np\ndef truncate_number(x):\n    return np.mean([x % 1.0])\n", 2, "pass"),
+    # EvalPlus swaps stdout for a write-only string buffer: no .buffer, no fileno()
+    ("stdout_buffer", "import sys\nCANONICAL_RENAMED\ndef has_close_elements(n, t):\n"
+                      "    sys.stdout.buffer.write(b'x')\n    return _c(n, t)\n", 0, "fail"),
+    ("stdout_fileno", "import os, sys\nCANONICAL_RENAMED\ndef has_close_elements(n, t):\n"
+                      "    os.write(sys.stdout.fileno(), b'x')\n    return _c(n, t)\n", 0, "fail"),
+    ("print_still_works", "CANONICAL_RENAMED\ndef has_close_elements(n, t):\n    print(n)\n    return _c(n, t)\n", 0, "pass"),
+    # the candidate starts 28 frames deep, as under `evalplus.evaluate`: 980 more overflow
+    ("recursion_980", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
+                      "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(980))\n", 0, "fail"),
+    ("recursion_960", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
+                      "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(960))\n", 0, "pass"),
 ])  # fmt: skip
 def test_evalplus_execution_profile(env, name, code, task_index, status):
     task = env["bench"].tasks[task_index]
@@ -302,6 +317,11 @@ def test_evalplus_execution_profile(env, name, code, task_index, status):
     code = code.replace("CANONICAL_RENAMED", canonical.replace(f"def {task.entry_point}(", "def _c("))
     res, _ = _run(env, code.replace("CANONICAL", canonical), task_index)
     assert res.status == status, res
+
+
+def test_candidate_runs_as_deep_as_under_evalplus(env):
+    body = "    import sys\n    f, n = sys._getframe(), 0\n    while f:\n        f, n = f.f_back, n + 1\n    return n\n"
+    assert probe(env, body) == 28
 
 
 def test_memory_cgroup_bounds_the_sum_of_processes(env):
