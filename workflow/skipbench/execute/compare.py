@@ -40,9 +40,14 @@ def is_floats(x: Any) -> bool:
     return False
 
 
-def outputs_match(family: str, entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bool:
+# The oracles that read the test's input; every other task is judged on (out, exp) alone.
+NEEDS_INPUT = {("mbpp", "surface_Area"), ("mbpp", "digit_distance_nums"), ("humaneval", "find_zero")}
+
+
+def outputs_match(family: str, entry_point: str, inp: list | None, out: Any, exp: Any, atol: float) -> bool:
     """Whether candidate output `out` for input `inp` is accepted against `exp`.
-    `family` is "humaneval" or "mbpp" (EvalPlus's dataset switch)."""
+    `family` is "humaneval" or "mbpp" (EvalPlus's dataset switch); `inp` may be None
+    unless (family, entry_point) is in NEEDS_INPUT."""
     try:
         return _match(family, entry_point, inp, out, exp, atol)
     except Exception:  # noqa: BLE001 - EvalPlus counts any exception in the check as a failure
