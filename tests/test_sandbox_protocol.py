@@ -26,7 +26,7 @@ class Scripted:
     def __init__(self, script):
         self.script = list(script)
 
-    def next_message(self, deadline):
+    def next_message(self, deadline, header_slack=0.0):
         if not self.script:
             return None
         msg = self.script.pop(0)
@@ -90,8 +90,8 @@ def test_capture_mode_accepts_captured_only_there():
     assert converse([{"ready": True}, {"loaded": True}, *value(0)], mode="capture", judge=None).status == "protocol_error"
 
 
-def reader(chunks: list[bytes]) -> SandboxRun:
-    """A SandboxRun reading `chunks` from a pipe (no process)."""
+def reader(chunks: list[bytes], hold_s: float = 0.0) -> SandboxRun:
+    """A SandboxRun reading `chunks` from a pipe (no process) that stays open `hold_s` after them."""
     run = SandboxRun(PROFILE, {}, None, 1)
     r, w = os.pipe()
 
@@ -99,6 +99,7 @@ def reader(chunks: list[bytes]) -> SandboxRun:
         try:
             for c in chunks:
                 os.write(w, c)
+            time.sleep(hold_s)
         except OSError:
             pass  # the reader gave up and closed its end
         os.close(w)
@@ -152,3 +153,14 @@ def test_values_that_do_not_decode_are_protocol_errors():
                     b'{"np": ["object_", 1]}', b'{"dict": [[1]]}', b'{"tuple": [], "set": []}'):
         with pytest.raises(ProtocolError):
             conversation._value(payload)
+
+
+def test_a_stalled_payload_is_waited_for_within_the_split_only():
+    """A value's header, then nothing: the wait ends with the split's budget (0.5 s + slack
+    + grace here). a415ab4 waited a flat TRANSFER_S (60 s) for any payload, outside the
+    budget, so a candidate could compute after its header for a minute."""
+    run = reader([b'{"ready": true}\n{"loaded": true}\n{"i": 0, "returned": true, "t": 0.0, "n": 10}\n'], hold_s=20.0)
+    res = Outcome(status="pass", tests_total=1)
+    t0 = time.perf_counter()
+    _Conversation(run, {"inputs": [[]], "time_limits": [100.0], "mode": "run"}, 0.5, lambda i, v: True, res).converse()
+    assert res.status == "timeout" and time.perf_counter() - t0 < harness.SLACK_S + harness.GRACE_S + 1.5

@@ -105,13 +105,12 @@ class _Conversation:
         self.max_nodes, self.max_transfer_s = max_nodes(cap), transfer_s(cap)
 
     def _next(self, step: float, carries_value: bool = False) -> tuple[dict, bytes | None] | None:
-        """The next message, within `step` seconds and the split's end. A message that may
-        carry a value gets the relay's transfer allowance for the largest one on top (the
-        relay holds it to its real size); each value received extends the split's end by
-        its allowance for both hops."""
-        extra = self.max_transfer_s if carries_value else 0.0
-        now = time.perf_counter()
-        got = self.run.next_message(min(now + step, self.t_end) + extra)
+        """The next message, within `step` seconds and the split's end. The header of a
+        message that may carry a value gets the transfer allowance of the largest one on top
+        (the relay sends it once the value is whole, and holds that to its real size); its
+        payload, and the split's end, get the allowance of its real size for both hops."""
+        slack = self.max_transfer_s if carries_value else 0.0
+        got = self.run.next_message(min(time.perf_counter() + step, self.t_end), slack)
         if got is not None and got[1] is not None:
             self.t_end += 2 * transfer_s(len(got[1]))
         return got

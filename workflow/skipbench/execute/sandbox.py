@@ -206,12 +206,13 @@ class SandboxRun:
         del self._buf[:n]
         return data
 
-    def next_message(self, deadline: float) -> tuple[dict, bytes | None] | None:
+    def next_message(self, deadline: float, header_slack: float = 0.0) -> tuple[dict, bytes | None] | None:
         """The next relay message and its payload; None at end of output. Raises
-        TimeoutError when no header arrives by `deadline` (perf_counter) or its payload
-        of n bytes not by `deadline` + `transfer_s(n)`; ProtocolError on anything that is
-        not a well-formed message, whatever the bytes are."""
-        line = self._line(deadline)
+        TimeoutError when no header arrives by `deadline` (perf_counter) + `header_slack`
+        or its payload of n bytes not by `deadline` + 2 `transfer_s(n)` (runner to relay,
+        relay to us); ProtocolError on anything that is not a well-formed message,
+        whatever the bytes are."""
+        line = self._line(deadline + header_slack)
         if line is None:
             return None
         try:
@@ -225,7 +226,7 @@ class SandboxRun:
             n = msg["n"]
             if type(n) is not int or not 0 <= n <= self.profile.max_output_mb << 20:
                 raise ProtocolError("bad payload size")
-            payload = self._payload(n, deadline + sandbox_driver.transfer_s(n))
+            payload = self._payload(n, deadline + 2 * sandbox_driver.transfer_s(n))
         if msg.get("ready") is True and self.usage.startup_s != self.usage.startup_s:
             self.usage.startup_s = time.perf_counter() - self._t0
         if msg.get("done") is True and type(msg.get("peak_kb")) is int and 0 <= msg["peak_kb"] < 1 << 40:
