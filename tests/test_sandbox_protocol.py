@@ -150,7 +150,7 @@ def test_reader_is_linear_in_a_long_line():
 def test_values_that_do_not_decode_are_protocol_errors():
     conversation = _Conversation(Scripted([]), {}, 1.0, None, Outcome(status="pass", tests_total=0))
     for payload in (b"[" * 100000, b'{"fraction": [1, 0]}', b'{"set": [[1]]}', b'{"bigint": 5}', b'{"complex": ["x", 1]}',
-                    b'{"np": ["object_", 1]}', b'{"dict": [[1]]}', b'{"tuple": [], "set": []}'):
+                    b'{"np": ["object_", 1]}', b'{"np": ["int64", "12"]}', b'{"dict": [[1]]}', b'{"tuple": [], "set": []}'):
         with pytest.raises(ProtocolError):
             conversation._value(payload)
 

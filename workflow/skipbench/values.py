@@ -122,7 +122,11 @@ def _untag(tag, body):
         import numpy as np
 
         v = body[1]
-        return getattr(np, body[0])(complex(float(v[0]), float(v[1])) if type(v) is list else v)
+        if type(v) is list and len(v) == 2 and type(v[0]) is type(v[1]) is float:
+            v = complex(*v)
+        elif type(v) not in (bool, int, float):  # numpy would parse a string, at its own cost
+            raise ValueError("bad numpy scalar")
+        return getattr(np, body[0])(v)
     if tag in _CONTAINERS and type(body) is list:
         if tag != "tuple" and not hashes_spread(body):
             raise ValueBudget("colliding elements")
