@@ -186,7 +186,7 @@ def _relay_tests(job, frames, send):
     send({"loaded": True})
     if job["mode"] == "capture":
         try:
-            kind, body = frames.next(min(time.monotonic() + job["time_limits"][0], split_end))
+            kind, body = frames.next(min(time.monotonic() + job["time_limits"][0], split_end), per_byte=True)
         except TimeoutError:
             send({"load_error": "capture:Timeout"})
             return
