@@ -164,7 +164,9 @@ def main() -> None:
     stock_run = lambda: subprocess.run(stock_cmd, env=env, capture_output=True, check=True)  # noqa: E731
     # Warm-up fills both ground-truth caches (ours: run in the sandbox; stock: a pickle in ~/.cache).
     first, stock_first = timed(lambda: run("warm.parquet")) if args.warm else 0.0, timed(stock_run) if args.warm else 0.0
+    load_before = os.getloadavg()
     ours, stock = timed(lambda: run("ours.parquet")), timed(stock_run)  # side by side, caches warm
+    load_after = os.getloadavg()
 
     n = len(samples)
     kinds = collections.Counter(s["kind"] for s in samples)
@@ -172,6 +174,7 @@ def main() -> None:
     print(f"skipbench sandbox: {ours:.1f} s, {n / ours:.2f} samples/s (first run with ground truth {first:.1f} s)")
     print(f"stock EvalPlus:    {stock:.1f} s, {n / stock:.2f} samples/s (first run with ground truth {stock_first:.1f} s)")
     print(f"ratio: {stock / ours:.2f}x stock EvalPlus's samples/s")
+    print(f"load average (1, 5, 15 min) before the timed runs {load_before}, after {load_after}, {os.cpu_count()} CPUs")
     verdicts: dict = {}
     for r in pq.read_table("ours.parquet").to_pylist():
         verdicts.setdefault((r["task_id"], r["sample_id"]), {})[r["split"]] = r["status"] == "pass"

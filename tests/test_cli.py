@@ -158,3 +158,9 @@ def test_show_prints_the_summary_table(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| r1 | he | dense" in text and "pass@1 base [95% CI]" in text
     assert main(["show", "missing", "--directory", str(tmp_path)]) == 1
+
+
+def test_evaluate_takes_a_uid_range():
+    from skipbench.cli import parser
+
+    assert parser().parse_args(["evaluate", "s.jsonl", "--dataset", "humaneval", "--uid-base", "70000"]).uid_base == 70000

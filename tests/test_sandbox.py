@@ -20,6 +20,7 @@ from skipbench.execute.slots import lease_uids
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)")
 
 SIG = "def has_close_elements(numbers, threshold):\n"
+HONEST = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for j, b in enumerate(numbers) if i != j)\n"
 ATTACKS = {
     "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n" + SIG + "    return True\n",
     "thread_bomb": "import threading, time\nfor _ in range(1000):\n    threading.Thread(target=time.sleep, args=(60,)).start()\n" + SIG + "    return True\n",
@@ -57,6 +58,13 @@ ATTACKS = {
     "deep_json_line": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'[' * 300000 + b']' * 300000 + b'\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
     "huge_int_bookkeeping": SIG + "    import os\n    for fd in range(3, 20):\n        try:\n            os.write(fd, b'{\"done\": true, \"peak_kb\": 1' + b'0' * 400 + b'}\\n')\n        except OSError:\n            pass\n    os._exit(0)\n",
     "oversized_frame": SIG + "    import os, struct\n    for fd in range(3, 20):\n        try:\n            os.write(fd, struct.pack('>cI', b'V', 2**32 - 1))\n        except OSError:\n            pass\n    import time\n    time.sleep(5)\n",
+    # Time outside the limit (issue 24): each passed on a415ab4, whose relay gave a value's
+    # body a flat 60 s after its header and framed the value after the call's timer stopped.
+    "value_body_after_limit": "import os, time\n_w = os.write\ndef _slow(fd, data):\n    b = bytes(data)\n"
+                              "    if b[:1] == b'V' and len(b) > 5:\n        _w(fd, b[:5])\n        time.sleep(1.5)\n"
+                              "        return 5 + _w(fd, b[5:])\n    return _w(fd, data)\nos.write = _slow\n" + SIG + HONEST,
+    "slow_int_conversion": "class Slow(int):\n    def __int__(self):\n        import time\n        time.sleep(1.2)\n"
+                           "        return int.__add__(self, 0)\n" + SIG + "    return Slow(_honest(numbers, threshold))\n" + HONEST.replace("    return", "def _honest(numbers, threshold):\n    return"),
     "canonical_from_prompt_file": SIG + "    import inspect, sys\n    src = open(sys.argv[0]).read() if sys.argv and sys.argv[0] else ''\n    return 'canonical_solution' in src\n",
 }
 
@@ -202,11 +210,37 @@ def test_seccomp_refuses_dangerous_syscalls(env):
     if not seccomp.supported():
         pytest.skip(f"no syscall table for {platform.machine()}")
     names = ["io_uring_setup", "keyctl", "ptrace", "bpf", "perf_event_open", "mount", "unshare",
-             "memfd_create", "shmget", "process_vm_writev"]  # fmt: skip
+             "memfd_create", "shmget", "process_vm_writev", "io_setup", "msgget", "semget", "mq_open"]  # fmt: skip
     body = SYSCALL_PROBE.replace("NUMBERS", repr({n: seccomp.syscall_numbers()[n] for n in names}))
     assert probe(env, body) == {n: errno.EPERM for n in names}
     unfiltered = probe(env, body, make_profile({"sandbox": "bwrap", "memory_mb": 512, "seccomp": False}))
-    assert all(unfiltered[n] != errno.EPERM for n in ("io_uring_setup", "keyctl", "ptrace", "perf_event_open", "unshare"))
+    assert all(unfiltered[n] != errno.EPERM for n in ("io_uring_setup", "keyctl", "ptrace", "perf_event_open", "unshare",
+                                                     "io_setup", "msgget", "semget"))  # fmt: skip
+
+
+SOCKET_PROBE = (
+    "    import errno, socket\n    out = {}\n"
+    "    for name in ('AF_UNIX', 'AF_INET', 'AF_INET6', 'AF_VSOCK', 'AF_NETLINK', 'AF_PACKET', 'AF_ALG'):\n"
+    "        try:\n            socket.socket(getattr(socket, name), socket.SOCK_DGRAM if name != 'AF_ALG' else 5).close()\n"
+    "            out[name] = 0\n"
+    "        except OSError as e:\n            out[name] = e.errno\n"
+    "    a, b = socket.socketpair()\n    out['socketpair'] = a.send(b'x')\n"
+    "    return out\n"
+)
+
+
+def test_seccomp_allows_unix_sockets_only(env):
+    """AF_UNIX sockets (socketpair, multiprocessing, asyncio) work; every other family is
+    EPERM. On a415ab4 AF_VSOCK (and AF_ALG, AF_NETLINK) sockets were made inside."""
+    import errno
+
+    from skipbench.execute import seccomp
+
+    if not seccomp.supported():
+        pytest.skip("no syscall table here")
+    got = probe(env, SOCKET_PROBE)
+    assert got["AF_UNIX"] == 0 and got["socketpair"] == 1, got
+    assert all(got[f] == errno.EPERM for f in ("AF_INET", "AF_INET6", "AF_VSOCK", "AF_NETLINK", "AF_PACKET", "AF_ALG")), got
 
 
 def test_concurrent_runs_lease_disjoint_uids_and_do_not_kill_each_other(env):
@@ -261,6 +295,21 @@ def test_uid_lease_is_exclusive_across_processes(env):
     ("recursion_2000", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
                        "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(2000))\n", 0, "fail"),
     ("exit_is_none", "CANONICAL_RENAMED\ndef has_close_elements(n, t):\n    exit()\n", 0, "fail"),
+    # Issue 24's parity gaps, each "pass" on a415ab4. EvalPlus compares the numpy scalar itself:
+    # inexact np.float64 fails its type check on the tolerance path, exact passes.
+    ("numpy_inexact", "import numpy as np\ndef truncate_number(x):\n    return np.float64(x % 1.0) + 1e-12\n", 2, "fail"),
+    ("numpy_exact", "import numpy as np\ndef truncate_number(x):\n    return np.mean([x % 1.0])\n", 2, "pass"),
+    # EvalPlus swaps stdout for a write-only string buffer: no .buffer, no fileno()
+    ("stdout_buffer", "import sys\nCANONICAL_RENAMED\ndef has_close_elements(n, t):\n"
+                      "    sys.stdout.buffer.write(b'x')\n    return _c(n, t)\n", 0, "fail"),
+    ("stdout_fileno", "import os, sys\nCANONICAL_RENAMED\ndef has_close_elements(n, t):\n"
+                      "    os.write(sys.stdout.fileno(), b'x')\n    return _c(n, t)\n", 0, "fail"),
+    ("print_still_works", "CANONICAL_RENAMED\ndef has_close_elements(n, t):\n    print(n)\n    return _c(n, t)\n", 0, "pass"),
+    # the candidate starts 28 frames deep, as under `evalplus.evaluate`: 980 more overflow
+    ("recursion_980", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
+                      "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(980))\n", 0, "fail"),
+    ("recursion_960", "def _d(n):\n    return 0 if n == 0 else _d(n - 1)\nCANONICAL_RENAMED\n"
+                      "def has_close_elements(n, t):\n    return _c(n, t) or bool(_d(960))\n", 0, "pass"),
 ])  # fmt: skip
 def test_evalplus_execution_profile(env, name, code, task_index, status):
     task = env["bench"].tasks[task_index]
@@ -268,6 +317,11 @@ def test_evalplus_execution_profile(env, name, code, task_index, status):
     code = code.replace("CANONICAL_RENAMED", canonical.replace(f"def {task.entry_point}(", "def _c("))
     res, _ = _run(env, code.replace("CANONICAL", canonical), task_index)
     assert res.status == status, res
+
+
+def test_candidate_runs_as_deep_as_under_evalplus(env):
+    body = "    import sys\n    f, n = sys._getframe(), 0\n    while f:\n        f, n = f.f_back, n + 1\n    return n\n"
+    assert probe(env, body) == 28
 
 
 def test_memory_cgroup_bounds_the_sum_of_processes(env):
@@ -287,7 +341,31 @@ def test_memory_cgroup_bounds_the_sum_of_processes(env):
 
 
 def test_sending_a_large_value_is_not_the_calls_time(env):
-    """A 40 MiB result is judged (WrongOutput), not timed out: its framing and transfer
-    have their own deadlines outside the test's limit and the split's budget."""
-    res, _ = _run(env, SIG + "    return 'x' * (40 << 20)\n")
+    """A 16 MiB result is judged (WrongOutput), not timed out: encoding it counts toward its
+    1 s limit (~0.3 s here), its transfer gets an allowance proportional to its size."""
+    res, _ = _run(env, SIG + "    return 'x' * (16 << 20)\n")
     assert (res.status, res.error_type) == ("fail", "WrongOutput"), res
+
+
+def test_uid_range_holding_a_user_or_a_process_is_refused():
+    """On a415ab4 both ranges were leased and the process of the leased uid was SIGKILLed."""
+    if os.geteuid() != 0:
+        pytest.skip("uids are switched only as root")
+    import pwd
+    import subprocess
+
+    user = pwd.getpwnam("nobody").pw_uid
+    with pytest.raises(ValueError, match="existing users"), lease_uids(user - 10, 1):
+        pass
+    base = 63000  # no account here; nothing of this suite leases it
+    assert not any(u.pw_uid in range(base, base + 1024) for u in pwd.getpwall())
+    proc = subprocess.Popen(["sleep", "30"], user=base, group=base)
+    try:
+        with pytest.raises(ValueError, match="running processes"), lease_uids(base, 1):
+            pass
+        assert proc.poll() is None  # untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    with lease_uids(base, 1) as (uid,):  # once it is gone the range is fine
+        assert uid == base

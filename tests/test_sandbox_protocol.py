@@ -21,12 +21,12 @@ PROFILE = make_profile({"sandbox": "none", "importable": []})
 class Scripted:
     """Stands in for SandboxRun: hands out (message, payload) pairs, then end of output."""
 
-    transfer_s = 0.0
+    profile = PROFILE
 
     def __init__(self, script):
         self.script = list(script)
 
-    def next_message(self, timeout_s):
+    def next_message(self, deadline, header_slack=0.0):
         if not self.script:
             return None
         msg = self.script.pop(0)
@@ -48,7 +48,7 @@ def converse(script, n=2, mode="run", judge=lambda i, v: v is True):
 
 
 def value(i, v=True):
-    return [{"i": i, "returned": True, "t": 0.0}, {"i": i, "n": 0, "_value": v}]
+    return [{"i": i, "returned": True, "t": 0.0, "n": 0, "_value": v}]
 
 
 HONEST = [{"ready": True}, {"loaded": True}, *value(0), *value(1), {"done": True, "peak_kb": 1}]
@@ -69,12 +69,15 @@ def test_honest_conversation_passes():
     [{"ready": True}, {"loaded": True}, *value(1), *value(0)],  # out of order
     [{"ready": True}, {"loaded": True}, *value(0), *value(0)],  # one test twice
     [{"ready": True}, {"loaded": True}, {"i": 0, "n": 0, "_value": True}, *value(1)],  # value without returned
-    [{"ready": True}, {"loaded": True}, {"i": 0, "returned": True, "t": 0.0, "out": True}, *value(1)],  # extra key
+    [{"ready": True}, {"loaded": True}, {"i": 0, "returned": True, "t": 0.0}, *value(1)],  # returned without value
+    [{"ready": True}, {"loaded": True}, {"i": 0, "returned": True, "t": 0.0, "n": 0, "_value": True, "out": True},
+     *value(1)],  # extra key
     [{"ready": True}, {"loaded": True}, *value(0), *value(1), {"captured": True, "n": 0}],  # after the tests
     [{"ready": True}, {"loaded": True}, {"i": True, "returned": True, "t": 0.0}, *value(1)],  # bool index
-    [{"ready": True}, {"loaded": True}, *value(0), ({"i": 1, "returned": True, "t": 0.0}, None), ({"i": 1, "n": 3}, b"[[[")],
+    [{"ready": True}, {"loaded": True}, *value(0), ({"i": 1, "returned": True, "t": 0.0, "n": 3}, b"[[[")],
 ], ids=["captured_in_run_mode", "ready_twice", "loaded_twice", "no_ready", "no_loaded", "early_done",
-        "out_of_order", "repeated_test", "value_without_returned", "extra_key", "captured_after_tests",
+        "out_of_order", "repeated_test", "value_without_returned", "returned_without_value", "extra_key",
+        "captured_after_tests",
         "bool_index", "bad_payload"])  # fmt: skip
 def test_forged_conversations_never_pass(script):
     res = converse(script)
@@ -87,8 +90,8 @@ def test_capture_mode_accepts_captured_only_there():
     assert converse([{"ready": True}, {"loaded": True}, *value(0)], mode="capture", judge=None).status == "protocol_error"
 
 
-def reader(chunks: list[bytes]) -> SandboxRun:
-    """A SandboxRun reading `chunks` from a pipe (no process)."""
+def reader(chunks: list[bytes], hold_s: float = 0.0) -> SandboxRun:
+    """A SandboxRun reading `chunks` from a pipe (no process) that stays open `hold_s` after them."""
     run = SandboxRun(PROFILE, {}, None, 1)
     r, w = os.pipe()
 
@@ -96,6 +99,7 @@ def reader(chunks: list[bytes]) -> SandboxRun:
         try:
             for c in chunks:
                 os.write(w, c)
+            time.sleep(hold_s)
         except OSError:
             pass  # the reader gave up and closed its end
         os.close(w)
@@ -121,7 +125,7 @@ def test_reader_turns_any_bytes_into_protocol_error(raw):
     run = reader([raw])
     with pytest.raises(ProtocolError):
         for _ in range(3):
-            if run.next_message(5.0) is None:
+            if run.next_message(time.perf_counter() + 5.0) is None:
                 raise ProtocolError("ended")
     assert isinstance(run.usage, Usage)
 
@@ -129,7 +133,7 @@ def test_reader_turns_any_bytes_into_protocol_error(raw):
 def test_huge_bookkeeping_numbers_are_ignored():
     """main divided peak_kb by 1024 as it came: a 300-digit integer raised OverflowError."""
     run = reader([b'{"done": true, "peak_kb": 1%s}\n' % (b"0" * 300)])
-    msg, _ = run.next_message(5.0)
+    msg, _ = run.next_message(time.perf_counter() + 5.0)
     assert msg["done"] is True and run.usage.peak_mb != run.usage.peak_mb
 
 
@@ -139,11 +143,24 @@ def test_reader_is_linear_in_a_long_line():
     data = b'{"i": 0, "n": %d}\n' % (11 << 20) + b"7" * (11 << 20)
     run = reader([data[k : k + (1 << 16)] for k in range(0, len(data), 1 << 16)])
     t0 = time.thread_time()
-    msg, payload = run.next_message(30.0)
+    msg, payload = run.next_message(time.perf_counter() + 30.0)
     assert len(payload) == 11 << 20 and time.thread_time() - t0 < 1.0
 
 
 def test_values_that_do_not_decode_are_protocol_errors():
-    for payload in (b"[" * 100000, b'{"fraction": [1, 0]}', b'{"set": [[1]]}', b'{"bigint": 5}', b'{"complex": ["x", 1]}'):
+    conversation = _Conversation(Scripted([]), {}, 1.0, None, Outcome(status="pass", tests_total=0))
+    for payload in (b"[" * 100000, b'{"fraction": [1, 0]}', b'{"set": [[1]]}', b'{"bigint": 5}', b'{"complex": ["x", 1]}',
+                    b'{"np": ["object_", 1]}', b'{"np": ["int64", "12"]}', b'{"dict": [[1]]}', b'{"tuple": [], "set": []}'):
         with pytest.raises(ProtocolError):
-            harness._value(payload)
+            conversation._value(payload)
+
+
+def test_a_stalled_payload_is_waited_for_within_the_split_only():
+    """A value's header, then nothing: the wait ends with the split's budget (0.5 s + slack
+    + grace here). a415ab4 waited a flat TRANSFER_S (60 s) for any payload, outside the
+    budget, so a candidate could compute after its header for a minute."""
+    run = reader([b'{"ready": true}\n{"loaded": true}\n{"i": 0, "returned": true, "t": 0.0, "n": 10}\n'], hold_s=20.0)
+    res = Outcome(status="pass", tests_total=1)
+    t0 = time.perf_counter()
+    _Conversation(run, {"inputs": [[]], "time_limits": [100.0], "mode": "run"}, 0.5, lambda i, v: True, res).converse()
+    assert res.status == "timeout" and time.perf_counter() - t0 < harness.SLACK_S + harness.GRACE_S + 1.5

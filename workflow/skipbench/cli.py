@@ -72,7 +72,7 @@ def cmd_evaluate(args) -> int:
     bench_cfg["tasks"] = [t.task_id for t in every.tasks if t.task_id in wanted]
     out = Path(args.out or eval_results_path(str(samples)))
     execution_path = out.with_name(out.name.replace("_eval_results.json", "") + "_execution.parquet")
-    exec_cfg = {"sandbox": args.sandbox, "groundtruth_dir": str(Path(args.cache) / "groundtruth")}
+    exec_cfg = {"sandbox": args.sandbox, "groundtruth_dir": str(Path(args.cache) / "groundtruth"), "uid_base": args.uid_base}
     run_execute(bench_cfg, samples, exec_cfg, execution_path, args.parallel)
     execution = pq.read_table(execution_path).to_pandas()
     write_eval_results(out, load_benchmark(bench_cfg), samples, execution)
@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--sandbox", choices=["bwrap", "none"], default="bwrap",
                     help="none runs the samples WITHOUT isolation")  # fmt: skip
     ev.add_argument("--parallel", type=int, default=2, help="sandboxes at once")
+    ev.add_argument("--uid-base", type=int, default=61000, metavar="UID",
+                    help="as root, sandboxes run as uids UID..UID+1023; refused if any user or process has one")  # fmt: skip
     ev.add_argument("--cache", default=str(Path.home() / ".cache" / "skipbench"), help="ground-truth cache")
     ev.set_defaults(func=cmd_evaluate)
     rn = sub.add_parser("run", help="run the workflow (snakemake), with variants added from the command line")

@@ -27,6 +27,7 @@ from evalplus.eval._special_oracle import (
     _poly,
     _surface_Area,
 )
+from skipbench.execute.values import hashes_spread
 
 
 def is_floats(x: Any) -> bool:
@@ -39,9 +40,14 @@ def is_floats(x: Any) -> bool:
     return False
 
 
-def outputs_match(family: str, entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bool:
+# The oracles that read the test's input; every other task is judged on (out, exp) alone.
+NEEDS_INPUT = {("mbpp", "surface_Area"), ("mbpp", "digit_distance_nums"), ("humaneval", "find_zero")}
+
+
+def outputs_match(family: str, entry_point: str, inp: list | None, out: Any, exp: Any, atol: float) -> bool:
     """Whether candidate output `out` for input `inp` is accepted against `exp`.
-    `family` is "humaneval" or "mbpp" (EvalPlus's dataset switch)."""
+    `family` is "humaneval" or "mbpp" (EvalPlus's dataset switch); `inp` may be None
+    unless (family, entry_point) is in NEEDS_INPUT."""
     try:
         return _match(family, entry_point, inp, out, exp, atol)
     except Exception:  # noqa: BLE001 - EvalPlus counts any exception in the check as a failure
@@ -59,8 +65,8 @@ def _match(family: str, entry_point: str, inp: list, out: Any, exp: Any, atol: f
             exact = exact or abs(out - _surface_Area(*inp)) <= atol
         elif entry_point == "digit_distance_nums":  # Mbpp/558
             exact = exact or out == _digit_distance_nums(*inp)
-        elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:
-            exact = set(out) == set(exp)
+        elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:  # hash-colliding elements would make set() quadratic
+            exact = hashes_spread(out) and set(out) == set(exp)
     if family == "humaneval" and entry_point == "find_zero":  # HumanEval/32: any root
         return bool(abs(_poly(*inp, out)) <= atol)
     if atol == 0 and is_floats(exp):

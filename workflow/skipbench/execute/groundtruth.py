@@ -24,7 +24,7 @@ from skipbench.execute.harness import run_tests
 from skipbench.execute.sandbox import DRIVER_SOURCE, SandboxProfile
 from skipbench.execute.slots import lease_uids
 from skipbench.io import write_json
-from skipbench.execute.sandbox_driver import decode, encode
+from skipbench.execute.values import decode, encode
 
 log = logging.getLogger(__name__)
 

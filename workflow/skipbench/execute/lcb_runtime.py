@@ -1,7 +1,7 @@
 """Runs INSIDE the sandbox: a LiveCodeBench candidate program as a function the driver calls.
 
 Its source is the head of every LiveCodeBench program sent to the sandbox (see
-skipbench.benchmarks.livecodebench.sandbox_program), followed by `_SB_CODE = <candidate source>` and
+skipbench.execute.lcb_job.sandbox_program), followed by `_SB_CODE = <candidate source>` and
 `_SB_FN_NAME = <method name or None>`. It follows LiveCodeBench's evaluator
 (lcb_runner/evaluation/testing_util.py; as shipped in nvidia-livecodebench 26.3):
 

@@ -18,6 +18,21 @@ def tasks_of_uid(uid: int) -> list[int]:
     return pids
 
 
+def uids_in_use() -> dict[int, list[int]]:
+    """uid -> pids of every process that has it as its real, effective, saved or fs uid."""
+    found: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    line = next(ln for ln in f if ln.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue  # gone meanwhile
+            for uid in set(map(int, line.split()[1:])):
+                found.setdefault(uid, []).append(int(entry))
+    return found
+
+
 def threads_of_uid(uid: int) -> int:
     n = 0
     for pid in tasks_of_uid(uid):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skipbench.execute import sandbox_driver
+from skipbench.execute import values
 from skipbench.execute import cgroup, seccomp
 from skipbench.execute.proctable import descendants, tasks_of_uid, threads_of_uid, wait_gone
 from skipbench.execute.sandbox_profile import (  # noqa: F401 - re-exported: the sandbox's public names
@@ -46,7 +47,8 @@ from skipbench.execute.slots import kill_uid, lease_uids
 
 log = logging.getLogger(__name__)
 
-DRIVER_SOURCE = Path(sandbox_driver.__file__).read_text()
+# The program run inside: the value codec, then the driver (which imports it only as a library).
+DRIVER_SOURCE = Path(values.__file__).read_text() + "\n\n" + Path(sandbox_driver.__file__).read_text()
 
 
 class ProtocolError(RuntimeError):
@@ -159,13 +161,15 @@ class SandboxRun:
         return self
 
     def _fill(self, deadline: float) -> bool:
-        """Read what arrives before `deadline` into the buffer; False at end of output."""
+        """Read what arrives before `deadline` into the buffer; False at end of output. What
+        is already waiting counts as in time: another worker holding the GIL must not
+        turn a prompt message into a timeout."""
         while self._sel.get_map():
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                raise TimeoutError
             got = False
-            for key, _ in self._sel.select(left):
+            ready = self._sel.select(max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                raise TimeoutError
+            for key, _ in ready:
                 chunk = os.read(key.fileobj.fileno(), 1 << 20)
                 if not chunk:
                     self._sel.unregister(key.fileobj)
@@ -203,12 +207,13 @@ class SandboxRun:
         del self._buf[:n]
         return data
 
-    def next_message(self, timeout_s: float) -> tuple[dict, bytes | None] | None:
+    def next_message(self, deadline: float, header_slack: float = 0.0) -> tuple[dict, bytes | None] | None:
         """The next relay message and its payload; None at end of output. Raises
-        TimeoutError when no header arrives in `timeout_s` (a payload gets its own
-        transfer deadline: sending a big value is not the call's time), ProtocolError on
-        anything that is not a well-formed message, whatever the bytes are."""
-        line = self._line(time.perf_counter() + timeout_s)
+        TimeoutError when no header arrives by `deadline` (perf_counter) + `header_slack`
+        or its payload of n bytes not by `deadline` + 2 `transfer_s(n)` (runner to relay,
+        relay to us); ProtocolError on anything that is not a well-formed message,
+        whatever the bytes are."""
+        line = self._line(deadline + header_slack)
         if line is None:
             return None
         try:
@@ -222,16 +227,12 @@ class SandboxRun:
             n = msg["n"]
             if type(n) is not int or not 0 <= n <= self.profile.max_output_mb << 20:
                 raise ProtocolError("bad payload size")
-            t0 = time.perf_counter()
-            payload = self._payload(n, t0 + sandbox_driver.TRANSFER_S)
-            self.transfer_s += time.perf_counter() - t0
+            payload = self._payload(n, deadline + 2 * sandbox_driver.transfer_s(n))
         if msg.get("ready") is True and self.usage.startup_s != self.usage.startup_s:
             self.usage.startup_s = time.perf_counter() - self._t0
         if msg.get("done") is True and type(msg.get("peak_kb")) is int and 0 <= msg["peak_kb"] < 1 << 40:
             self.usage.peak_mb = msg["peak_kb"] / 1024
         return msg, payload
-
-    transfer_s = 0.0  # seconds spent reading payloads, kept out of the split's budget
 
     def __exit__(self, *exc) -> None:
         # A driver that finished exits by itself; give it a moment so its resource
@@ -288,9 +289,12 @@ def check_sandbox(profile: SandboxProfile) -> None:
     probe = (
         "import os, socket\n"
         "def probe(paths):\n"
-        "    s = socket.socket()\n"
-        "    s.settimeout(1)\n"
-        "    net = s.connect_ex(('1.1.1.1', 53)) == 0\n"
+        "    try:\n"
+        "        s = socket.socket()\n"
+        "        s.settimeout(1)\n"
+        "        net = s.connect_ex(('1.1.1.1', 53)) == 0\n"
+        "    except OSError:\n"
+        "        net = False\n"
         "    try:\n"
         "        os.close(os.open('/usr/.skipbench_probe', os.O_WRONLY | os.O_CREAT)); ro = False\n"
         "    except OSError:\n"
@@ -304,9 +308,9 @@ def check_sandbox(profile: SandboxProfile) -> None:
     try:
         with lease_uids(profile.uid_base, 1) as (uid,), SandboxRun(profile, job, uid, cpu_s=10) as run:
             for _ in range(6):
-                got = run.next_message(15.0)
+                got = run.next_message(time.perf_counter() + 15.0)
                 if got is None or got[1] is not None:
-                    value = got and json.loads(got[1])
+                    value = got and values.loads(got[1], 1 << 10)
                     break
             err = run.stderr
     except (TimeoutError, ProtocolError, OSError) as e:
@@ -318,7 +322,7 @@ def check_sandbox(profile: SandboxProfile) -> None:
             "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`); "
             "set execution.sandbox: none to run without it (not recommended)"
         )
-    uid, net, ro, seen, env = sandbox_driver.decode(value)
+    uid, net, ro, seen, env = value
     problems = [
         *(["network reachable"] if net else []),
         *(["/usr writable"] if not ro else []),

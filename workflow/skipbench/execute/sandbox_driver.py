@@ -11,25 +11,25 @@ sandbox. The job arrives as one JSON line on stdin. Two processes:
     shares the relay's memory. The relay reads each frame on that pipe as "what the test
     it waits for did", so a forged frame can at most claim a value, judged outside.
 
-The relay times each test itself (kills the runner past its limit) and writes messages
-(one JSON line each, a payload of `n` raw bytes after it where `n` is given):
+The relay times each test itself, from the start of the call to the last byte of its
+encoded value (the runner encodes inside the timed region: encoding may call the value's
+own methods), with a transfer allowance proportional to the value's size, and kills the
+runner past it. It writes messages (one JSON line each, a payload of `n` raw bytes after
+it where `n` is given):
   {"ready": true}                         relay started, limits applied
   {"load_error": "SyntaxError"}           code did not exec / entry point missing
   {"loaded": true}                        code loaded, tests start
-  {"i": 3, "returned": true, "t": 0.01}   test 3 returned after t seconds (its value follows)
-  {"i": 3, "n": 17}                       + 17 bytes: test 3's value, tagged JSON
+  {"i": 3, "returned": true, "t": 0.01, "n": 17}  + 17 bytes: test 3's value (tagged JSON,
+                                          skipbench/execute/values.py); t: the call's own seconds
   {"i": 3, "error": "ZeroDivisionError"}  test 3 raised
-  {"i": 3, "timeout": true}               test 3 hit its limit
+  {"i": 3, "timeout": true}               test 3 hit its limit (or the split its budget)
   {"i": 3, "unserialisable": "Foo"}       test 3 returned a non-plain value
   {"bad_frame": "..."}                    the runner sent something that is not a frame
   {"captured": true, "n": 99}             + 99 bytes, capture mode only: the args check() used
   {"done": true, "peak_kb": 1234}
-
-Values use a tagged JSON encoding that keeps Python's types apart: lists and
-str/int/float/bool/None map to JSON; tuple, set, frozenset, dict, complex, bytes,
-Fraction, Decimal and ints past 1000 digits become {"<tag>": body} (see `encode`).
 """
 
+import io
 import json
 import os
 import resource
@@ -39,88 +39,19 @@ import struct
 import sys
 import time
 
-# Exact built-in types only: a subclass (an int whose __eq__ is always true) is first
-# rebuilt as its base type, so only plain values cross the pipe.
-_SCALARS = (bool, int, float, str, type(None))
-_CONTAINERS = {"tuple": tuple, "set": set, "frozenset": frozenset}
-_BIG = 10**1000
-FRAME = struct.Struct(">cI")  # runner -> relay: kind, payload length
-ENCODE_S = 2.0  # after a test returned, its value must be framed within this (+ its limit)
-TRANSFER_S = 60.0  # a framed value's bytes must arrive within this
-
-
-class Unserialisable(Exception):
+try:  # as a library module; inside the sandbox values.py's source runs ahead of this one
+    from skipbench.execute.values import Unserialisable, decode, encode
+except ImportError:
     pass
 
-
-def encode(x, depth=0):
-    if depth > 100:
-        raise Unserialisable("nesting")
-    t = type(x)
-    if t is int and not -_BIG < x < _BIG:
-        return {"bigint": format(x, "x")}  # decimal str() of huge ints is capped in 3.11+
-    if t in _SCALARS:
-        return x
-    if t is list:
-        return [encode(v, depth + 1) for v in x]
-    if t is dict:
-        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
-    if t is complex:
-        return {"complex": [x.real, x.imag]}
-    if t is bytes:
-        return {"bytes": x.hex()}
-    for tag, base in _CONTAINERS.items():
-        if t is base:
-            return {tag: [encode(v, depth + 1) for v in x]}
-    # Exact numeric types of the stdlib: only their numbers cross; the trusted side
-    # rebuilds genuine objects, so a patched class here cannot act there.
-    mod = sys.modules.get(t.__module__)
-    if t.__module__ == "fractions" and t is getattr(mod, "Fraction", None):
-        return {"fraction": [encode(int(x.numerator)), encode(int(x.denominator))]}
-    if t.__module__ in ("decimal", "_decimal", "_pydecimal") and t.__name__ == "Decimal":
-        return {"decimal": str(x)}
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(x, np.generic):  # numpy scalars compare as their value in EvalPlus
-        return encode(x.item(), depth)
-    # Subclasses of built-ins (namedtuple, defaultdict, numpy floats...) compare equal
-    # to their base value in EvalPlus; rebuild them as the base type, then recheck.
-    for base in (bool, int, float, str, list, tuple, dict, set, frozenset, complex, bytes):
-        if isinstance(x, base):
-            plain = base.__new__(base, x) if base in (int, float, str, complex, bytes, tuple, frozenset) else base(x)
-            if type(plain) is base:
-                return encode(plain, depth)
-    raise Unserialisable(t.__name__)
+FRAME = struct.Struct(">cI")  # runner -> relay: kind, payload length
+TRANSFER_BPS = 8 << 20  # a value's bytes may take size / this on top of the test's limit (per hop)
+EVALPLUS_FRAMES = 28  # `evalplus.evaluate` calls the candidate 28 frames deep (counting its own)
 
 
-def decode(v):
-    t = type(v)
-    if t in _SCALARS:
-        return v
-    if t is list:
-        return [decode(x) for x in v]
-    if t is dict and len(v) == 1:
-        (tag, body), = v.items()
-        if tag == "dict":
-            return {decode(k): decode(x) for k, x in body}
-        if tag == "complex":
-            return complex(float(body[0]), float(body[1]))
-        if tag == "bigint" and type(body) is str:
-            return int(body, 16)
-        if tag == "bytes" and type(body) is str:
-            return bytes.fromhex(body)
-        if tag == "fraction":
-            import fractions
-
-            n, d = decode(body[0]), decode(body[1])
-            if type(n) is int and type(d) is int:
-                return fractions.Fraction(n, d)
-        if tag == "decimal" and type(body) is str:
-            import decimal
-
-            return decimal.Decimal(body)
-        if tag in _CONTAINERS and type(body) is list:
-            return _CONTAINERS[tag](decode(x) for x in body)
-    raise ValueError(f"bad encoded value: {str(v)[:80]}")
+def transfer_s(n):
+    """The transfer allowance of an n-byte value: proportional, no flat part."""
+    return n / TRANSFER_BPS
 
 
 def _apply_limits(lim):
@@ -213,7 +144,9 @@ class _Frames:
             self.buf += chunk
         return True
 
-    def next(self, deadline, body_deadline=None):
+    def next(self, deadline, per_byte=False):
+        """The next frame, whole by `deadline` (+ the transfer allowance of its size when
+        `per_byte`); raises TimeoutError past it."""
         if not self._fill(FRAME.size, deadline):
             if self.buf:
                 raise _BadFrame("truncated")
@@ -221,7 +154,7 @@ class _Frames:
         kind, n = FRAME.unpack_from(self.buf)
         if n > self.max:
             raise _BadFrame("too large")
-        if not self._fill(FRAME.size + n, body_deadline or deadline):
+        if not self._fill(FRAME.size + n, deadline + (transfer_s(n) if per_byte else 0.0)):
             raise _BadFrame("truncated")
         body = bytes(self.buf[FRAME.size:FRAME.size + n])
         del self.buf[:FRAME.size + n]
@@ -235,13 +168,14 @@ def _name(body):
 def _relay(job, frames, send):
     try:
         _relay_tests(job, frames, send)
-    except (_BadFrame, TimeoutError) as e:  # TimeoutError: a frame's body did not follow its header
-        send({"bad_frame": str(e) or "stalled"})
+    except _BadFrame as e:
+        send({"bad_frame": str(e)})
 
 
 def _relay_tests(job, frames, send):
+    split_end = time.monotonic() + job["load_limit_s"]  # the split's budget, load included
     try:
-        kind, body = frames.next(time.monotonic() + job["load_limit_s"])
+        kind, body = frames.next(split_end)
     except TimeoutError:
         kind, body = b"E", b"Timeout"
     if kind in (None, b"E"):
@@ -252,7 +186,7 @@ def _relay_tests(job, frames, send):
     send({"loaded": True})
     if job["mode"] == "capture":
         try:
-            kind, body = frames.next(time.monotonic() + job["time_limits"][0])
+            kind, body = frames.next(min(time.monotonic() + job["time_limits"][0], split_end), per_byte=True)
         except TimeoutError:
             send({"load_error": "capture:Timeout"})
             return
@@ -264,8 +198,10 @@ def _relay_tests(job, frames, send):
             raise _BadFrame("expected captured")
         return
     for i, limit in enumerate(job["time_limits"]):
+        # From the call to the value's last byte: its limit (the split's end at most),
+        # then the transfer allowance of the size announced.
         try:
-            kind, body = frames.next(time.monotonic() + limit)
+            kind, body = frames.next(min(time.monotonic() + limit, split_end), per_byte=True)
         except TimeoutError:
             send({"i": i, "timeout": True})
             return
@@ -274,27 +210,22 @@ def _relay_tests(job, frames, send):
         if kind == b"X":
             send({"i": i, "error": _name(body)})
             return
-        if kind != b"R" or len(body) != 8:
-            raise _BadFrame("expected returned")
-        send({"i": i, "returned": True, "t": struct.unpack(">d", body)[0]})
-        now = time.monotonic()
-        try:
-            kind, body = frames.next(now + limit + ENCODE_S, now + TRANSFER_S)
-        except TimeoutError:
-            send({"i": i, "timeout": True})
-            return
         if kind == b"U":
             send({"i": i, "unserialisable": _name(body)})
             return
-        if kind is None:
-            return
-        if kind != b"V":
+        if kind != b"V" or len(body) < 8:
             raise _BadFrame("expected value")
-        send({"i": i, "n": len(body)}, body)
+        value = memoryview(body)[8:]
+        send({"i": i, "returned": True, "t": struct.unpack_from(">d", body)[0], "n": len(value)}, value)
 
 
-def _frame(w, kind, body=b""):
-    _write_all(w, FRAME.pack(kind, len(body)) + body)
+def _frame(w, kind, body=b"", head=b""):
+    """One frame of `head` + `body`; a big body is written as it is, not copied."""
+    if len(body) < 1 << 16:
+        _write_all(w, FRAME.pack(kind, len(head) + len(body)) + head + body)
+    else:
+        _write_all(w, FRAME.pack(kind, len(head) + len(body)) + head)
+        _write_all(w, body)
 
 
 def _dumps(value):
@@ -310,10 +241,53 @@ def _runner(job, w):
                 __import__(name)
             except BaseException:  # noqa: BLE001 - the candidate's own import reports it
                 pass
-    _guard(job["limits"]["memory_mb"] << 20, job["code"], job.get("guard", "evalplus"))
+    flavour = job.get("guard", "evalplus")
+    _guard(job["limits"]["memory_mb"] << 20, job["code"], flavour)
+    if flavour == "evalplus":  # the candidate's stack headroom and stdio as under EvalPlus
+        _at_depth(EVALPLUS_FRAMES - 2, _load_and_run, job, args, w, _swallowed)  # + _swallowed's frame
+    else:
+        _load_and_run(job, args, w, lambda call, *a: call(*a))
+
+
+def _frames():
+    f, n = sys._getframe(1), 0
+    while f:
+        f, n = f.f_back, n + 1
+    return n
+
+
+def _at_depth(n, fn, *args):
+    """fn(*args) with fn's frame the n-th of the stack (EvalPlus's process is that deep)."""
+    return fn(*args) if _frames() >= n - 1 else _at_depth(n, fn, *args)
+
+
+class _WriteOnly(io.StringIO):
+    """EvalPlus's WriteOnlyStringIO (evalplus/eval/utils.py:81-95): no fileno, no buffer, no reading."""
+
+    def read(self, *args, **kwargs):
+        raise OSError
+
+    readline = readlines = read
+
+    def readable(self, *args, **kwargs):
+        return False
+
+
+def _swallowed(call, *args):
+    """EvalPlus's swallow_io (evalplus/eval/utils.py:34-39): stdout, stderr and stdin are
+    one write-only string buffer while candidate code runs."""
+    saved = sys.stdout, sys.stderr, sys.stdin
+    sys.stdout = sys.stderr = sys.stdin = _WriteOnly()
+    try:
+        return call(*args)
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = saved
+
+
+def _load_and_run(job, args, w, swallowed):
     env = {}  # as EvalPlus: no __name__ == "__main__", so main blocks do not run
     try:
-        exec(compile(job["code"], "<candidate>", "exec"), env)
+        swallowed(exec, compile(job["code"], "<candidate>", "exec"), env)
         fn = env[job["entry_point"]]
         if not callable(fn):
             raise TypeError("entry point is not callable")
@@ -326,20 +300,21 @@ def _runner(job, w):
         return
     clock = time.perf_counter
     for a in args:
+        # Encoding may run the value's own methods: it belongs to the timed region, which
+        # the relay closes at the value's last byte.
         try:
             t0 = clock()
-            value = fn(*a)
+            value = swallowed(fn, *a)
             dt = clock() - t0
         except BaseException as e:  # noqa: BLE001 - SystemExit etc. count as a failed test
             _frame(w, b"X", type(e).__name__.encode())
             return
-        _frame(w, b"R", struct.pack(">d", dt))
         try:
-            body = _dumps(encode(_output(value, job["output_mode"])))
-        except (Unserialisable, RecursionError, ValueError, OverflowError) as e:
-            _frame(w, b"U", str(e)[:80].encode())
+            body = swallowed(lambda: _dumps(encode(_output(value, job["output_mode"]))))
+        except BaseException as e:  # noqa: BLE001 - whatever encoding ran: no plain value
+            _frame(w, b"U", (str(e) if type(e) is Unserialisable else type(e).__name__)[:80].encode())
             return
-        _frame(w, b"V", body)
+        _frame(w, b"V", body, head=struct.pack(">d", dt))
 
 
 def _guard(memory_bytes, code, flavour):

@@ -27,15 +27,15 @@ import pyarrow as pa
 
 from skipbench.benchmarks.samples import read_journal, read_samples
 from skipbench.benchmarks.tasks import Benchmark, Task, load_benchmark
-from skipbench.execute.compare import is_floats, outputs_match
+from skipbench.execute.compare import NEEDS_INPUT, is_floats, outputs_match
 from skipbench.execute.groundtruth import SplitTruth, build_groundtruth, output_mode
 from skipbench.execute.harness import Outcome, run_tests
 from skipbench.execute.lcb_job import sandbox_job
 from skipbench.execute.sandbox import SandboxProfile, check_sandbox, make_profile
 from skipbench.execute.slots import lease_uids
 from skipbench.io import write_table
-from skipbench.execute.sandbox_driver import decode
 from skipbench.progress import track
+from skipbench.execute.values import decode
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,12 @@ def judge_split(family: str, entry_point: str, atol: float, truth: SplitTruth):
     """A judge for `run_tests`: EvalPlus's comparison, including its quirk that once an
     expected float has forced atol=1e-6, the tolerance stays for the rest of the split."""
     state = {"atol": atol}
+    needs_input = (family, entry_point) in NEEDS_INPUT  # decoding every input per sample is costly
 
     def judge(i: int, out) -> bool:
         exp = truth.expected[i]
-        ok = outputs_match(family, entry_point, decode(truth.inputs[i]), out, exp, state["atol"])
+        inp = decode(truth.inputs[i]) if needs_input else None
+        ok = outputs_match(family, entry_point, inp, out, exp, state["atol"])
         if not (family == "humaneval" and entry_point == "find_zero"):
             if state["atol"] == 0 and is_floats(exp):
                 state["atol"] = 1e-6
@@ -141,8 +143,10 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
     if bench.family == "livecodebench":  # expected outputs come with the problems, no canonical runs
         truth = {t.task_id: {"base": SplitTruth(list(t.lcb.tests), [o for _, o in t.lcb.tests], [])} for t in bench.tasks}
     else:
+        # One canonical run at a time, as EvalPlus times them: two at once made the
+        # reference times (and so every limit) a median 1.45x longer on 2 cores.
         truth = build_groundtruth(bench, profile, Path(cfg.get("groundtruth_dir") or out_path.parent / "groundtruth"),
-                                  threads)  # fmt: skip
+                                  threads=1)  # fmt: skip
     tasks = {t.task_id: t for t in bench.tasks}
 
     fixed = {
