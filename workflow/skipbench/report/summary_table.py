@@ -96,7 +96,7 @@ def markdown(summary: pd.DataFrame) -> str:
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
         f"predicted tok/s ratio @{batch} (calibrated / ideal)": _band,
-        "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
+        "experts/token": lambda r: _num(r["routed_per_decode_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
         "KL to dense, nats (noise floor)": lambda r: _kl(r),
