@@ -65,6 +65,8 @@ class ExpertCount:
     moe_layers: int
     decode_kept: int  # the same two over decode rows only (generated tokens fed back; prompt rows apart)
     decode_token_layers: int
+    capped: int  # top_p: token-layers where the rule over all E wanted more than the K slots (cap binds)
+    uncapped: int  # top_p: experts that rule wanted, summed over token-layers
 
 
 def device_name() -> str:
@@ -229,7 +231,8 @@ class VllmEngine:
             raise RuntimeError(f"the skip kernel missed MoE calls (a path around forward_modular): {layers}")
         self.llm.collective_rpc("skipbench_reset")
         return ExpertCount(sum(l["kept"] for l in layers), sum(l["tokens"] for l in layers), len(layers),
-                           sum(l["decode_kept"] for l in layers), sum(l["decode_tokens"] for l in layers))
+                           sum(l["decode_kept"] for l in layers), sum(l["decode_tokens"] for l in layers),
+                           sum(l["capped"] for l in layers), sum(l["uncapped"] for l in layers))
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
@@ -323,7 +326,8 @@ class TransformersEngine:
 
     def take_counts(self) -> ExpertCount:
         counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates),
-                             sum(g.decode_kept for _, g in self.gates), sum(g.decode_tokens for _, g in self.gates))
+                             *(sum(getattr(g, f) for _, g in self.gates)
+                               for f in ("decode_kept", "decode_tokens", "capped", "uncapped")))
         for _, g in self.gates:
             g.reset()
         return counts

@@ -56,6 +56,8 @@ class SkipGate(nn.Module):
         self.kept = 0
         self.decode_tokens = 0  # the same over decode rows (generated tokens fed back), prompt rows apart
         self.decode_kept = 0
+        self.capped = 0  # top_p: token-layers whose rule over all E wanted more than K experts
+        self.uncapped = 0  # top_p: experts that rule wanted, summed over token-layers
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (ids, weights, keep)
         self.tracing = False
         self.prefill = False  # set per forward by patch_model's pre-hook: this call is a prompt pass
@@ -84,6 +86,9 @@ class SkipGate(nn.Module):
         self.kept += int(keep.sum())
         self.decode_tokens += int(decode.sum())
         self.decode_kept += int(keep[decode].sum())
+        if (wanted := self.layer_rule.uncapped(logits)) is not None:  # [T]
+            self.capped += int((wanted > keep.shape[1]).sum())
+            self.uncapped += int(wanted.sum())
         self.last = (ids, weights, keep)
         if self.tracing:
             traced = slot_weights(self.rule.strategy, topk_weights, weights)  # [T,K]
@@ -94,7 +99,7 @@ class SkipGate(nn.Module):
 
     def reset(self) -> None:
         """Zero the counters (the trace is taken separately, by the engine's take_trace)."""
-        self.tokens = self.kept = self.decode_tokens = self.decode_kept = 0
+        self.tokens = self.kept = self.decode_tokens = self.decode_kept = self.capped = self.uncapped = 0
         self.last = None
 
 

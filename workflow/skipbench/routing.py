@@ -190,6 +190,15 @@ class LayerRule:
             w, ids_out, keep = torch.where(d, w, weights), torch.where(d, ids_out, ids), keep | ~d
         return w, ids_out, keep
 
+    def uncapped(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """[T] experts the rule's own definition keeps before the hooks' cap at K slots: Huang's
+        top_p over all E is not bounded by K (engines count how often the cap binds). None for
+        every other rule: bounded by K by construction."""
+        if self.rule.strategy != "top_p":
+            return None
+        probs = probabilities(self._logits(logits), self.spec)  # [T,E]
+        return keep_huang_top_p(self.rule.p, probs, probs.shape[-1])[1].sum(-1)  # [T]
+
     def _logits(self, logits):
         if logits is None:
             raise ValueError(f"strategy {self.rule.strategy!r} needs the router logits")

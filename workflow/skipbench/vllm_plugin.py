@@ -63,14 +63,21 @@ class RouterStats:
         self.kept = torch.zeros((), dtype=torch.int64, device=device)
         self.decode_tokens = torch.zeros((), dtype=torch.int64, device=device)  # the same over decode rows
         self.decode_kept = torch.zeros((), dtype=torch.int64, device=device)
+        self.capped = torch.zeros((), dtype=torch.int64, device=device)  # top_p: rows whose rule over all E wanted > K
+        self.uncapped = torch.zeros((), dtype=torch.int64, device=device)  # top_p: experts that rule wanted, summed
         self.calls = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.trace: list[tuple[torch.Tensor, ...]] = []  # per call (ids, weights, keep) [T,K] each
 
     def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, tracing: bool,
-               traced_weights: torch.Tensor | None = None, decode: torch.Tensor | None = None) -> None:
+               traced_weights: torch.Tensor | None = None, decode: torch.Tensor | None = None,
+               wanted: torch.Tensor | None = None) -> None:
         # ids, weights, keep, traced_weights [T,K]; traced_weights: traces.slot_weights;
-        # decode [T] bool: the step's decode rows (None: not known, every row counts as decode)
+        # decode [T] bool: the step's decode rows (None: not known, every row counts as decode);
+        # wanted [T]: experts an uncapped rule asked for (LayerRule.uncapped), None if bounded by K
+        if wanted is not None:
+            self.capped += (wanted > keep.shape[1]).sum()
+            self.uncapped += wanted.sum()
         self.tokens += keep.shape[0]
         self.kept += keep.sum()
         if decode is None:
@@ -90,6 +97,8 @@ class RouterStats:
         self.kept.zero_()
         self.decode_tokens.zero_()
         self.decode_kept.zero_()
+        self.capped.zero_()
+        self.uncapped.zero_()
         self.calls = 0
         self.last = None
         self.trace = []
@@ -143,7 +152,8 @@ class SkipHook:
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
             stats.record(new_ids, new_weights, keep, self.tracing,
-                         slot_weights(rule.rule.strategy, topk_weights, new_weights), decode)
+                         slot_weights(rule.rule.strategy, topk_weights, new_weights), decode,
+                         rule.uncapped(router_logits))
             router.skipbench_keep = keep  # read by the kernel path's experts call, next
             # the CPU experts read contiguous float32/int32 buffers, ignoring strides
             return new_weights.to(topk_weights.dtype).contiguous(), new_ids.contiguous()
@@ -224,7 +234,8 @@ class SkipStatsWorker:
         hook.rule = SkipRule.from_config(json.loads(rule_json))
 
     def skipbench_stats(self) -> dict:
-        """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, decode_tokens, decode_kept, calls, kernel_calls}]}
+        """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, decode_tokens, decode_kept, capped, uncapped, calls,
+        kernel_calls}]}
         (one host sync, here). skip_path: skip_kernel when every MoE layer runs the kernel,
         weight0 when none does, `mixed` otherwise; kernel_fallback: why layers do not."""
         layers, paths, fallback = [], set(), set()
@@ -235,7 +246,8 @@ class SkipStatsWorker:
                 fallback.add(why)
             if (s := runner.router.__dict__.get("skipbench_stats")) is not None:
                 layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), decode_tokens=int(s.decode_tokens),
-                                   decode_kept=int(s.decode_kept), calls=s.calls,
+                                   decode_kept=int(s.decode_kept), capped=int(s.capped), uncapped=int(s.uncapped),
+                                   calls=s.calls,
                                    kernel_calls=experts.__dict__.get("skipbench_kernel_calls", 0)))
         hook = installed_hook()
         if hook is None:
