@@ -111,9 +111,10 @@ STRATEGY_CHECKS: dict[str, Callable[[dict, RoutingShape], list[str]]] = {
     "batch_aware": lambda v, s: _at_most("k0", v.get("k0"), s.top_k, "the model's num_experts_per_tok"),
     # the hooks carry the model's K slots per token: a re-run router keeps at most K
     "router_topk": lambda v, s: _at_most("k", v.get("k"), s.top_k, "the model's num_experts_per_tok"),
-    "entropy_k": lambda v, s: (  # k = 1 + cut points reached: at most K
-        [f"thresholds = {v['thresholds']!r}: at most {s.top_k - 1} cut points (k = 1 + cut points reached, "
-         f"at most the model's num_experts_per_tok {s.top_k})"] if len(v.get("thresholds") or []) >= s.top_k else []),
+    "entropy_k": lambda v, s: [  # k = 1 + cut points reached: at most K
+        f"{name} = {v[name]!r}: at most {s.top_k - 1} cut points (k = 1 + cut points reached, "
+        f"at most the model's num_experts_per_tok {s.top_k})"
+        for name in ("thresholds", "quantiles") if len(v.get(name) or []) >= s.top_k],
 }
 
 

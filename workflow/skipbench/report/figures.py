@@ -302,7 +302,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
         no_data(ax, f"no scored variant of {benchmark} has experts per token")
         return fig
     batch = int(rows["deployment_batch"].iloc[0])
-    header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "experts/token",
+    header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "routed experts/decode token",
               "tok/s infer (meas.)", f"tok/s ratio @{batch} meas.", f"tok/s ratio @{batch} pred. (cal. / ideal)"]  # fmt: skip
 
     def fmt(x, spec):

@@ -79,7 +79,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("predicted_calibration", pa.string()),  # what the calibrated end was fitted on, or "uncalibrated"
     ("validation_hardware", pa.string()),  # profile whose predictions were checked against the engine here
     ("validation_error", pa.float64()),  # median predicted / measured - 1 of those checks (engine decode step)
-    ("routed_per_decode_token", pa.float64()),  # kept routed experts per token and MoE layer
+    ("routed_per_decode_token", pa.float64()),  # kept routed experts per decode token and MoE layer, at infer_batch
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
