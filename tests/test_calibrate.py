@@ -15,6 +15,7 @@ from skipbench.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 BENCHMARKS = {"humaneval": {"dataset": "humaneval", "tasks": 10}}
+CALIBRATION = {"dataset": "humaneval", "tasks": ["HumanEval/15", "HumanEval/45"]}  # short texts: a fast test
 
 
 def test_calibration_tasks_are_disjoint_from_every_evaluated_task():
@@ -46,9 +47,9 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, tiny_model_dir):
     model = tiny_model_dir
-    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 2}, BENCHMARKS)
+    tasks = calibration_tasks(CALIBRATION, BENCHMARKS)
     out = tmp_path_factory.mktemp("cal") / "calibration.parquet"
-    run_calibration(model, tasks, out, max_tokens=1024)  # solutions included: MoDES reads their tokens
+    run_calibration(model, tasks, out, max_tokens=512)  # solutions included: MoDES reads their tokens
     return pq.read_table(out)
 
 
@@ -77,15 +78,15 @@ def test_modes_importance_is_the_kl_of_skipping_each_layer(table, tiny_model_dir
 
     from skipbench.oracle import load_oracle
 
-    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 2}, BENCHMARKS)
+    tasks = calibration_tasks(CALIBRATION, BENCHMARKS)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     kl = {}
+    dense, _ = load_oracle(tiny_model_dir, SkipRule("dense"))
     for layer in (1, 2):
         model, _ = load_oracle(tiny_model_dir, SkipRule("layers", layers=(layer,)))
-        dense, _ = load_oracle(tiny_model_dir, SkipRule("dense"))
         total = 0.0
         for t in tasks:
-            ids = tok(t.prompt + t.canonical_solution, return_tensors="pt")["input_ids"][:, :1024]
+            ids = tok(t.prompt + t.canonical_solution, return_tensors="pt")["input_ids"][:, :512]
             n = len(tok(t.prompt)["input_ids"])
             with torch.no_grad():
                 p = dense(ids).logits[0, n:].double().log_softmax(-1)
