@@ -23,7 +23,8 @@ dropped slot's expert (vllm_kernel.py; layers it cannot serve stay on weight0). 
 router passes its keep mask to the experts through `router.skipbench_keep`.
 
 Counting: each router object gets a RouterStats on first call; it accumulates kept
-slots and tokens in device tensors (in-place adds, no host sync). Workers expose
+slots and tokens in device tensors (in-place adds, no host sync), over all rows and over
+the step's decode rows (the Pareto axis counts decode tokens only). Workers expose
 them through SkipStatsWorker (pass it as `worker_extension_cls`) and
 `LLM.collective_rpc("skipbench_stats")`. Under CUDA graphs padded rows are counted
 too; on CPU (eager) the counts are exact. Traces (`skipbench_trace`) record every
