@@ -132,12 +132,18 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     valid = [i for i, g in enumerate(tgens) if "\ufffd" not in g["completion"]]
     assert valid and [vgens[i]["completion"] for i in valid] == [tgens[i]["completion"] for i in valid]
     assert (vsum["engine"], vsum["skip_path"], vsum["routed_per_decode_token"]) == ("vllm", "weight0", 3.0)
-    assert vsum["expert_kernel"] == "vllm"
+    assert vsum["routed_per_prompt_token"] == 3.0 and vsum["expert_kernel"] == "vllm"
     assert vsum["samples"] == 5 and vsum["tokens_per_s"] > 0
     # The trace of a multi-batch vLLM run: every generated token in every MoE layer, 3 kept.
     trace = pq.read_table(tmp_path / "trace.parquet").to_pandas()
     assert len(trace) == vsum["moe_layers"] * sum(g["tokens_generated"] for g in vgens)
     assert trace["keep"].map(lambda m: bin(m).count("1")).eq(3).all()
+    # OEA on the engine of record at deployment batch 1: exactly k0 experts per decode token
+    out = tmp_path / "oea"
+    run_infer(tiny, TASKS, "oea1", {"strategy": "batch_aware", "k0": 1}, engine, GEN, out / "s.jsonl", out / "g.parquet",
+              out / "sum.parquet", out / "cache", deployment_batch=1)
+    (osum,) = pq.read_table(out / "sum.parquet").to_pylist()
+    assert osum["batch_size"] == 1 and osum["routed_per_decode_token"] == 1.0 < osum["routed_per_prompt_token"]
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):
