@@ -43,12 +43,12 @@ def scores_rows(benchmark: str = "he", with_plus: bool = True) -> list[dict]:
             paired=10, delta_base=base - 0.9, mcnemar_p_base=0.5, delta_plus=None if plus is None else plus - 0.8,
             mcnemar_p_plus=None if plus is None else 0.25, tokens_per_s=tps, batch_size=10, engine="vllm",
             engine_version="0.32.0", device="cpu:x86_64x2", dtype="bfloat16",
-            skip_path="none" if v == "dense" else "weight0", expert_kernel="vllm", experts_per_token=ept, dense_experts_per_token=4.0,
+            skip_path="none" if v == "dense" else "weight0", expert_kernel="vllm", routed_per_decode_token=ept, dense_experts_per_token=4.0,
             identical_to_dense=1.0 if v == "dense" else ept / 8, first_diff_token=None if v == "dense" else 10 * ept,
             time_factor=4.0, min_time_limit_s=1.0, sandbox="bwrap", status_counts="{}",
         ))  # fmt: skip
     # external samples: quality only, no strategy, no cost
-    rows.append({**rows[0], "variant": "external", "strategy": None, "tokens_per_s": None, "experts_per_token": None,
+    rows.append({**rows[0], "variant": "external", "strategy": None, "tokens_per_s": None, "routed_per_decode_token": None,
                  "engine": None, "device": None, "pass1_base": 1.0, "pass1_plus": 1.0 if with_plus else None})  # fmt: skip
     return rows
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from skipbench.benchmarks.tasks import load_tasks
@@ -14,6 +15,7 @@ from skipbench.skip.strategies import SkipRule
 from tiny_models import write_tiny_dsv3
 
 BENCHMARKS = {"humaneval": {"dataset": "humaneval", "tasks": 10}}
+CALIBRATION = {"dataset": "humaneval", "tasks": ["HumanEval/15", "HumanEval/45"]}  # short texts: a fast test
 
 
 def test_calibration_tasks_are_disjoint_from_every_evaluated_task():
@@ -38,11 +40,16 @@ def test_default_config_calibration_is_held_out():
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    model = write_tiny_dsv3(tmp_path_factory.mktemp("tiny") / "model")
-    tasks = calibration_tasks({"dataset": "humaneval", "tasks": 2}, BENCHMARKS)
+def tiny_model_dir(tmp_path_factory):
+    return write_tiny_dsv3(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, tiny_model_dir):
+    model = tiny_model_dir
+    tasks = calibration_tasks(CALIBRATION, BENCHMARKS)
     out = tmp_path_factory.mktemp("cal") / "calibration.parquet"
-    run_calibration(model, tasks, out, max_tokens=128)
+    run_calibration(model, tasks, out, max_tokens=512)  # solutions included: MoDES reads their tokens
     return pq.read_table(out)
 
 
@@ -57,6 +64,37 @@ def test_statistics(table):
         assert all(s >= 0 for s in r["saliency"]) and any(s > 0 for s in r["saliency"])
         assert all(s == 0 for s, f in zip(r["saliency"], r["frequency"]) if f == 0)
         assert r["routed_norm"] > 0 and r["relative_update"] > 0
+        qs = r["entropy_quantiles"]
+        assert len(qs) == 101 and 0 < qs[0] <= qs[50] <= qs[100] <= 1 and qs[0] < qs[100]
+    assert sum(r["modes_importance"] for r in rows) == pytest.approx(1.0)  # MoDES: normalised over layers
+    assert all(r["modes_importance"] > 0 for r in rows)
+
+
+def test_modes_importance_is_the_kl_of_skipping_each_layer(table, tiny_model_dir):
+    """Recomputed independently: the dense model vs the model whose routed experts are off in
+    one layer (the `layers` strategy), KL(dense || skipped) over the solution's positions,
+    summed over texts, normalised over layers (ModelTC/MoDES get_layer_importance_ddp.py)."""
+    from transformers import AutoTokenizer
+
+    from skipbench.infer.oracle import load_oracle
+
+    tasks = calibration_tasks(CALIBRATION, BENCHMARKS)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    kl = {}
+    dense, _ = load_oracle(tiny_model_dir, SkipRule("dense"))
+    for layer in (1, 2):
+        model, _ = load_oracle(tiny_model_dir, SkipRule("layers", layers=(layer,)))
+        total = 0.0
+        for t in tasks:
+            ids = tok(t.prompt + t.canonical_solution, return_tensors="pt")["input_ids"][:, :512]
+            n = len(tok(t.prompt)["input_ids"])
+            with torch.no_grad():
+                p = dense(ids).logits[0, n:].double().log_softmax(-1)
+                q = model(ids).logits[0, n:].double().log_softmax(-1)
+            total += float((p.exp() * (p - q)).sum())
+        kl[layer] = total
+    got = {r["layer"]: r["modes_importance"] for r in table.to_pylist()}
+    assert got == pytest.approx({l: v / sum(kl.values()) for l, v in kl.items()}, rel=1e-4)
 
 
 def test_bind_calibration(table):
@@ -73,7 +111,11 @@ def test_bind_calibration(table):
             assert max(rows[layer][key][e] for e in removed) <= min(rows[layer][key][e] for e in kept)
         assert rule.is_calibrated and SkipRule.from_config(json.loads(rule.to_json())) == rule
     assert bind_calibration(SkipRule("prune", fraction=0.0, criterion="reap"), table).pruned == {1: (), 2: ()}
-    rule = bind_calibration(SkipRule("modulated", tau=0.1), table)  # MoDES-style: relative update, mean 1
+    rule = bind_calibration(SkipRule("modes", tau=0.05), table)  # MoDES: KL importance, sum 1
+    assert rule.layer_importance == {l: r["modes_importance"] for l, r in rows.items()} and rule.is_calibrated
+    rule = bind_calibration(SkipRule("entropy_k", quantiles=(0.3, 0.7)), table)
+    assert rule.is_calibrated and all(a <= b for a, b in rule.layer_thresholds.values())
+    rule = bind_calibration(SkipRule("modulated", tau=0.1), table)  # our ablation: relative update, mean 1
     mean = sum(r["relative_update"] for r in rows.values()) / len(rows)
     assert rule.layer_importance == pytest.approx({l: r["relative_update"] / mean for l, r in rows.items()})
     assert rule.is_calibrated and SkipRule.from_config(json.loads(rule.to_json())) == rule

@@ -10,7 +10,7 @@ from skipbench.config_check import (
 )
 
 # The embedded default's routing: 16 experts top-4 in 4 groups (keep 2), layers 1-3 MoE.
-TINY = RoutingShape(experts=16, top_k=4, groups=4, topk_group=2, moe_layers=(1, 2, 3))
+TINY = RoutingShape(experts=16, top_k=4, groups=4, topk_group=2, moe_layers=(1, 2, 3), scoring="sigmoid")
 
 
 @pytest.mark.parametrize("variant, needle", [
@@ -130,7 +130,7 @@ def test_datasets_not_downloaded_yet_are_checked_later_and_planning_stays_offlin
 def test_new_strategies_are_checked_against_the_routing_shape():
     from skipbench.config_check import ConfigError, RoutingShape, check_variants
 
-    shape = RoutingShape(16, 4, 4, 2, (1, 2, 3))
+    shape = RoutingShape(16, 4, 4, 2, (1, 2, 3), "sigmoid")
     check_variants({"a": {"strategy": "router_topk", "k": 4}, "b": {"strategy": "entropy_k", "thresholds": [0.2, 0.5, 0.8]}},
                    shape)  # fmt: skip
     with pytest.raises(ConfigError, match=r"variants.r.k = 5: at most 4"):

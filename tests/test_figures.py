@@ -51,7 +51,7 @@ def flat(pairs):
 
 
 def points(names, x, split):
-    col = {"tokens_per_s": 1, "experts_per_token": 2}[x]
+    col = {"tokens_per_s": 1, "routed_per_decode_token": 2}[x]
     y = {"base": 3, "plus": 4}[split]
     return [(VARIANTS[n][col], VARIANTS[n][y]) for n in names]
 
@@ -63,7 +63,7 @@ def test_tradeoff_no_front_over_weight0_throughput(tmp_path):
     assert fronts[("tiny", "base", "tokens_per_s")] == [] and fronts[("tiny", "plus", "tokens_per_s")] == []
     assert not [l for l in tps_base.get_lines() if l.get_label() == "Pareto front"]
     assert "nothing skipped on this path" in one_line(tps_base.get_xlabel()) and "weight0" in one_line(tps_base.get_xlabel())
-    assert fronts[("tiny", "base", "experts_per_token")] == FRONT_BASE_VS_EPT  # experts/token still ranks them
+    assert fronts[("tiny", "base", "routed_per_decode_token")] == FRONT_BASE_VS_EPT  # experts/token still ranks them
     plt.close(fig)
 
 
@@ -72,8 +72,8 @@ def test_tradeoff_draws_the_hand_computed_front(tmp_path):
     run = load_run("tiny", files["scores"])
     run.scores["skip_path"] = run.scores["skip_path"].replace("weight0", "skip_kernel")  # a real skip path
     fig, fronts = tradeoff_figure([run], "he")
-    expected = [("base", "tokens_per_s", FRONT_BASE_VS_TPS), ("base", "experts_per_token", FRONT_BASE_VS_EPT),
-                ("plus", "tokens_per_s", FRONT_PLUS_VS_TPS), ("plus", "experts_per_token", FRONT_PLUS_VS_EPT)]  # fmt: skip
+    expected = [("base", "tokens_per_s", FRONT_BASE_VS_TPS), ("base", "routed_per_decode_token", FRONT_BASE_VS_EPT),
+                ("plus", "tokens_per_s", FRONT_PLUS_VS_TPS), ("plus", "routed_per_decode_token", FRONT_PLUS_VS_EPT)]  # fmt: skip
     assert len(fig.axes) == 4  # rows (base, plus) x columns (tokens/s, experts/token), row-major
     for ax, (split, x, names) in zip(fig.axes, expected):
         assert fronts[("tiny", split, x)] == names
@@ -158,7 +158,7 @@ def test_combined_runs_are_faceted_by_run(tmp_path):
     fig, fronts = tradeoff_figure(runs, "he")
     assert len(fig.axes) == 8  # (2 runs x 2 splits) rows x 2 cost columns
     assert [one_line(ax.get_title()) for ax in fig.axes[::2]] == [f"{r}: he, {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
-    assert fronts[("model-b", "plus", "experts_per_token")] == FRONT_PLUS_VS_EPT
+    assert fronts[("model-b", "plus", "routed_per_decode_token")] == FRONT_PLUS_VS_EPT
     plt.close(fig)
     out, result = draw(tmp_path, "out", runs)
     assert list(result["summary"]["run"].unique()) == ["model-a", "model-b"]

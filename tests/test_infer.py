@@ -43,14 +43,14 @@ def test_outputs_and_expert_counts(tiny, tmp_path):
         assert g["finish_reason"] == ("length" if len(g["token_ids"]) == 6 else "stop")
         assert g["batch_size"] in (1, 2) and g["wall_s"] > 0
     assert summary["samples"] == 5 and summary["output_tokens"] == sum(g["tokens_generated"] for g in gens)
-    assert summary["experts_per_token"] == 2.0 and summary["dense_experts_per_token"] == 4
+    assert summary["routed_per_decode_token"] == 2.0 and summary["dense_experts_per_token"] == 4
     assert (summary["skip_path"], summary["engine"], summary["moe_layers"]) == ("sentinel", "transformers", 2)
     assert summary["expert_kernel"] == "transformers-eager"  # no kernel choice given
     assert json.loads(summary["params"]) == {"k": 2}  # renormalise absent: the strategy's own default
     assert summary["tokens_per_s"] == pytest.approx(summary["output_tokens"] / summary["wall_s"])
 
     _, dense_gens, (dense,) = run(tiny, tmp_path / "dense", {"strategy": "dense"})
-    assert dense["experts_per_token"] == 4.0 and dense["skip_path"] == "none"
+    assert dense["routed_per_decode_token"] == 4.0 and dense["skip_path"] == "none"
     assert [g["token_ids"] for g in dense_gens] != [g["token_ids"] for g in gens], "top-2 changed nothing"
 
 
@@ -131,13 +131,19 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     # sequence (random bytes here); where the text is valid both engines must agree.
     valid = [i for i, g in enumerate(tgens) if "\ufffd" not in g["completion"]]
     assert valid and [vgens[i]["completion"] for i in valid] == [tgens[i]["completion"] for i in valid]
-    assert (vsum["engine"], vsum["skip_path"], vsum["experts_per_token"]) == ("vllm", "weight0", 3.0)
-    assert vsum["expert_kernel"] == "vllm"
+    assert (vsum["engine"], vsum["skip_path"], vsum["routed_per_decode_token"]) == ("vllm", "weight0", 3.0)
+    assert vsum["routed_per_prompt_token"] == 3.0 and vsum["expert_kernel"] == "vllm"
     assert vsum["samples"] == 5 and vsum["tokens_per_s"] > 0
     # The trace of a multi-batch vLLM run: every generated token in every MoE layer, 3 kept.
     trace = pq.read_table(tmp_path / "trace.parquet").to_pandas()
     assert len(trace) == vsum["moe_layers"] * sum(g["tokens_generated"] for g in vgens)
     assert trace["keep"].map(lambda m: bin(m).count("1")).eq(3).all()
+    # OEA on the engine of record at deployment batch 1: exactly k0 experts per decode token
+    out = tmp_path / "oea"
+    run_infer(tiny, TASKS, "oea1", {"strategy": "batch_aware", "k0": 1}, engine, GEN, out / "s.jsonl", out / "g.parquet",
+              out / "sum.parquet", out / "cache", deployment_batch=1)
+    (osum,) = pq.read_table(out / "sum.parquet").to_pylist()
+    assert osum["batch_size"] == 1 and osum["routed_per_decode_token"] == 1.0 < osum["routed_per_prompt_token"]
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):
@@ -182,10 +188,16 @@ def test_batch_aware_generates_at_the_deployment_batch(tiny, tmp_path):
     assert {g["batch_size"] for g in gens} == {1} and summary["batch_size"] == 1
     decode = trace.filter(pc.greater_equal(trace["position"], 1))
     assert all(bin(k).count("1") == 1 for k in decode["keep"].to_pylist()), "alone in its steps: top-k0"
+    # the Pareto x-axis counts decode tokens only: exactly k0, whereas the prompt pass (one batch) keeps more
+    assert summary["routed_per_decode_token"] == 1.0 and summary["routed_per_prompt_token"] > 1.0
+    assert decode.num_rows == 2 * sum(g["tokens_generated"] - 1 for g in gens)  # decode rows the counters saw
     again, _, trace_again = go("oea-b", oea)
     assert [g["token_ids"] for g in again] == [g["token_ids"] for g in gens] and trace_again.equals(trace)
     gens, summary, _ = go("top2", top2)  # a per-token rule keeps generation.batch_size
     assert summary["batch_size"] == 2 and {g["batch_size"] for g in gens} == {1, 2}
+    _, summary, trace = go("rtop2", {"strategy": "router_topk", "k": 2})
+    assert summary["routed_per_decode_token"] == 2.0 == summary["routed_per_prompt_token"]
+    assert set(trace["keep"].to_pylist()) <= {3, 5, 6, 9, 10, 12}  # two of the four slots, from the trace
     _, summary, _ = go("oea-none", oea, deployment_batch=None)  # no deployment batch given: generation's
     assert summary["batch_size"] == 2
     assert infer.GenerationSettings.from_config(GEN, 4).for_rule(SkipRule.from_config(oea)).batch_size == 4
@@ -323,8 +335,8 @@ def test_vllm_engine_switches_rules_like_own_engines(tiny, tmp_path):
     for name in ("dense", "thr"):  # switched to, not started with
         assert shared[name][2]["skip_path"] == ("none" if name == "dense" else "weight0")
         same_results(shared[name], own_outputs(tiny, tmp_path / "own", name, variants[name], engine=engine))
-    assert shared["top2"][2]["experts_per_token"] == 2.0 and shared["dense"][2]["experts_per_token"] == 4.0
-    assert 1.0 <= shared["thr"][2]["experts_per_token"] < 4.0
+    assert shared["top2"][2]["routed_per_decode_token"] == 2.0 and shared["dense"][2]["routed_per_decode_token"] == 4.0
+    assert 1.0 <= shared["thr"][2]["routed_per_decode_token"] < 4.0
 
 
 def test_marks_name_each_variant_and_drop_those_of_earlier_configs(tmp_path):

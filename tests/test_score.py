@@ -61,7 +61,7 @@ def _gen(path, tokens, tps, ept):
     rows = [dict(task_id=t, sample=0, completion=str(ids), token_ids=ids, tokens_generated=len(ids))
             for t, ids in tokens.items()]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), path / "generations.parquet")
-    pq.write_table(pa.Table.from_pylist([dict(tokens_per_s=tps, experts_per_token=ept)]), path / "summary.parquet")
+    pq.write_table(pa.Table.from_pylist([dict(tokens_per_s=tps, routed_per_decode_token=ept)]), path / "summary.parquet")
 
 
 def test_run_score_end_to_end(tmp_path):
@@ -95,7 +95,7 @@ def test_run_score_end_to_end(tmp_path):
     # Newcombe interval around each difference; Holm over the one non-dense variant = raw p
     assert t["delta_base_lo"] < t["delta_base"] < t["delta_base_hi"] and t["delta_base_hi"] <= 1
     assert t["holm_p_base"] == t["mcnemar_p_base"] and d["holm_p_base"] is None
-    assert t["tokens_per_s"] == 150.0 and t["experts_per_token"] == 1.0
+    assert t["tokens_per_s"] == 150.0 and t["routed_per_decode_token"] == 1.0
     assert t["dense_experts_per_token"] is None  # optional column absent from this summary
     assert t["time_factor"] == 4.0 and t["sandbox"] == "bwrap"
     assert '"timeout": 1' in t["status_counts"]

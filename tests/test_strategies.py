@@ -55,6 +55,9 @@ def rules_for(k: int):
         st.builds(lambda p, r: SkipRule("top_p_within_k", p=p, renormalise=r), st.floats(1e-3, 1), r),
         st.builds(lambda k_, r: SkipRule("router_topk", k=k_, renormalise=r), st.integers(1, k + 1), r),
         st.builds(lambda t, r: SkipRule("modulated", tau=t, layer_importance={1: 1.3}, renormalise=r), st.floats(0, 0.5), r),
+        st.builds(lambda t, r: SkipRule("modes", tau=t, layer_importance={1: 0.4}, renormalise=r), st.floats(0, 0.5), r),
+        st.builds(lambda t, r: SkipRule("entropy_k", quantiles=(0.3, 0.7), layer_thresholds={1: t}, renormalise=r),
+                  st.lists(st.floats(0, 1), min_size=2, max_size=2).map(lambda x: tuple(sorted(x))), r),
         st.builds(lambda t, r: SkipRule("entropy_k", thresholds=t, renormalise=r),
                   st.lists(st.floats(0, 1), min_size=1, max_size=4, unique=True).map(lambda x: tuple(sorted(x))), r),
         st.builds(lambda g, r: SkipRule("group", topk_group=g, renormalise=r), st.integers(1, G), r),
@@ -285,7 +288,7 @@ def test_rule_properties(data):
     layer_rule = LayerRule(rule, s)
     new, out_ids, keep = layer_rule.apply(w, ids, logits)
     assert keep.dtype == torch.bool and keep.shape == w.shape and new.dtype == w.dtype and out_ids.dtype == ids.dtype
-    if rule.strategy != "layers":
+    if rule.strategy not in ("layers", "modes"):  # MoDES exempts no slot (its masked_fill), like layers
         assert bool(keep.any(-1).all()), "every token keeps at least one expert"
     assert bool((new[~keep] == 0).all())
     kept = kept_set(out_ids, keep)
@@ -330,7 +333,7 @@ def test_rules_trace_without_graph_breaks(name):
     # tensor values: the rules stay CUDA-graph safe.
     params = {"dense": {}, "topk": {"k": 2}, "threshold": {"beta": 0.5}, "top_p": {"p": 0.6},
               "top_p_within_k": {"p": 0.6}, "router_topk": {"k": 2}, "entropy_k": {"thresholds": (0.5, 0.9)},
-              "modulated": {"tau": 0.05, "layer_importance": {1: 1.2}},
+              "modulated": {"tau": 0.05, "layer_importance": {1: 1.2}}, "modes": {"tau": 0.05, "layer_importance": {1: 0.3}},
               "group": {"topk_group": 1}, "layers": {"layers": [1]}, "batch_aware": {"k0": 1},
               "prune": {"fraction": 0.25, "criterion": "reap", "pruned": {1: (0, 1, 2, 3)}}}[name]
     layer_rule = LayerRule(SkipRule(name, **params), spec(bias=torch.linspace(-0.1, 0.1, E)))

@@ -170,6 +170,9 @@ def test_hand_computed_refill_keeps_load_constant():
     # c=1: steps {0,1} | {2} | {1,2} -> distinct 2, 1, 2
     assert got.loc[(1, 3), "steps"] == 3
     assert got.loc[(1, 3), "distinct_mean"] == pytest.approx(5 / 3)
+    # the distribution of k: A1 and B1 keep 2 slots, A2 keeps 1 (decode tokens only), per layer and pooled
+    assert got.loc[(1, 3), "kept_histogram"] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    assert got.loc[(1, -1), "kept_histogram"] == pytest.approx([0.0, 1 / 3, 2 / 3])
     # c=2, 2 steps: step 0 = A1 + B1 -> {0,1,2}; step 1: B ended, its slot refills with A
     # (cycling): A2 + A1 -> {2} | {0,1} = 3 distinct, 2 tokens (no drain to 1 token)
     assert got.loc[(2, 3), "steps"] == 2

@@ -35,6 +35,8 @@ RULES = [
     SkipRule("router_topk", k=2),  # the router re-run with K' = 2, biased ranking
     SkipRule("entropy_k", thresholds=(0.85, 0.87, 0.9)),  # the tiny model's entropies lie in 0.8-0.93
     SkipRule("modulated", tau=0.1, layer_importance={1: 0.8, 2: 1.2}),  # top-4 probabilities 0.1-0.18
+    SkipRule("modes", tau=0.1, layer_importance={1: 0.4, 2: 0.6}),  # MoDES: importance x top-4 renormalised weight
+    SkipRule("entropy_k", quantiles=(0.3, 0.7), layer_thresholds={1: (0.86, 0.89), 2: (0.85, 0.9)}),
     SkipRule("threshold", beta=0.95, renormalise=False),
     SkipRule("group", topk_group=1),
     SkipRule("group", topk_group=1, renormalise=True, routed_scaling_factor=1.5),

@@ -128,8 +128,8 @@ def test_scores_canonical_pass_wrong_fail_and_skipping_costs_experts(run):
     assert subsets.loc["easy", "pass1"] == pytest.approx(0.75) and subsets.loc["medium", "pass1"] == 1.0
     assert "difficulty=easy" in (run / "figures/summary.md").read_text()
     dense, top1 = scores.loc[("he", "dense")], scores.loc[("he", "top1")]
-    assert dense["experts_per_token"] == pytest.approx(4.0)
-    assert top1["experts_per_token"] == pytest.approx(1.0)
+    assert dense["routed_per_decode_token"] == pytest.approx(4.0)
+    assert top1["routed_per_decode_token"] == pytest.approx(1.0)
     assert dense["identical_to_dense"] == 1.0
     assert top1["pass1_base"] <= dense["pass1_base"]
 
@@ -171,7 +171,7 @@ def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
         assert generate.loc[v, "resumed_samples"] == TASKS and generate.loc[v, "engine_start"] == -1
     assert [p.stat().st_mtime_ns for p in kept] == before  # the other variants' jobs did not run
     scores = table(new_run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
-    assert scores.loc[("he", "top2"), "experts_per_token"] == pytest.approx(2.0)
+    assert scores.loc[("he", "top2"), "routed_per_decode_token"] == pytest.approx(2.0)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
 

@@ -61,6 +61,7 @@ class RoutingShape:
     groups: int  # expert groups (n_group; 1: none)
     topk_group: int  # groups kept per token
     moe_layers: tuple[int, ...]  # layer indices with routed experts
+    scoring: str  # "sigmoid" (DeepSeek-V3) or "softmax" (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V2)
 
     @classmethod
     def of(cls, config: dict) -> "RoutingShape":
@@ -68,7 +69,7 @@ class RoutingShape:
         from skipbench.model.adapters import routing_of
 
         r = routing_of(config)
-        return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers))
+        return cls(r.experts, r.top_k, r.n_group, r.topk_group, tuple(r.moe_layers), r.scoring)
 
 
 def synthetic_shape(architecture: dict) -> RoutingShape:
@@ -95,17 +96,36 @@ def _check_layers(v: dict, s: RoutingShape) -> list[str]:
     return errors + _at_most("cheapest", v.get("cheapest"), len(moe), "the model's MoE layers")
 
 
+def _check_top_p(v: dict, s: RoutingShape) -> list[str]:
+    """Huang et al.'s top-p is a rule over the softmax of ALL E experts, not capped at K
+    (ZhenweiAn/Dynamic_MoE, modeling/modeling_moe.py: top_p_sampling_batched_all_sequence
+    sorts and cumsums every expert's probability; SwitchMLP.forward runs every expert it
+    keeps). A sigmoid router's scores normalised over all E are nearly flat, so that set
+    exceeds K for most tokens at any useful p (DeepSeek-V3-like routing: 84-100% of tokens at
+    p = 0.3-0.8, issue 23); the engines' K slots would cap it into a re-route that skips nothing."""
+    if s.scoring != "sigmoid":
+        return []
+    return [f"strategy = 'top_p': refused on a sigmoid router ({s.experts} experts, top-{s.top_k}): Huang et al.'s "
+            f"rule keeps the most probable experts over ALL {s.experts} until their mass crosses p (their code, "
+            "ZhenweiAn/Dynamic_MoE modeling/modeling_moe.py top_p_sampling_batched_all_sequence, applies it to a "
+            f"softmax and is not capped at K); over flat sigmoid scores that set is not bounded by K = {s.top_k}, "
+            "and capped at K it re-routes instead of skipping. Use the named adaptation "
+            "`strategy: top_p_within_k` (p within the model's own top-K renormalised weights)"]
+
+
 # Strategy name -> its checks against the routing shape. A new strategy adds one entry.
 STRATEGY_CHECKS: dict[str, Callable[[dict, RoutingShape], list[str]]] = {
     "topk": lambda v, s: _at_most("k", v.get("k"), s.top_k, "the model's num_experts_per_tok"),
     "group": lambda v, s: _at_most("topk_group", v.get("topk_group"), s.groups, "the model's n_group"),
     "layers": _check_layers,
+    "top_p": _check_top_p,
     "batch_aware": lambda v, s: _at_most("k0", v.get("k0"), s.top_k, "the model's num_experts_per_tok"),
     # the hooks carry the model's K slots per token: a re-run router keeps at most K
     "router_topk": lambda v, s: _at_most("k", v.get("k"), s.top_k, "the model's num_experts_per_tok"),
-    "entropy_k": lambda v, s: (  # k = 1 + cut points reached: at most K
-        [f"thresholds = {v['thresholds']!r}: at most {s.top_k - 1} cut points (k = 1 + cut points reached, "
-         f"at most the model's num_experts_per_tok {s.top_k})"] if len(v.get("thresholds") or []) >= s.top_k else []),
+    "entropy_k": lambda v, s: [  # k = 1 + cut points reached: at most K
+        f"{name} = {v[name]!r}: at most {s.top_k - 1} cut points (k = 1 + cut points reached, "
+        f"at most the model's num_experts_per_tok {s.top_k})"
+        for name in ("thresholds", "quantiles") if len(v.get(name) or []) >= s.top_k],
 }
 
 

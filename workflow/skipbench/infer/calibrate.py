@@ -17,7 +17,9 @@ The statistics feed the strategies that need them (bind_calibration):
 threshold `beta: calibrated` (NAEE: per-layer median of w2/w1), layers `cheapest: n`
 (least relative update of the residual stream by routed experts), prune (frequency or
 REAP saliency = mean over routed tokens of g * ||E(x)||, g the router weight incl.
-routed_scaling_factor, a per-model constant that does not change the ranking).
+routed_scaling_factor, a per-model constant that does not change the ranking), modes
+(MoDES: KL importance per layer, one extra forward per MoE layer and text), entropy_k
+`quantiles` (percentiles of each layer's normalised router entropy).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from skipbench.progress import track
 from skipbench.benchmarks.tasks import Task, load_tasks
 from skipbench.benchmarks.disjoint import EvaluatedTexts
 from skipbench.io import read_table, stable_hash, write_table
+from skipbench.skip.routing import normalised_entropy, probabilities
 from skipbench.skip.strategies import CALIBRATED, SkipRule
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,10 @@ CALIBRATION_SCHEMA = pa.schema([
     ("ratio_mean", pa.list_(pa.float64())),  # [K] mean of the same
     ("routed_norm", pa.float64()),  # mean over tokens of ||sum_k g_k E_k(x)||: the routed experts' output
     ("relative_update", pa.float64()),  # mean over tokens of routed norm / norm of the residual stream it is added to
+    # MoDES (ModelTC/MoDES get_layer_importance_ddp.py): KL(dense || layer's routed experts skipped) of
+    # the output distribution, summed over the solution's tokens / their count, normalised to sum 1 over layers
+    ("modes_importance", pa.float64()),
+    ("entropy_quantiles", pa.list_(pa.float64())),  # [101] router entropy over all E / log E: percentiles 0..100
     ("source", pa.string()),  # calibration text: dataset and hash of the task ids
     ("texts", pa.int32()),  # calibration texts (prompt + canonical solution)
 ])
@@ -135,15 +142,22 @@ class _LayerStats:
         self.routed_norm = 0.0
         self.rel = 0.0
         self.residual: torch.Tensor | None = None  # [T] norm of the residual stream, set by the pre-hook
+        self.entropy: list[np.ndarray] = []  # [T] normalised router entropy per text
+        self.kl = 0.0  # MoDES: KL summed over solution tokens with this layer's routed experts skipped
 
-    def row(self, layer: int, source: str, texts: int) -> dict:
+    def row(self, layer: int, source: str, texts: int, kl_total: float) -> dict:
         ratios = np.concatenate(self.ratios)  # [N,K]
         n = max(self.tokens, 1)
+        entropy = np.concatenate(self.entropy)
         return dict(layer=layer, tokens=self.tokens, experts=len(self.count), slots=ratios.shape[1],
                     frequency=(self.count / n).tolist(),
                     saliency=np.divide(self.sal, self.count, out=np.zeros_like(self.sal), where=self.count > 0).tolist(),
                     ratio_median=np.median(ratios, axis=0).tolist(), ratio_mean=ratios.mean(axis=0).tolist(),
-                    routed_norm=self.routed_norm / n, relative_update=self.rel / n, source=source, texts=texts)
+                    routed_norm=self.routed_norm / n, relative_update=self.rel / n,
+                    # MoDES divides by the token count, then by the sum over layers: the count cancels
+                    modes_importance=self.kl / kl_total if kl_total > 0 else math.nan,
+                    entropy_quantiles=np.quantile(entropy, np.linspace(0, 1, 101)).tolist(),
+                    source=source, texts=texts)
 
 
 @torch.no_grad()
@@ -152,6 +166,8 @@ def _observe(moe, gate, stats: _LayerStats, x: torch.Tensor) -> None:
     ids, w, _ = gate.last  # [T,K] dense
     x = x.reshape(-1, x.shape[-1])
     t = x.shape[0]
+    logits = gate.gate(x)[0]  # [T,E] the router's logits, as the rules see them
+    stats.entropy.append(normalised_entropy(probabilities(logits, gate.layer_rule.spec)).reshape(-1).cpu().numpy())
     sorted_w = w.float().sort(-1, descending=True).values  # [T,K]
     stats.ratios.append((sorted_w / sorted_w[:, :1]).cpu().numpy())
     routed = torch.zeros_like(x, dtype=torch.float32)  # [T,H]
@@ -167,6 +183,30 @@ def _observe(moe, gate, stats: _LayerStats, x: torch.Tensor) -> None:
     stats.routed_norm += float(norm.sum())
     stats.rel += float((norm / stats.residual.reshape(-1).clamp_min(1e-12)).sum())
     stats.tokens += t
+
+
+@torch.no_grad()
+def _modes_kl(model, gates, ids: torch.Tensor, n_prompt: int, stats: dict) -> None:
+    """MoDES layer importance, one text: for each MoE layer, KL(dense || the layer's routed
+    experts skipped, shared expert kept) of the next-token distribution, summed over the
+    solution's token positions (MoDES: the answer tokens), added to stats[layer].kl. As
+    ModelTC/MoDES get_layer_importance_ddp.py (lines 104-136: a dense forward, then one per MoE
+    layer with `moe_layer_skip=layer_idx`, logits at the answer tokens; `F.kl_div(log_softmax(
+    skipped / T), softmax(dense / T), reduction="sum")` under relu, T = 1). Their Qwen3-VL skip
+    passes the MoE input through for the skipped tokens (models/qwen3.py mlp_forward, the
+    moe_layer_skip_flag branch); here the routed output is 0 and the shared expert stays, as
+    the `layers` strategy does. MoDES then divides by the token count and by the sum over
+    layers: the count cancels, so row() divides by the sum alone."""
+    dense = model(ids).logits[0, n_prompt:].float().log_softmax(-1)  # [S,V] solution positions
+    for _, gate in gates:
+        rule = gate.rule
+        gate.rule = SkipRule("layers", layers=(gate.layer,))
+        try:
+            skipped = model(ids).logits[0, n_prompt:].float().log_softmax(-1)
+        finally:
+            gate.rule = rule
+        kl = torch.nn.functional.kl_div(skipped, dense, reduction="sum", log_target=True)
+        stats[gate.layer].kl += max(float(kl), 0.0)
 
 
 def run_calibration(model_dir: Path, tasks: list[Task], out_path: Path, dtype: str = "float32",
@@ -192,15 +232,19 @@ def run_calibration(model_dir: Path, tasks: list[Task], out_path: Path, dtype: s
             _observe(module, gate, st, args[0])
 
         handles += [norm.register_forward_pre_hook(pre), moe.register_forward_hook(post)]
+    texts = [(tok(t.prompt + t.canonical_solution, return_tensors="pt")["input_ids"][:, :max_tokens],
+              len(tok(t.prompt)["input_ids"])) for t in tasks]  # (ids [1,N], prompt tokens)
     try:
-        for task in track(tasks, desc="calibrate", unit="text"):
-            ids = tok(task.prompt + task.canonical_solution, return_tensors="pt")["input_ids"][:, :max_tokens]
+        for ids, _ in track(texts, desc="calibrate", unit="text"):
             model(ids)
     finally:
         for h in handles:
             h.remove()
+    for ids, n_prompt in track(texts, desc="calibrate: MoDES layer importance", unit="text"):
+        _modes_kl(model, gates, ids, n_prompt, stats)
+    kl_total = sum(st.kl for st in stats.values())
     source = f"{tasks[0].task_id.split('/')[0] if tasks else 'none'}:{stable_hash(sorted(t.task_id for t in tasks))}"
-    rows = [stats[layer].row(layer, source, len(tasks)) for layer in sorted(stats)]
+    rows = [stats[layer].row(layer, source, len(tasks), kl_total) for layer in sorted(stats)]
     for r in rows:
         log.info("layer %d: %d tokens, median w2/w1 %.3f, relative update %.3f", r["layer"], r["tokens"],
                  r["ratio_median"][1] if len(r["ratio_median"]) > 1 else math.nan, r["relative_update"])
@@ -222,8 +266,17 @@ def bind_calibration(rule: SkipRule, table: pa.Table | None) -> SkipRule:
             raise ValueError(f"cheapest {rule.cheapest} > {len(rows)} MoE layers")
         order = sorted(rows, key=lambda layer: (rows[layer]["relative_update"], layer))
         params["layers"] = sorted(order[: rule.cheapest])
+    if rule.quantiles is not None:  # entropy_k: cut points at these quantiles of the layer's entropy
+        grid = np.linspace(0, 1, 101)
+        params["layer_thresholds"] = {layer: np.interp(rule.quantiles, grid, r["entropy_quantiles"]).tolist()
+                                      for layer, r in rows.items()}
+    if rule.strategy == "modes":  # MoDES: KL importance, sum 1 over the MoE layers
+        if any(not r["modes_importance"] >= 0 for r in rows.values()):  # NaN: no solution token within max_tokens
+            raise ValueError("modes: the calibration measured no layer importance (no solution token within the "
+                             "calibration's max_tokens, or skipping changed nothing): rerun calibrate with longer texts")
+        params["layer_importance"] = {layer: r["modes_importance"] for layer, r in rows.items()}
     if rule.strategy == "modulated":
-        # MoDES-style layer importance: how much the layer's routed experts change the
+        # our MoDES-like ablation's layer importance: how much the layer's routed experts change the
         # residual stream (relative_update), normalised to mean 1 over the MoE layers
         mean = sum(r["relative_update"] for r in rows.values()) / len(rows)
         params["layer_importance"] = {layer: r["relative_update"] / mean if mean > 0 else 1.0 for layer, r in rows.items()}

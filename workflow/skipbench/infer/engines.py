@@ -63,6 +63,10 @@ class ExpertCount:
     kept: int  # routed slots kept, summed over tokens and MoE layers
     token_layers: int  # tokens seen, summed over MoE layers
     moe_layers: int
+    decode_kept: int  # the same two over decode rows only (generated tokens fed back; prompt rows apart)
+    decode_token_layers: int
+    capped: int  # top_p: token-layers where the rule over all E wanted more than the K slots (cap binds)
+    uncapped: int  # top_p: experts that rule wanted, summed over token-layers
 
 
 def device_name() -> str:
@@ -226,7 +230,9 @@ class VllmEngine:
         if self.expert_kernel == SKIP_KERNEL and any(l["kernel_calls"] != l["calls"] for l in layers):
             raise RuntimeError(f"the skip kernel missed MoE calls (a path around forward_modular): {layers}")
         self.llm.collective_rpc("skipbench_reset")
-        return ExpertCount(sum(l["kept"] for l in layers), sum(l["tokens"] for l in layers), len(layers))
+        return ExpertCount(sum(l["kept"] for l in layers), sum(l["tokens"] for l in layers), len(layers),
+                           sum(l["decode_kept"] for l in layers), sum(l["decode_tokens"] for l in layers),
+                           sum(l["capped"] for l in layers), sum(l["uncapped"] for l in layers))
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
@@ -319,7 +325,9 @@ class TransformersEngine:
         return [Routing(layers, ids, keep, weights) for ids, weights, keep in steps]
 
     def take_counts(self) -> ExpertCount:
-        counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates))
+        counts = ExpertCount(sum(g.kept for _, g in self.gates), sum(g.tokens for _, g in self.gates), len(self.gates),
+                             *(sum(getattr(g, f) for _, g in self.gates)
+                               for f in ("decode_kept", "decode_tokens", "capped", "uncapped")))
         for _, g in self.gates:
             g.reset()
         return counts

@@ -54,6 +54,10 @@ class SkipGate(nn.Module):
         self.rule = rule
         self.tokens = 0  # host ints: the oracle is eager, a sync per layer costs nothing here
         self.kept = 0
+        self.decode_tokens = 0  # the same over decode rows (generated tokens fed back), prompt rows apart
+        self.decode_kept = 0
+        self.capped = 0  # top_p: token-layers whose rule over all E wanted more than K experts
+        self.uncapped = 0  # top_p: experts that rule wanted, summed over token-layers
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (ids, weights, keep)
         self.tracing = False
         self.prefill = False  # set per forward by patch_model's pre-hook: this call is a prompt pass
@@ -72,14 +76,19 @@ class SkipGate(nn.Module):
         if self.layer_rule.spec.bias is not getattr(self.gate, "e_score_correction_bias", None):  # model.to() replaced buffers
             self.rule = self.rule
         logits, topk_weights, topk_ids = self.gate(hidden_states)  # [T,E], [T,K], [T,K]
-        rows = None
-        if self.rule.decode_only and self.decode_rows is not None:
-            rows = self.decode_rows.to(topk_ids.device)
-        elif self.rule.decode_only:  # [T] a prompt pass (more than one token per sequence) stays dense
-            rows = torch.full((topk_ids.shape[0],), not self.prefill, dtype=torch.bool, device=topk_ids.device)
-        weights, ids, keep = self.layer_rule.apply(topk_weights, topk_ids, logits, rows)
+        if self.decode_rows is not None:  # [T] decode rows
+            decode = self.decode_rows.to(topk_ids.device)
+        else:  # a prompt pass (more than one token per sequence) has no decode row
+            decode = torch.full((topk_ids.shape[0],), not self.prefill, dtype=torch.bool, device=topk_ids.device)
+        weights, ids, keep = self.layer_rule.apply(topk_weights, topk_ids, logits,
+                                                   decode if self.rule.decode_only else None)
         self.tokens += keep.shape[0]
         self.kept += int(keep.sum())
+        self.decode_tokens += int(decode.sum())
+        self.decode_kept += int(keep[decode].sum())
+        if (wanted := self.layer_rule.uncapped(logits)) is not None:  # [T]
+            self.capped += int((wanted > keep.shape[1]).sum())
+            self.uncapped += int(wanted.sum())
         self.last = (ids, weights, keep)
         if self.tracing:
             traced = slot_weights(self.rule.strategy, topk_weights, weights)  # [T,K]
@@ -90,7 +99,7 @@ class SkipGate(nn.Module):
 
     def reset(self) -> None:
         """Zero the counters (the trace is taken separately, by the engine's take_trace)."""
-        self.tokens = self.kept = 0
+        self.tokens = self.kept = self.decode_tokens = self.decode_kept = self.capped = self.uncapped = 0
         self.last = None
 
 

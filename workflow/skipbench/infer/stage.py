@@ -33,11 +33,10 @@ from skipbench.benchmarks.tasks import Task
 from skipbench.infer.calibrate import variant_rule
 from skipbench.infer.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.config_check import check_variants_against_checkpoint
-from skipbench.io import read_table, sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.benchmarks.prompts import HUMANEVAL_STOP, program_of
+from skipbench.infer.traces import TRACE_SCHEMA, SampleTrace, trace_table, write_batch_traces
+from skipbench.io import sampled_digest, stable_hash, write_json, write_jsonl, write_table
 from skipbench.skip.strategies import SkipRule
-from skipbench.infer.traces import SampleTrace, trace_table
-from skipbench.infer.traces import TRACE_SCHEMA
 from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,10 @@ INFER_SUMMARY_SCHEMA = pa.schema([
     ("wall_s", pa.float64()),  # generation wall time, summed over batches (engine start excluded)
     ("tokens_per_s", pa.float64()),  # output_tokens / wall_s at this batch size
     ("batch_size", pa.int32()),  # prompts per engine call: generation.batch_size, batch_aware: report.deployment_batch
-    ("experts_per_token", pa.float64()),  # kept routed experts per token, mean over all processed tokens (prompt and generated) and MoE layers
+    ("routed_per_decode_token", pa.float64()),  # kept routed experts per decode token (generated, fed back) and MoE layer, at batch_size
+    ("routed_per_prompt_token", pa.float64()),  # the same over prompt tokens (prefill rows)
+    ("top_p_cap_binds", pa.float64()),  # top_p: share of token-layers whose rule over all E wanted more than K experts; else null
+    ("top_p_uncapped_experts", pa.float64()),  # top_p: mean experts that rule wanted per token-layer (before the cap at K); else null
     ("dense_experts_per_token", pa.int32()),  # the model's num_experts_per_tok
     ("moe_layers", pa.int32()),
     ("resumed_samples", pa.int32()),  # samples taken from the checkpoint cache, not generated in this run
@@ -179,7 +181,7 @@ class VariantCache:
 
 def open_cache(model_dir: Path, tasks: list[Task], variant: str, rule: SkipRule, engine_cfg: dict,
                gen: GenerationSettings, cache_dir: Path, tracing: bool, kernel: KernelChoice | None) -> VariantCache:
-    key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg,
+    key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg, counts="decode",
                            max_new_tokens=gen.max_new_tokens, seed=gen.seed, stop=gen.stop,
                            batch_size=gen.for_rule(rule).batch_size, trace=tracing, kernel=kernel.backend if kernel else None))
     run_dir = Path(cache_dir) / f"infer-{key}"
@@ -223,7 +225,8 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
         counts = engine.take_counts()
         record = dict(
             wall_s=wall, batch_size=len(batch), kept=counts.kept, token_layers=counts.token_layers,
-            moe_layers=counts.moe_layers, engine_version=engine.version, skip_path=engine.skip_path,
+            decode_kept=counts.decode_kept, decode_token_layers=counts.decode_token_layers, moe_layers=counts.moe_layers,
+            capped=counts.capped, uncapped=counts.uncapped, engine_version=engine.version, skip_path=engine.skip_path,
             expert_kernel=engine.expert_kernel,
             samples=[dict(task_id=t.task_id, prompt_sha=stable_hash(t.prompt), prompt=t.prompt, sample=0,
                           completion=g.completion, token_ids=g.token_ids, prompt_tokens=g.prompt_tokens,
@@ -342,22 +345,7 @@ def _write_variant(tasks, cache: VariantCache, batches, engine_cfg, model_dir, s
                    cache.resumed if resumed is None else resumed, model_dir, samples_path, generations_path,
                    summary_path)
     if trace_path is not None:
-        _write_trace(tasks, batches, cache.run_dir, trace_path)
-
-
-def _write_trace(tasks, batches, run_dir, trace_path) -> None:
-    """The batches' traces concatenated in task order."""
-    import pyarrow.compute as pc
-
-    files = sorted({b["trace"] for b in batches})
-    table = pa.concat_tables([read_table(run_dir / f, TRACE_SCHEMA) for f in files])
-    wanted = [t.task_id for t in tasks]
-    table = table.filter(pc.is_in(table["task_id"], pa.array(wanted)))
-    order = pc.index_in(table["task_id"], pa.array(wanted))
-    table = table.take(pc.sort_indices(pa.table({"o": order, "s": table["sample_id"], "p": table["position"],
-                                                 "l": table["layer"]}), [("o", "ascending"), ("s", "ascending"),
-                                                                          ("p", "ascending"), ("l", "ascending")]))
-    write_table(trace_path, table, TRACE_SCHEMA)
+        write_batch_traces([t.task_id for t in tasks], [cache.run_dir / b["trace"] for b in batches], trace_path)
 
 
 def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir,
@@ -375,25 +363,26 @@ def _write_outputs(tasks, variant, rule, engine_cfg, batches, resumed, model_dir
     write_table(generations_path, rows, GENERATIONS_SCHEMA)
 
     used = {id(b): b for b, _ in ordered}.values()  # batches of this task list only
-    wall = sum(b["wall_s"] for b in used)
-    out_tokens = sum(r["tokens_generated"] for r in rows)
-    token_layers = sum(b["token_layers"] for b in used)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    first = next(iter(used), None)
+    wall, out_tokens = sum(b["wall_s"] for b in used), sum(r["tokens_generated"] for r in rows)
+    kept, token_layers = sum(b["kept"] for b in used), sum(b["token_layers"] for b in used)
+    decode_kept, decode_layers = sum(b["decode_kept"] for b in used), sum(b["decode_token_layers"] for b in used)
+    first, top_p = next(iter(used), None), rule.strategy == "top_p" and token_layers > 0
     summary = dict(
         variant=variant, strategy=rule.strategy, params=json.dumps(rule.params(), sort_keys=True),
         engine=engine_cfg["name"], engine_version=first["engine_version"] if first else "",
         device=device_name(), dtype=str(engine_cfg.get("dtype", "")),
         skip_path=first["skip_path"] if first else "none", expert_kernel=first.get("expert_kernel") if first else None,
-        samples=len(rows),
-        prompt_tokens=sum(r["prompt_tokens"] for r in rows), output_tokens=out_tokens, wall_s=wall,
+        samples=len(rows), prompt_tokens=sum(r["prompt_tokens"] for r in rows), output_tokens=out_tokens, wall_s=wall,
         tokens_per_s=out_tokens / wall if wall > 0 else float("nan"),
         batch_size=max((b["batch_size"] for b in used), default=0),
-        experts_per_token=sum(b["kept"] for b in used) / token_layers if token_layers else float("nan"),
-        dense_experts_per_token=int(config["num_experts_per_tok"]),
+        routed_per_decode_token=decode_kept / decode_layers if decode_layers else math.nan,
+        routed_per_prompt_token=(kept - decode_kept) / (token_layers - decode_layers) if token_layers > decode_layers else math.nan,
+        top_p_cap_binds=sum(b["capped"] for b in used) / token_layers if top_p else None,
+        top_p_uncapped_experts=sum(b["uncapped"] for b in used) / token_layers if top_p else None,
+        dense_experts_per_token=int(json.loads((Path(model_dir) / "config.json").read_text())["num_experts_per_tok"]),
         moe_layers=max((b["moe_layers"] for b in used), default=0), resumed_samples=resumed,
         prompt_protocol=tasks[0].protocol if tasks else "completion",
     )
     write_table(summary_path, [summary], INFER_SUMMARY_SCHEMA)
-    log.info("infer %s: %d samples, %.1f tok/s, %.2f experts/token (dense %d)", variant, len(rows),
-             summary["tokens_per_s"], summary["experts_per_token"], summary["dense_experts_per_token"])
+    log.info("infer %s: %d samples, %.1f tok/s, %.2f routed experts per decode token (dense %d)", variant, len(rows),
+             summary["tokens_per_s"], summary["routed_per_decode_token"], summary["dense_experts_per_token"])

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from skipbench.io import write_table
+from skipbench.io import read_table, write_table
 from skipbench.skip.strategies import REROUTE
 
 # One row per (sample, generated token, MoE layer): written by the inference stage, read by
@@ -158,3 +159,15 @@ def assemble_steps(calls: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
         missing = sorted({int(np.searchsorted(offset, g, side="right") - 1) for g in np.flatnonzero(~seen)})
         raise ValueError(f"samples {missing}: some decode steps were not recorded")
     return [tuple(a[offset[i] : offset[i + 1]] for a in (ids, weights, keep)) for i in range(len(lengths))]
+
+
+def write_batch_traces(task_ids: list[str], files: list, path) -> pa.Table:
+    """Concatenate batch trace files (TRACE_SCHEMA), keep the rows of `task_ids`, order them by
+    task (as listed), sample, position and layer, and write them to `path`."""
+    table = pa.concat_tables([read_table(f, TRACE_SCHEMA) for f in sorted(set(map(str, files)))])
+    wanted = pa.array(task_ids)
+    table = table.filter(pc.is_in(table["task_id"], wanted))
+    keys = pa.table({"o": pc.index_in(table["task_id"], wanted), "s": table["sample_id"], "p": table["position"],
+                     "l": table["layer"]})
+    table = table.take(pc.sort_indices(keys, [(k, "ascending") for k in ("o", "s", "p", "l")]))
+    return write_table(path, table, TRACE_SCHEMA)

@@ -23,7 +23,8 @@ dropped slot's expert (vllm_kernel.py; layers it cannot serve stay on weight0). 
 router passes its keep mask to the experts through `router.skipbench_keep`.
 
 Counting: each router object gets a RouterStats on first call; it accumulates kept
-slots and tokens in device tensors (in-place adds, no host sync). Workers expose
+slots and tokens in device tensors (in-place adds, no host sync), over all rows and over
+the step's decode rows (the Pareto axis counts decode tokens only). Workers expose
 them through SkipStatsWorker (pass it as `worker_extension_cls`) and
 `LLM.collective_rpc("skipbench_stats")`. Under CUDA graphs padded rows are counted
 too; on CPU (eager) the counts are exact. Traces (`skipbench_trace`) record every
@@ -61,15 +62,31 @@ class RouterStats:
     def __init__(self, device: torch.device):
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.kept = torch.zeros((), dtype=torch.int64, device=device)
+        self.decode_tokens = torch.zeros((), dtype=torch.int64, device=device)  # the same over decode rows
+        self.decode_kept = torch.zeros((), dtype=torch.int64, device=device)
+        self.capped = torch.zeros((), dtype=torch.int64, device=device)  # top_p: rows whose rule over all E wanted > K
+        self.uncapped = torch.zeros((), dtype=torch.int64, device=device)  # top_p: experts that rule wanted, summed
         self.calls = 0
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.trace: list[tuple[torch.Tensor, ...]] = []  # per call (ids, weights, keep) [T,K] each
 
     def record(self, ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, tracing: bool,
-               traced_weights: torch.Tensor | None = None) -> None:
-        # ids, weights, keep, traced_weights [T,K]; traced_weights: traces.slot_weights
+               traced_weights: torch.Tensor | None = None, decode: torch.Tensor | None = None,
+               wanted: torch.Tensor | None = None) -> None:
+        # ids, weights, keep, traced_weights [T,K]; traced_weights: traces.slot_weights;
+        # decode [T] bool: the step's decode rows (None: not known, every row counts as decode);
+        # wanted [T]: experts an uncapped rule asked for (LayerRule.uncapped), None if bounded by K
+        if wanted is not None:
+            self.capped += (wanted > keep.shape[1]).sum()
+            self.uncapped += wanted.sum()
         self.tokens += keep.shape[0]
         self.kept += keep.sum()
+        if decode is None:
+            self.decode_tokens += keep.shape[0]
+            self.decode_kept += keep.sum()
+        else:
+            self.decode_tokens += decode.sum()
+            self.decode_kept += (keep & decode[:, None]).sum()
         self.calls += 1
         self.last = (ids, weights, keep)
         if tracing:  # device tensors: no sync here, copied out by skipbench_take_trace
@@ -79,6 +96,10 @@ class RouterStats:
     def reset(self) -> None:
         self.tokens.zero_()
         self.kept.zero_()
+        self.decode_tokens.zero_()
+        self.decode_kept.zero_()
+        self.capped.zero_()
+        self.uncapped.zero_()
         self.calls = 0
         self.last = None
         self.trace = []
@@ -123,15 +144,17 @@ class SkipHook:
         def wrapped(router, hidden_states, router_logits, topk_indices_dtype=None, **kwargs):
             topk_weights, topk_ids = select_experts(router, hidden_states, router_logits, topk_indices_dtype, **kwargs)
             rule = self.layer_rule(router, topk_weights.device)
-            rows = self.decode_rows if rule.rule.decode_only else None
-            if rows is not None and rows.shape[0] != topk_ids.shape[0]:
-                rows = None  # not this step's layout (a profiling or padded run): every row as decode
+            decode = self.decode_rows
+            if decode is not None and decode.shape[0] != topk_ids.shape[0]:
+                decode = None  # not this step's layout (a profiling or padded run): every row as decode
+            rows = decode if rule.rule.decode_only else None
             new_weights, new_ids, keep = rule.apply(topk_weights, topk_ids, router_logits, rows)  # [T,K] x3
             stats = router.__dict__.get("skipbench_stats")
             if stats is None:
                 stats = router.skipbench_stats = RouterStats(topk_weights.device)
             stats.record(new_ids, new_weights, keep, self.tracing,
-                         slot_weights(rule.rule.strategy, topk_weights, new_weights))
+                         slot_weights(rule.rule.strategy, topk_weights, new_weights), decode,
+                         rule.uncapped(router_logits))
             router.skipbench_keep = keep  # read by the kernel path's experts call, next
             # the CPU experts read contiguous float32/int32 buffers, ignoring strides
             return new_weights.to(topk_weights.dtype).contiguous(), new_ids.contiguous()
@@ -212,7 +235,8 @@ class SkipStatsWorker:
         hook.rule = SkipRule.from_config(json.loads(rule_json))
 
     def skipbench_stats(self) -> dict:
-        """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, calls, kernel_calls}]}
+        """{rule, skip_path, kernel_fallback, layers: [{layer, tokens, kept, decode_tokens, decode_kept, capped, uncapped, calls,
+        kernel_calls}]}
         (one host sync, here). skip_path: skip_kernel when every MoE layer runs the kernel,
         weight0 when none does, `mixed` otherwise; kernel_fallback: why layers do not."""
         layers, paths, fallback = [], set(), set()
@@ -222,7 +246,9 @@ class SkipStatsWorker:
             if (why := experts.__dict__.get("skipbench_kernel_fallback")) is not None:
                 fallback.add(why)
             if (s := runner.router.__dict__.get("skipbench_stats")) is not None:
-                layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), calls=s.calls,
+                layers.append(dict(layer=name, tokens=int(s.tokens), kept=int(s.kept), decode_tokens=int(s.decode_tokens),
+                                   decode_kept=int(s.decode_kept), capped=int(s.capped), uncapped=int(s.uncapped),
+                                   calls=s.calls,
                                    kernel_calls=experts.__dict__.get("skipbench_kernel_calls", 0)))
         hook = installed_hook()
         if hook is None:

@@ -42,7 +42,7 @@ MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other 
 # What the tradeoff figure puts on x: (column, label, higher is better).
 COST_AXES = [
     ("tokens_per_s", "output tokens/s, measured", True),
-    ("experts_per_token", "routed experts computed per token per MoE layer", False),
+    ("routed_per_decode_token", "routed experts computed per decode token per MoE layer", False),
 ]
 FIDELITY_AXES = [
     ("identical_to_dense", "share of completions token-identical to dense"),
@@ -96,7 +96,7 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
     shade = variant_colours(dict(zip(data["variant"], data["strategy"])), colours)
     points = []
     for strategy, g in data.groupby("strategy", sort=True):
-        g = g.sort_values(["experts_per_token", "variant"], ascending=[False, True])
+        g = g.sort_values(["routed_per_decode_token", "variant"], ascending=[False, True])
         c = colours.get(strategy, (0.5, 0.5, 0.5))
         xs, ys = g[x].to_numpy(float), g[y].to_numpy(float)
         # 2, N; clipped at 0: a Wilson bound can round a hair inside pass@1 = 0 or 1
@@ -278,11 +278,11 @@ def fidelity_figure(runs: list[RunTables], benchmark: str):
         df = with_strategy(t.scores[t.scores["benchmark"] == benchmark])
         for c, (y, label) in enumerate(FIDELITY_AXES):
             ax = axes[r][c]
-            data = df.dropna(subset=["experts_per_token", y])
+            data = df.dropna(subset=["routed_per_decode_token", y])
             if data.empty:
                 no_data(ax, f"{t.run}: no {label} (needs a dense variant and generations)")
                 continue
-            points = strategy_curves(ax, data, "experts_per_token", y, colours, errors=False)
+            points = strategy_curves(ax, data, "routed_per_decode_token", y, colours, errors=False)
             ax.set_xlabel("routed experts computed per token per MoE layer")
             ax.set_ylabel(label)
             ax.set_title(f"{t.run}: {benchmark}")
@@ -302,7 +302,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
         no_data(ax, f"no scored variant of {benchmark} has experts per token")
         return fig
     batch = int(rows["deployment_batch"].iloc[0])
-    header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "experts/token",
+    header = ["run", "variant", "strategy", "pass@1 base", "pass@1 plus", "Δ vs dense (p)", "routed experts/decode token",
               "tok/s infer (meas.)", f"tok/s ratio @{batch} meas.", f"tok/s ratio @{batch} pred. (cal. / bytes floor)"]  # fmt: skip
 
     def fmt(x, spec):
@@ -316,7 +316,7 @@ def pareto_table_figure(summary: pd.DataFrame, benchmark: str):
         pred = (f"{fmt(r.predicted_speedup, '.2f') or 'uncal.'} / {floor} ({r.predicted_hardware})" if floor
                 else "")  # fmt: skip
         cells.append([r.run, r.variant, r.strategy or "", fmt(r.pass1_base, ".3f"), fmt(r.pass1_plus, ".3f"),
-                      "" if pd.isna(delta) else f"{delta:+.3f} ({split}, p={p:.2g})", fmt(r.experts_per_token, ".2f"),
+                      "" if pd.isna(delta) else f"{delta:+.3f} ({split}, p={p:.2g})", fmt(r.routed_per_decode_token, ".2f"),
                       fmt(r.tokens_per_s, ".1f"), fmt(r.measured_speedup, ".2f"), pred])  # fmt: skip
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)

@@ -80,7 +80,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("predicted_calibration", pa.string()),  # what the calibrated end was fitted on, or "uncalibrated"
     ("validation_hardware", pa.string()),  # profile whose predictions were checked against the engine here
     ("validation_error", pa.float64()),  # median predicted / measured - 1 of those checks (engine decode step)
-    ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
+    ("routed_per_decode_token", pa.float64()),  # kept routed experts per decode token and MoE layer, at infer_batch
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("distinct_experts", pa.float64()),  # experts loaded per step per MoE layer at deployment_batch
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
@@ -251,10 +251,10 @@ def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) 
     s["pareto_within_ci"] = False
     for _, g in s.groupby("benchmark"):
         q = f"pass1_{quality_split(g)}"
-        g = g.dropna(subset=["experts_per_token", q])
-        front = pareto_front(g["experts_per_token"].tolist(), g[q].tolist(), x_higher_better=False)
+        g = g.dropna(subset=["routed_per_decode_token", q])
+        front = pareto_front(g["routed_per_decode_token"].tolist(), g[q].tolist(), x_higher_better=False)
         s.loc[g.index[front], "pareto"] = True
-        near = within_ci_of_front(g["experts_per_token"].tolist(), g[q].tolist(), g[f"{q}_lo"].tolist(),
+        near = within_ci_of_front(g["routed_per_decode_token"].tolist(), g[q].tolist(), g[f"{q}_lo"].tolist(),
                                   g[f"{q}_hi"].tolist(), x_higher_better=False)
         s.loc[g.index[near], "pareto_within_ci"] = True
     return s[SUMMARY_SCHEMA.names]

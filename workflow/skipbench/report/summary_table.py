@@ -92,11 +92,11 @@ def markdown(summary: pd.DataFrame) -> str:
         "pass@1 plus [95% CI]": lambda r: _interval(r, "plus"),
         "Δ base vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "base"),
         "Δ plus vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "plus"),
-        "tok/s (infer, measured)": lambda r: _num(r["tokens_per_s"], ".1f"),
+        "tok/s (infer batch, skip path; not a speedup)": lambda r: _num(r["tokens_per_s"], ".1f"),
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
         f"predicted tok/s ratio @{batch} (calibrated / bytes floor)": _band,
-        "experts/token": lambda r: _num(r["experts_per_token"], ".2f"),
+        "routed experts/decode token (infer batch)": lambda r: _num(r["routed_per_decode_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
         "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
         "KL to dense, nats (noise floor)": lambda r: _kl(r),
@@ -107,9 +107,12 @@ def markdown(summary: pd.DataFrame) -> str:
         lines.append("| " + " | ".join(str(f(r)).replace("|", "\\|") for f in columns.values()) + " |")
     notes = [
         "",
-        "`*`: on the Pareto front of quality (pass@1 plus, else base) vs experts per token; `~`: off the "
+        "`*`: on the Pareto front of quality (pass@1 plus, else base) vs routed experts per decode token; `~`: off the "
         "front, but its pass@1 interval overlaps that of every point dominating it (not distinguishable from it).",
-        f"tok/s (infer, measured): the infer stage's own batch, on {infer_on or 'n/a'}.",
+        f"tok/s (infer batch, skip path): output tokens/s the infer stage measured at its own batch (below), on "
+        f"{infer_on or 'n/a'}, on each variant's skip_path: under weight0 a skipped expert is still computed, so "
+        "this column is no speedup. Routed experts/decode token: kept routed experts per generated token fed "
+        "back and per MoE layer, at the same batch (prompt tokens apart, `routed_per_prompt_token`).",
         _batch_note(summary),
         "Prompt protocol: " + (", ".join(f"{b}: {p}" for b, p in protocols.items()) or "n/a") + " (completion: the "
         "task text completed as it is; chat: the model's chat template as EvalPlus / LiveCodeBench prompt it).",

@@ -67,7 +67,10 @@ SCORES_SCHEMA = pa.schema([
     ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
     ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
     ("prompt_protocol", pa.string()),  # generation.prompt of the infer stage: completion | chat; null for external samples
-    ("experts_per_token", pa.float64()),  # kept routed experts per token and MoE layer
+    ("routed_per_decode_token", pa.float64()),  # infer summary: kept routed experts per decode token and MoE layer (batch_aware: at the deployment batch)
+    ("routed_per_prompt_token", pa.float64()),  # the same over prompt (prefill) tokens
+    ("top_p_cap_binds", pa.float64()),  # top_p: share of token-layers whose rule over all E wanted more than K; else null
+    ("top_p_uncapped_experts", pa.float64()),  # top_p: mean experts that rule wanted (before the cap at K); else null
     ("dense_experts_per_token", pa.float64()),  # the model's top-k
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
     ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
@@ -211,7 +214,8 @@ def score_variant(v: VariantInputs, dense: VariantInputs | None) -> dict:
         status_counts=json.dumps({k: int(c) for k, c in ex["status"].value_counts().sort_index().items()}),
     )  # fmt: skip
     summary = _read(v.summary)
-    for col in ("tokens_per_s", "experts_per_token", "dense_experts_per_token"):
+    for col in ("tokens_per_s", "routed_per_decode_token", "routed_per_prompt_token", "top_p_cap_binds",
+                "top_p_uncapped_experts", "dense_experts_per_token"):
         row[col] = _summary_value(summary, col)
     row["batch_size"] = _summary_value(summary, "batch_size", int)
     for col in ("strategy", "params", "engine", "engine_version", "device", "dtype", "skip_path", "expert_kernel",

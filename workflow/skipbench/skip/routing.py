@@ -104,11 +104,15 @@ def keep_huang_top_p(p: float, probs: torch.Tensor, slots: int):
     return order[:, :slots], keep[:, :slots]
 
 
+def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row of probs [T,E] divided by log E: [T,1] in [0, 1]."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1, keepdim=True) / math.log(probs.shape[-1])
+
+
 def entropy_k(thresholds: torch.Tensor, probs: torch.Tensor, k_max: int) -> torch.Tensor:
     """Adaptive-K: slots per token [T,1] = 1 + number of thresholds [n] the token's router
     entropy (over all E, normalised by log E to [0, 1]) reaches, capped at K."""
-    h = -(probs * probs.clamp_min(1e-30).log()).sum(-1, keepdim=True) / math.log(probs.shape[-1])  # [T,1]
-    return (1 + (h >= thresholds).sum(-1, keepdim=True)).clamp_max(k_max)  # [T,1]
+    return (1 + (normalised_entropy(probs) >= thresholds).sum(-1, keepdim=True)).clamp_max(k_max)  # [T,1]
 
 
 class LayerRule:
@@ -120,6 +124,9 @@ class LayerRule:
       right after zeroing the skipped weight);
     - top_p: not renormalised, each expert weighs its probability (Huang et al.'s
       SwitchMLP multiplies expert outputs by the top-p sorted_probs as they are);
+    - modes: not renormalised, the kept slots keep the router's weights (ModelTC/MoDES
+      models/qwen3.py line 167, `router_weights.masked_fill_(to_zero, 0.0)` on the top-K
+      renormalised weights, passed to the experts as they are);
     - every other strategy: what the model's own router gives the kept set, i.e.
       renormalised iff the router normalises its top-K (norm_topk_prob: DeepSeek-V3
       `topk_weights /= denominator` in transformers' DeepseekV3TopkRouter, Qwen,
@@ -145,13 +152,16 @@ class LayerRule:
             self.allowed = torch.ones(spec.n_experts, dtype=torch.bool, device=device)
             self.allowed[removed] = False
         if rule.strategy == "entropy_k":
-            self.entropy_t = torch.tensor(rule.thresholds, dtype=torch.float32, device=device)  # [n]
+            cuts = rule.thresholds if rule.quantiles is None else rule.layer_thresholds.get(spec.layer)
+            if cuts is None:
+                raise ValueError(f"entropy_k: the calibration has no entropy quantiles for layer {spec.layer}")
+            self.entropy_t = torch.tensor(cuts, dtype=torch.float32, device=device)  # [n]
         if rule.strategy == "modulated":
-            # MoDES-style: the global threshold seen through this layer's importance
+            # our MoDES-like ablation: the global threshold seen through this layer's importance
             self.modulated_tau = rule.tau / max(rule.layer_importance.get(spec.layer, 1.0), 1e-12)
         self.renormalise = rule.renormalise
         if self.renormalise is None:
-            self.renormalise = {"threshold": True, "top_p": False}.get(rule.strategy, spec.norm_topk_prob)
+            self.renormalise = {"threshold": True, "top_p": False, "modes": False}.get(rule.strategy, spec.norm_topk_prob)
         # kept weights times this: the config's routed_scaling_factor replaces the model's
         new = rule.routed_scaling_factor
         self.scale = 1.0 if new is None else new / spec.routed_scaling_factor
@@ -189,6 +199,15 @@ class LayerRule:
             d = decode_rows.view(-1, 1)  # [T,1]
             w, ids_out, keep = torch.where(d, w, weights), torch.where(d, ids_out, ids), keep | ~d
         return w, ids_out, keep
+
+    def uncapped(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """[T] experts the rule's own definition keeps before the hooks' cap at K slots: Huang's
+        top_p over all E is not bounded by K (engines count how often the cap binds). None for
+        every other rule: bounded by K by construction."""
+        if self.rule.strategy != "top_p":
+            return None
+        probs = probabilities(self._logits(logits), self.spec)  # [T,E]
+        return keep_huang_top_p(self.rule.p, probs, probs.shape[-1])[1].sum(-1)  # [T]
 
     def _logits(self, logits):
         if logits is None:

@@ -14,8 +14,9 @@ per token, E experts.
 | threshold      | slot weights (NAEE)               | beta, or "calibrated"            | Lu et al. 2024 dynamic skipping      |
 | top_p          | probabilities of ALL experts      | p                                | Huang et al. 2024 (Dynamic_MoE)      |
 | top_p_within_k | slot weights                      | p                                | ablation: p within the top-K         |
-| entropy_k      | router entropy -> k per token     | thresholds                       | Adaptive-K routing                   |
-| modulated      | layer importance x probability    | tau (layer importance calibrated)| MoDES-style globally modulated gating|
+| entropy_k      | router entropy -> k per token     | thresholds, or quantiles (cal.)  | Adaptive-K routing (mapping: ours)   |
+| modes          | layer importance x top-K weight   | tau (layer importance calibrated)| MoDES (ModelTC/MoDES code)           |
+| modulated      | layer importance x probability    | tau (layer importance calibrated)| ablation: ours, MoDES-like           |
 | group          | router scores (re-routes)         | topk_group                       | DeepSeek-V3 topk_group               |
 | layers         | layer index                       | layers, or cheapest (n)          |                                      |
 | prune          | router scores (re-routes)         | fraction, criterion              | NAEE pruning / REAP                  |
@@ -27,7 +28,7 @@ decode is memory-bound, prompt processing untouched.
 
 Weights (routing.LayerRule has the per-strategy defaults and their source lines):
 - renormalise (default null = the strategy's source: NAEE renormalises, Huang's top-p
-  does not, every other strategy weighs the kept set as the model's own router would,
+  and MoDES do not, every other strategy weighs the kept set as the model's own router would,
   i.e. renormalised iff the router has norm_topk_prob). true / false are ablations:
   true rescales each token's kept weights to the dense row's total (routed_scaling_
   factor included), false keeps the dense row's normaliser (a skipped expert only
@@ -84,6 +85,16 @@ def keep_top_p_within_k(p: float, w: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
+def keep_modes(importance: float, tau: float, w: torch.Tensor) -> torch.Tensor:
+    """MoDES globally modulated gating: skip slot i iff importance(layer) * w_i / sum_j w_j < tau,
+    w the router's top-K weights (their top-K renormalised softmax weight; any per-token scale such
+    as routed_scaling_factor cancels). As ModelTC/MoDES models/qwen3.py mlp_forward (lines
+    128-133: softmax, top-K, renormalised; lines 154-167: apply_scaler_scale multiplies by the
+    layer importance, `to_zero = ... new_router_weights < tau`, masked_fill 0): no slot is
+    exempt, a token may keep none."""
+    return importance * (w.float() / w.float().sum(-1, keepdim=True).clamp_min(1e-30)) >= tau
+
+
 def keep_batch_aware(k0: int, w: torch.Tensor, ids: torch.Tensor, n_experts: int) -> torch.Tensor:
     """OEA: a token keeps its k0 heaviest slots, and any other slot of its own top-K
     whose expert some token of the same batch already keeps among ITS k0 (loaded anyway).
@@ -110,15 +121,16 @@ STRATEGIES: dict[str, _Strategy] = {
     "threshold": _Strategy(("beta",), "drop slot i if w_i < beta * w_max"),
     "top_p": _Strategy(("p",), "Huang et al.: most probable experts of all E until their mass crosses p"),
     "top_p_within_k": _Strategy(("p",), "keep the smallest weight-ordered prefix of the top-K with mass >= p"),
-    "entropy_k": _Strategy(("thresholds",), "k = 1 + thresholds reached by the router's normalised entropy"),
-    "modulated": _Strategy(("tau",), "drop slot i if importance(layer) * probability_i < tau (MoDES-style)"),
+    "entropy_k": _Strategy(("thresholds|quantiles",), "k = 1 + thresholds reached by the router's normalised entropy"),
+    "modes": _Strategy(("tau",), "MoDES: drop slot i if KL importance(layer) * top-K weight_i < tau"),
+    "modulated": _Strategy(("tau",), "ablation (ours): drop slot i if update importance(layer) * probability_i < tau"),
     "group": _Strategy(("topk_group",), "DeepSeek group-limited routing with fewer groups"),
     "layers": _Strategy(("layers|cheapest",), "no routed experts in chosen layers (shared stays)"),
     "prune": _Strategy(("fraction", "criterion"), "remove experts offline, re-route to the rest"),
     "batch_aware": _Strategy(("k0",), "top-k0 per token plus experts the batch loads anyway (OEA)"),
 }
-_PARAMS = ("k", "beta", "p", "thresholds", "tau", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
-_CALIBRATION = ("layer_beta", "pruned", "layer_importance")  # filled by calibrate.bind_calibration, never by hand
+_PARAMS = ("k", "beta", "p", "thresholds", "quantiles", "tau", "topk_group", "layers", "cheapest", "fraction", "criterion", "k0")
+_CALIBRATION = ("layer_beta", "pruned", "layer_importance", "layer_thresholds")  # filled by calibrate.bind_calibration, never by hand
 
 
 def _is_int(x) -> bool:
@@ -134,7 +146,8 @@ class SkipRule:
     beta: float | str | None = None  # threshold: fraction of the token's largest weight, or "calibrated"
     p: float | None = None  # top_p: share of the probability over all E; top_p_within_k: of the top-K mass
     thresholds: tuple[float, ...] | None = None  # entropy_k: increasing normalised-entropy cut points in [0, 1]
-    tau: float | None = None  # modulated: global threshold on importance(layer) * probability
+    quantiles: tuple[float, ...] | None = None  # entropy_k: cut points = these quantiles of each layer's calibration entropy
+    tau: float | None = None  # modes / modulated: global threshold on importance(layer) * weight or probability
     topk_group: int | None = None  # group: expert groups a token may use (DeepSeek-V3: 4 of 8)
     layers: tuple[int, ...] | None = None  # layers: model layer indices without routed experts
     cheapest: int | None = None  # layers: that many layers, least routed contribution in calibration
@@ -147,7 +160,8 @@ class SkipRule:
     # from the calibration table (calibrate.bind_calibration):
     layer_beta: dict[int, float] | None = None  # threshold "calibrated": layer -> median w2/w1
     pruned: dict[int, tuple[int, ...]] | None = None  # prune: layer -> removed expert ids
-    layer_importance: dict[int, float] | None = None  # modulated: layer -> calibrated importance (mean 1)
+    layer_importance: dict[int, float] | None = None  # modes: KL importance (sum 1); modulated: update (mean 1)
+    layer_thresholds: dict[int, tuple[float, ...]] | None = None  # entropy_k quantiles: layer -> entropy cut points
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -166,8 +180,12 @@ class SkipRule:
         # JSON has string keys and lists: normalise so equality and hashing of to_json hold
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
-        if self.thresholds is not None:
-            object.__setattr__(self, "thresholds", tuple(float(x) for x in self.thresholds))
+        for name in ("thresholds", "quantiles"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        if self.layer_thresholds is not None:
+            object.__setattr__(self, "layer_thresholds",
+                               {int(l): tuple(float(x) for x in ts) for l, ts in self.layer_thresholds.items()})
         for name in ("layer_beta", "layer_importance"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, {int(l): float(b) for l, b in getattr(self, name).items()})
@@ -207,6 +225,14 @@ class SkipRule:
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in ts)
             if not ok or any(a >= b for a, b in zip(ts, ts[1:])):
                 bad("thresholds", "a non-empty increasing list of numbers in [0, 1]")
+        if self.quantiles is not None:
+            qs = self.quantiles
+            ok = isinstance(qs, (list, tuple)) and len(qs) > 0 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 < x < 1.0 for x in qs)
+            if not ok or any(a >= b for a, b in zip(qs, qs[1:])):
+                bad("quantiles", "a non-empty increasing list of numbers in (0, 1)")
+        if self.thresholds is not None and self.quantiles is not None:
+            bad("quantiles", "absent when thresholds are given (one or the other)")
         if self.routed_scaling_factor is not None and not (
             isinstance(self.routed_scaling_factor, float) and self.routed_scaling_factor > 0
         ):
@@ -224,7 +250,7 @@ class SkipRule:
         for name in ("beta", "p", "tau", "fraction", "routed_scaling_factor"):  # YAML writes 1 for 1.0
             if _is_int(cfg.get(name)):
                 cfg[name] = float(cfg[name])
-        for name in ("layers", "thresholds"):
+        for name in ("layers", "thresholds", "quantiles"):
             if isinstance(cfg.get(name), list):
                 cfg[name] = tuple(cfg[name])
         return cls(**cfg)
@@ -236,9 +262,11 @@ class SkipRule:
     def params(self) -> dict:
         """The rule's parameters without `strategy`, None fields left out (JSON-ready)."""
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "strategy"}
-        for name in ("layers", "thresholds"):
+        for name in ("layers", "thresholds", "quantiles"):
             if name in out:
                 out[name] = list(out[name])
+        if "layer_thresholds" in out:
+            out["layer_thresholds"] = {str(l): list(ts) for l, ts in out["layer_thresholds"].items()}
         if "pruned" in out:
             out["pruned"] = {str(l): list(ids) for l, ids in out["pruned"].items()}
         for name in ("layer_beta", "layer_importance"):
@@ -253,7 +281,8 @@ class SkipRule:
     @property
     def needs_calibration(self) -> bool:
         """Whether the rule reads the calibration table (a DAG input of its infer job)."""
-        return self.beta == CALIBRATED or self.cheapest is not None or self.strategy in ("prune", "modulated")
+        return (self.beta == CALIBRATED or self.cheapest is not None or self.quantiles is not None
+                or self.strategy in ("prune", "modes", "modulated"))
 
     @property
     def is_calibrated(self) -> bool:
@@ -262,7 +291,9 @@ class SkipRule:
             return False
         if self.cheapest is not None and self.layers is None:
             return False
-        if self.strategy == "modulated" and self.layer_importance is None:
+        if self.strategy in ("modes", "modulated") and self.layer_importance is None:
+            return False
+        if self.quantiles is not None and self.layer_thresholds is None:
             return False
         return not (self.strategy == "prune" and self.pruned is None)
 
@@ -282,4 +313,9 @@ class SkipRule:
             return lambda w, ids: torch.full_like(w, not off, dtype=torch.bool)
         if self.strategy == "batch_aware":
             return lambda w, ids: keep_batch_aware(self.k0, w, ids, n_experts)
+        if self.strategy == "modes":
+            if layer not in self.layer_importance:
+                raise ValueError(f"modes: the calibration has no importance for layer {layer}")
+            importance = self.layer_importance[layer]
+            return lambda w, ids: keep_modes(importance, self.tau, w)
         return None

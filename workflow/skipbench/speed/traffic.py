@@ -60,6 +60,9 @@ TRAFFIC_SCHEMA = pa.schema(
         ("bytes_per_step", pa.float64()),  # distinct_mean * bytes_per_expert: expert weights read per step
         ("decode_tokens", pa.int64()),  # decode tokens in the trace (position >= 1), over all samples
         ("prefill_experts_per_token", pa.float64()),  # kept slots of each prompt's last token (position 0)
+        # [K+1] share of decode tokens that kept 0, 1, ..., K routed experts: the distribution of k
+        # (entropy_k, threshold, top_p_within_k, modes vary it per token); layer -1: pooled over layers
+        ("kept_histogram", pa.list_(pa.float64())),
     ]
 )
 
@@ -172,6 +175,8 @@ def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule
     distinct = np.bincount(pairs // n_exp, minlength=len(steps))  # S
     tokens = np.bincount(step_of_row, minlength=len(steps))  # S
     slots = np.bincount(step_of_row, weights=kept.sum(axis=1), minlength=len(steps))  # S
+    k = kept.shape[1]
+    hist = np.bincount(step_of_row * (k + 1) + kept.sum(axis=1), minlength=len(steps) * (k + 1)).reshape(-1, k + 1)
     return pd.DataFrame(
         dict(
             step=steps // len(layers),  # replay step, shared by the layers of a step
@@ -179,6 +184,7 @@ def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule
             tokens=tokens,
             slots=slots,
             distinct=distinct,
+            **{f"kept_{j}": hist[:, j] for j in range(k + 1)},  # S tokens of the step that kept j slots
         )
     )
 
@@ -196,6 +202,8 @@ def _summarise(steps: pd.DataFrame, by: str) -> pd.DataFrame:
         )
     )
     out["experts_per_token"] = g["slots"].sum() / g["tokens"].sum()
+    counts = g[[c for c in steps if c.startswith("kept_")]].sum().to_numpy(dtype=float)  # [groups, K+1]
+    out["kept_histogram"] = list(counts / counts.sum(axis=1, keepdims=True))
     return out.reset_index()
 
 
@@ -218,7 +226,8 @@ def traffic_table(
         per_layer = _summarise(steps, "layer")
         # model-wide: average the layers within each step first, then summarise the steps
         whole = _summarise(
-            steps.groupby("step")[["tokens", "slots", "distinct"]].mean().reset_index().assign(layer=ALL_LAYERS),
+            steps.groupby("step")[["tokens", "slots", "distinct", *(c for c in steps if c.startswith("kept_"))]]
+            .mean().reset_index().assign(layer=ALL_LAYERS),
             "layer",
         )
         frame = pd.concat([whole, per_layer], ignore_index=True)
