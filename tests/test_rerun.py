@@ -100,7 +100,7 @@ def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
 
 
 def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
-    from skipbench.infer.stage import stage as infer
+    from skipbench.infer import stage as infer
     from skipbench.benchmarks.tasks import Task
     from skipbench.skip.strategies import SkipRule
 

@@ -38,7 +38,7 @@ def test_unnormalised_fraction_of_megabit_terms_costs_no_gcd():
     payload = json.dumps({"fraction": [{"bigint": format(n, "x")}, {"bigint": format(d, "x")}]}).encode()
     t0 = time.thread_time()
     got = loads(payload, max_nodes(CAP))
-    assert time.thread_time() - t0 < 0.5
+    assert time.thread_time() - t0 < 2.0  # quadratic: ~10 s; loaded machines stretch CPU time too
     assert type(got) is Fraction and got.numerator == n and float(got) == n / d
 
 
@@ -49,7 +49,7 @@ def test_hash_colliding_keys_are_refused_in_linear_time(tag):
     t0 = time.thread_time()
     with pytest.raises(ValueBudget):
         loads(json.dumps({tag: body}).encode(), max_nodes(CAP))
-    assert time.thread_time() - t0 < 0.5
+    assert time.thread_time() - t0 < 2.0  # quadratic: ~10 s; loaded machines stretch CPU time too
     few = keys[:MAX_SAME_HASH]  # a handful of equal hashes is ordinary (hash(-1) == hash(-2))
     assert loads(json.dumps({tag: [[k, 0] for k in few] if tag == "dict" else few}).encode(), max_nodes(CAP))
 
@@ -58,7 +58,7 @@ def test_set_equality_oracle_refuses_colliding_lists():
     out = [k * M61 for k in range(1, 20001)]
     t0 = time.thread_time()
     assert not outputs_match("mbpp", "similar_elements", [], out, {1}, 0)
-    assert time.thread_time() - t0 < 0.5
+    assert time.thread_time() - t0 < 2.0  # quadratic: ~10 s; loaded machines stretch CPU time too
 
 
 @pytest.mark.parametrize("shape", ["[[]]", "[[[0, 0]]]", "[1.5]", "[\"ab\"]", "{\"tuple\": [[]]}", "{\"set\": [0]}"])
