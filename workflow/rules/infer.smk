@@ -82,3 +82,12 @@ rule infer:
         "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
     script:
         "../scripts/infer.py"
+
+
+# Every (benchmark, variant)'s infer outputs: rule all asks for them (Snakefile).
+INTERMEDIATES = [
+    f"{RUN}/infer/{b}/{v}/{name}"
+    for b in BENCHMARKS
+    for v in generated_variants(b)
+    for name in ["samples.jsonl", "generations.parquet", "summary.parquet"] + (["trace.parquet"] if TRACING else [])
+]

@@ -12,7 +12,7 @@ if __name__ == "__main__":
     run_execute(
         bench_cfg=snakemake.params.benchmark,
         samples_path=Path(snakemake.input.samples),
-        exec_cfg=snakemake.params.execution,
+        exec_cfg=snakemake.config["execution"],  # params.execution less its bookkeeping
         out_path=Path(snakemake.output.results),
         threads=snakemake.threads,
     )
