@@ -12,7 +12,8 @@
 # hash of its config), the others are read as ancient(). `generate` is a checkpoint so that
 # Snakemake plans the rest of the DAG again once it has run: Snakemake 9.27.1 does not look
 # at a job's other reasons to rerun (its params, code, inputs) while a job upstream of it is
-# planned, so after `generate` every downstream job is judged on its own.
+# planned. After `generate`, the jobs that depend on it directly are judged on their own;
+# every job that reads completions is one of them (common.smk after_generate).
 
 
 checkpoint generate:
