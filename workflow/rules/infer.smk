@@ -85,10 +85,15 @@ rule infer:
         "../scripts/infer.py"
 
 
-# Every (benchmark, variant)'s infer outputs: rule all asks for them (Snakefile).
+# Every (benchmark, variant)'s infer outputs, and the generate outputs: rule all asks for them
+# (Snakefile). A killed `generate` (Snakemake removed its outputs when it started) reruns.
 INTERMEDIATES = [
     f"{RUN}/infer/{b}/{v}/{name}"
     for b in BENCHMARKS
     for v in generated_variants(b)
     for name in ["samples.jsonl", "generations.parquet", "summary.parquet"] + (["trace.parquet"] if TRACING else [])
+] + [
+    path
+    for b in BENCHMARKS if SHARED_ENGINE and generated_variants(b)
+    for path in [f"{RUN}/generate/{b}.parquet"] + [generation_mark(b, v) for v in VARIANTS]
 ]
