@@ -35,6 +35,14 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/views.smk"
 
 
+onsuccess:
+    sidecars.save(RUN)
+
+
+onerror:
+    sidecars.save(RUN)
+
+
 rule all:
     input:
         scores=f"{RUN}/score/scores.parquet",
@@ -42,4 +50,7 @@ rule all:
         views=table_views(),
         figures=FIGURES,
         throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
+        # every job's outputs, intermediates included: a deleted infer/<b>/<v>/ is rebuilt
+        # (Snakemake rebuilds a missing file only when a job to run, here `all`, needs it)
+        intermediates=INTERMEDIATES,
     default_target: True

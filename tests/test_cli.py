@@ -164,3 +164,43 @@ def test_evaluate_takes_a_uid_range():
     from skipbench.cli import parser
 
     assert parser().parse_args(["evaluate", "s.jsonl", "--dataset", "humaneval", "--uid-base", "70000"]).uid_base == 70000
+
+
+def test_run_names_its_checkout_and_says_the_next_snakemake_drops_its_variants(tmp_path, capsys):
+    rc = main(["run", "--variant", "top3=topk:k=3", "--directory", str(ROOT), "--", "-n", "--version"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"+ cd {ROOT.resolve()} && " in err
+    assert "The next plain `snakemake` reruns scores and figures WITHOUT them" in err
+    assert "  top3: {strategy: topk, k: 3}" in err  # what to paste under variants:
+    assert main(["run", "--directory", str(tmp_path)]) == 2  # not a checkout: said, nothing run
+    assert f"{tmp_path} is no skipbench checkout" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+@needs_shared_data
+def test_evaluate_resumes_instead_of_executing_again(tmp_path, capsys, monkeypatch):
+    from skipbench.execute import stage
+
+    rows = [json.loads(line) for line in gzip.open(HUMANEVAL_PLUS, "rt")][:2]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": r["task_id"], "completion": r["canonical_solution"]}) + "\n"
+                               for r in rows))  # fmt: skip
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(HUMANEVAL_PLUS))
+    args = ["evaluate", str(samples), "--dataset", "humaneval_plus", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+
+    calls = []
+
+    def no_sandbox(*a, **k):  # run_execute turns its error into a sandbox_error row
+        calls.append(a[3].task_id)
+        raise RuntimeError("executed again")
+
+    monkeypatch.setattr(stage, "execute_one", no_sandbox)
+    assert main(args) == 0
+    assert calls == [] and capsys.readouterr().out == first  # nothing executed again, same pass@1
+    lines = samples.read_text().splitlines(keepends=True)
+    samples.write_text(lines[0] + json.dumps({"task_id": rows[1]["task_id"], "completion": "    return None\n"}) + "\n")
+    main(args)
+    assert calls == [rows[1]["task_id"]] * 2  # the changed solution only, base and plus

@@ -45,6 +45,12 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 def finished(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("finished")
     (workdir / "config.yaml").write_text(yaml.safe_dump(micro_config(workdir)))
+    fake_finished(workdir)
+    return workdir
+
+
+def fake_finished(workdir: Path) -> None:
+    """Create every output the dry run plans, then record them as a run would."""
     for line in snakemake(workdir, "-n").stdout.splitlines():
         if m := re.match(r"\s+output: (.*)", line):
             for out in m.group(1).split(", "):
@@ -56,7 +62,6 @@ def finished(tmp_path_factory) -> Path:
                     path.touch()
     snakemake(workdir, "--touch", "--forceall")
     assert planned_jobs(snakemake(workdir, "-n")) == {}
-    return workdir
 
 
 def copy_of(finished: Path, dst: Path, metadata: bool = True) -> Path:
@@ -127,3 +132,38 @@ def test_fresh_clone_with_copied_results_plans_nothing(finished, tmp_path):
         st = path.lstat()
         os.utime(path, (st.st_atime - shift, st.st_mtime - shift), follow_symlinks=False)
     assert planned_jobs(snakemake(workdir, "-n")) == {}
+
+
+@pytest.mark.parametrize("metadata", [True, False])
+def test_copied_results_rerun_what_changed_and_not_for_bookkeeping(finished, tmp_path, metadata):
+    """With or without .snakemake/ (cp -a of results alone): the records travel in
+    results/<run>/.provenance (skipbench.sidecars)."""
+    workdir = copy_of(finished, tmp_path / "work", metadata=metadata)
+    original = (workdir / "config.yaml").read_text()
+    edit_config(workdir, lambda c: c["execution"].update(uid_base=62000, groundtruth_dir="elsewhere"))
+    assert planned_jobs(snakemake(workdir, "-n")) == {}  # bookkeeping: no verdict changes
+    (workdir / "config.yaml").write_text(original)
+    edit_config(workdir, lambda c: c["execution"].update(timeout_s=30))
+    jobs = planned_jobs(snakemake(workdir, "-n"))
+    assert jobs.get("execute") == 5, jobs  # he: dense, top1, external; he_wrong, lcb: external
+    (workdir / "config.yaml").write_text(original)
+    edit_config(workdir, lambda c: c["generation"].update(max_new_tokens=64))
+    assert planned_jobs(snakemake(workdir, "-n")).get("generate") == 1
+
+
+def test_added_external_benchmark_leaves_calibration_and_generation_alone(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    edit_config(workdir, lambda c: c["variants"].update(thrcal={"strategy": "threshold", "beta": "calibrated"}))
+    fake_finished(workdir)  # a finished run with a calibrated variant
+    edit_config(workdir, lambda c: c["benchmarks"].update(
+        he_more={"dataset": "humaneval", "tasks": 3, "samples": "canonical.jsonl", "variants": []}))
+    jobs = planned_jobs(snakemake(workdir, "-n"))
+    assert not {"calibrate", "generate", "infer", "fidelity"} & set(jobs), jobs
+    assert jobs.get("execute") == 1, jobs
+
+
+def test_deleted_intermediate_is_rebuilt(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path / "work")
+    shutil.rmtree(workdir / "results/micro/infer/he/dense")
+    proc = snakemake(workdir, "-n")
+    assert planned_jobs(proc).get("infer") == 1 and "wildcards: benchmark=he, variant=dense" in proc.stdout

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,102 @@ def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
     assert not truncated.exists() and not altered.exists() and not (run_dir / "trace-k1.parquet").exists()
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "batch-k0.json is corrupt" in warned and "JSONDecodeError" in warned and "checksum mismatch" in warned
+
+
+def test_staging_folder_of_a_live_job_is_kept(tmp_path):
+    from skipbench.io import atomic_dir
+    from skipbench.jobs import process_start
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = tmp_path / f".checkpoint.{live.pid}-{process_start(live.pid)}.x1.tmp"  # an orphan still writing
+        dead = tmp_path / f".checkpoint.{live.pid}-{process_start(live.pid) - 1}.x2.tmp"  # its pid, reused
+        for d in (kept, dead):
+            d.mkdir()
+        with atomic_dir(tmp_path / "checkpoint") as tmp:
+            (tmp / "config.json").write_text("{}")
+        assert kept.exists() and not dead.exists()
+    finally:
+        live.kill()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_shards_follow_the_umask(tmp_path, umask):
+    import torch
+    from safetensors.torch import save_file
+
+    from skipbench.io import atomic_dir
+
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "checkpoint") as tmp:
+            save_file({"w": torch.zeros(2)}, tmp / "model-00001.safetensors")  # safetensors writes 0600
+            (tmp / "sub").mkdir()
+    finally:
+        os.umask(old)
+    out = tmp_path / "checkpoint"
+    assert (out / "model-00001.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (out / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_job_refuses_outputs_a_live_job_holds(tmp_path):
+    from skipbench.jobs import OutputsHeld, hold_outputs, lock_path
+
+    out = tmp_path / "scores.parquet"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from skipbench.jobs import hold_outputs
+hold_outputs({str(out)!r}); print("held", flush=True); time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputsHeld, match=f"pid {holder.pid}"):
+            hold_outputs(out)
+        holder.kill()  # kill -9: its lock stays, naming a dead process
+        holder.wait()
+        assert lock_path(out).exists()
+        assert hold_outputs(out) == lock_path(out)  # taken over
+    finally:
+        holder.kill()
+
+
+SLEEPER = """
+rule long:
+    output: "done"
+    script: "long.py"
+"""
+LONG_JOB = """
+import subprocess
+from skipbench.jobs import start_job
+start_job(snakemake)
+child = subprocess.Popen(["sleep", "300"])  # what a job starts: an engine, a sandbox
+open("pids", "w").write(f"{__import__('os').getpid()} {child.pid}")
+child.wait()
+"""
+
+
+@pytest.mark.slow
+def test_kill_of_snakemake_leaves_no_live_job(tmp_path):
+    """kill -9 of Snakemake during a long job: the job and what it started die with it."""
+    from skipbench.jobs import process_start
+
+    (tmp_path / "Snakefile").write_text(SLEEPER)
+    (tmp_path / "long.py").write_text(LONG_JOB)
+    snakemake = subprocess.Popen([str(Path(sys.executable).with_name("snakemake")), "--cores", "1", "-d", str(tmp_path),
+                                  "-s", str(tmp_path / "Snakefile")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        starts = [process_start(p) for p in pids]
+        assert all(starts)
+        snakemake.kill()
+        snakemake.wait()
+        deadline = time.monotonic() + 30
+        while any(process_start(p) == s for p, s in zip(pids, starts)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p, s in zip(pids, starts) if process_start(p) == s], "a job outlived its Snakemake"
+    finally:
+        snakemake.kill()

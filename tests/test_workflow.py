@@ -187,3 +187,49 @@ def test_external_samples_config_plans_without_a_model_architecture(tmp_path):
     jobs = snakemake(tmp_path, "-n", "--quiet", "rules").stdout
     assert "execute" in jobs and "score" in jobs
     assert not any(rule in jobs for rule in ("checkpoint", "build_kernels", "infer", "throughput"))
+
+
+def copied(run: Path, dst: Path, change) -> Path:
+    """The finished micro run copied with its metadata and cache (cp -a), its config changed."""
+    workdir = dst / "work"
+    shutil.copytree(run.parents[1], workdir, symlinks=True)
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    change(cfg)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return workdir
+
+
+def test_removed_variants_and_changed_throughput_variants_converge(run, tmp_path):
+    """The figures read the scores: they must not run before `generate` (a checkpoint) and the
+    scores it leads to. `--prioritize figures` makes the scheduler run them as early as the
+    DAG allows (before: on the old scores, then never again)."""
+    workdir = copied(run, tmp_path, lambda c: (c["variants"].pop("top1"), c["throughput"].update(variants=["dense"])))
+    snakemake(workdir, "--prioritize", "figures")
+    new_run = workdir / "results/micro"
+    scored = set(table(new_run / "score/scores.parquet", SCORES_SCHEMA)["variant"])
+    assert scored == {"dense", "external"}
+    assert set(pq.read_table(new_run / "figures/summary.parquet").column("variant").to_pylist()) <= scored
+    assert "top1" not in (new_run / "figures/summary.md").read_text()
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+
+def test_killed_generate_reruns_alone(run, tmp_path):
+    """A kill during `generate` leaves its outputs removed and marked incomplete (as Snakemake
+    leaves them): the rerun runs it from the cache, and no job after it reruns on the same content."""
+    from skipbench.sidecars import record_path
+
+    workdir = copied(run, tmp_path, lambda c: None)
+    new_run = workdir / "results/micro"
+    outputs = [new_run / "generate/he.parquet", *sorted((new_run / "generate/he").glob("*.json"))]
+    for out in outputs:
+        marker = record_path(workdir / ".snakemake/incomplete", str(out.relative_to(workdir)))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text('{"external_jobid": null}')
+        out.unlink()
+    later = [p for p in new_run.rglob("*") if p.is_file() and p.parts[len(new_run.parts)] in
+             ("infer", "execute", "fidelity", "score", "traffic", "roofline", "figures", "views")]
+    before = {p: p.stat().st_mtime_ns for p in later}
+    snakemake(workdir)
+    assert all(out.exists() for out in outputs)
+    assert [p for p in later if p.stat().st_mtime_ns != before[p]] == []
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout

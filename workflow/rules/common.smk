@@ -4,6 +4,8 @@ import functools
 import os
 from pathlib import Path
 
+from skipbench import sidecars
+
 RUN = f"results/{config['run']}"
 # envs/*.yaml install this checkout as `-e ${SKIPBENCH_ROOT}` (pip expands it): a relative
 # path would resolve against Snakemake's copy of the env file under .snakemake/conda.
@@ -12,6 +14,9 @@ MODEL = config["model"]
 BENCHMARKS = config["benchmarks"]
 VARIANTS = config["variants"]
 EXTERNAL = "external"  # variant name of samples produced elsewhere (benchmarks.<b>.samples)
+# Snakemake's rerun records of this run's files also live beside them: a results folder
+# copied without .snakemake/ reruns what changed (skipbench.sidecars; saved again at the end).
+sidecars.sync(RUN)
 
 
 wildcard_constraints:
@@ -48,6 +53,10 @@ def tasks_of(benchmark):
     """The fields of a benchmark that choose its tasks (a param of the jobs that generate
     for it): its external samples and variant list are other jobs' business."""
     return {k: v for k, v in BENCHMARKS[benchmark].items() if k not in ("samples", "variants")}
+
+
+# The benchmarks this workflow generates completions for, with the fields that choose their tasks.
+GENERATED_BENCHMARKS = {b: tasks_of(b) for b in BENCHMARKS if generated_variants(b)}
 
 
 def variant_files(benchmark, variant):
@@ -157,6 +166,30 @@ def generated_for(wildcards):
     return {"generated": ancient(generation_mark(wildcards.benchmark, wildcards.variant))}
 
 
+def after_generate(benchmarks):
+    """A DAG input of every job that reads completions (directly or through other tables):
+    the `generate` reports of `benchmarks`, as ancient() (their mtime is no reason to rerun).
+
+    Why: `generate` is a checkpoint, and Snakemake judges the jobs after a checkpoint that
+    is to run only once it has run (dag.py update_needrun masks them; update_checkpoint_
+    dependencies then re-plans the jobs that depend on it DIRECTLY, with fresh reasons).
+    A job that reads completions without this edge (the figures, through the throughput
+    tables) could run before `generate` on the old scores and, being finished, never be
+    judged again; and a job planned through a killed `generate` (its outputs gone) would
+    keep that reason to rerun. With the edge, each such job waits for `generate` and is
+    then judged on its own inputs, params and code."""
+    if not SHARED_ENGINE:
+        return []
+    return [ancient(f"{RUN}/generate/{b}.parquet") for b in benchmarks if generated_variants(b)]
+
+
+def after_generate_for(wildcards):
+    """after_generate for a job of one (benchmark, variant); external samples need none."""
+    if getattr(wildcards, "variant", None) == EXTERNAL:
+        return []
+    return after_generate([wildcards.benchmark])
+
+
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]
 
 
@@ -186,7 +219,7 @@ def _check_config():
         if "samples" in bench and name in task_ids:  # absent: its dataset is not here yet
             config_check.check_samples_file(bench["samples"], task_ids[name], f"benchmarks.{name}")
     if any(calibration_of([v]) for b in BENCHMARKS for v in generated_variants(b)):
-        config_check.check_calibration(config.get("calibration", {}), BENCHMARKS)
+        config_check.check_calibration(config.get("calibration", {}), GENERATED_BENCHMARKS)
 
 
 _check_config()

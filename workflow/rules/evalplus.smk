@@ -6,6 +6,7 @@ rule evalplus_results:
     input:
         samples=samples_for,
         execution=f"{RUN}/execute/{{benchmark}}/{{variant}}.parquet",
+        generated=after_generate_for,
     output:
         results=f"{RUN}/execute/{{benchmark}}/{{variant}}_eval_results.json",
     params:

@@ -11,6 +11,7 @@ rule fidelity:
         unpack(lambda wc: {} if wc.variant == "dense" else {"noise_floor": f"{RUN}/fidelity/{wc.benchmark}/dense.parquet"}),
         model=engine_model_dir,
         dense=f"{RUN}/infer/{{benchmark}}/dense/generations.parquet",
+        generated=after_generate_for,
     output:
         f"{RUN}/fidelity/{{benchmark}}/{{variant}}.parquet",
     params:

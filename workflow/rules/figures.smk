@@ -5,6 +5,7 @@ rule figures:
     input:
         tables=report_inputs(),
         attached=attached_tables(),  # whichever rule wrote them; score and throughput flag their own
+        generated=after_generate(BENCHMARKS),
     output:
         *figure_outputs(),
         summary=report(f"{RUN}/figures/summary.parquet", caption="../report/summary.rst", category="0. Summary",

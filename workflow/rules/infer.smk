@@ -12,7 +12,8 @@
 # hash of its config), the others are read as ancient(). `generate` is a checkpoint so that
 # Snakemake plans the rest of the DAG again once it has run: Snakemake 9.27.1 does not look
 # at a job's other reasons to rerun (its params, code, inputs) while a job upstream of it is
-# planned, so after `generate` every downstream job is judged on its own.
+# planned. After `generate`, the jobs that depend on it directly are judged on their own;
+# every job that reads completions is one of them (common.smk after_generate).
 
 
 checkpoint generate:
@@ -82,3 +83,17 @@ rule infer:
         "../../envs/vllm-gpu.yaml" if config["engine"]["gpus"] else "../../envs/vllm-cpu.yaml"
     script:
         "../scripts/infer.py"
+
+
+# Every (benchmark, variant)'s infer outputs, and the generate outputs: rule all asks for them
+# (Snakefile). A killed `generate` (Snakemake removed its outputs when it started) reruns.
+INTERMEDIATES = [
+    f"{RUN}/infer/{b}/{v}/{name}"
+    for b in BENCHMARKS
+    for v in generated_variants(b)
+    for name in ["samples.jsonl", "generations.parquet", "summary.parquet"] + (["trace.parquet"] if TRACING else [])
+] + [
+    path
+    for b in BENCHMARKS if SHARED_ENGINE and generated_variants(b)
+    for path in [f"{RUN}/generate/{b}.parquet"] + [generation_mark(b, v) for v in VARIANTS]
+]

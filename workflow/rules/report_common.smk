@@ -78,3 +78,21 @@ def attached_tables():
                    (f"{RUN}/roofline/validation.parquet", "validation.rst", "5. Throughput", "validation")]  # fmt: skip
     return [report(p, caption=f"../report/{caption}", category=category, subcategory="tables", labels={"table": name})
             for p, caption, category, name in tables]  # fmt: skip
+
+
+# HTML views of the tables (rules/views.smk).
+import mimetypes
+
+# Snakemake's report embeds a file with the mimetype Python guesses: without this, Parquet
+# is "Could not detect mimetype" and embedded as text/plain.
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
+
+
+def table_views():
+    """This run's tables that get an HTML view (those that rules of this workflow write)."""
+    tables = ["score/scores"] + (["score/subsets"] if SUBSET_SCORED else []) + [f"throughput/{v}" for v in THROUGHPUT_VARIANTS]
+    own = REPORT_RUNS[config["run"]]
+    tables += [f"traffic/{b}" for b in own["traffic"]]
+    if own["predictions"]:
+        tables += ["roofline/predictions", "roofline/validation"]
+    return [f"{RUN}/views/{t}.html" for t in tables]

@@ -14,6 +14,7 @@ if TRACING:
         input:
             model=engine_model_dir,
             traces=lambda wc: [f"{RUN}/infer/{wc.benchmark}/{v}/trace.parquet" for v in generated_variants(wc.benchmark)],
+            generated=after_generate_for,
         output:
             f"{RUN}/traffic/{{benchmark}}.parquet",
         params:
@@ -38,6 +39,7 @@ if TRACING:
             model=engine_model_dir,
             traffic=f"{RUN}/traffic/{THROUGHPUT_BENCHMARK}.parquet",
             throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
+            generated=after_generate(BENCHMARKS),
         output:
             predictions=f"{RUN}/roofline/predictions.parquet",
             validation=f"{RUN}/roofline/validation.parquet",

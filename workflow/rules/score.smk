@@ -4,6 +4,7 @@
 rule score:
     input:
         runs=[path for entry in SCORED for key, path in entry.items() if key not in ("benchmark", "variant")],
+        generated=after_generate(BENCHMARKS),
     output:
         scores=report(
             f"{RUN}/score/scores.parquet",

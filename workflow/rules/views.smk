@@ -1,26 +1,12 @@
 # HTML views of the report's Parquet tables: report.html shows their numbers (a browser
 # cannot show Parquet); the Parquet files stay attached as downloads.
-import mimetypes
-
-# Snakemake's report embeds a file with the mimetype Python guesses: without this, Parquet
-# is "Could not detect mimetype" and embedded as text/plain.
-mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
-
-
-def table_views():
-    """This run's tables that get an HTML view (those that rules of this workflow write)."""
-    tables = ["score/scores"] + (["score/subsets"] if SUBSET_SCORED else []) + [f"throughput/{v}" for v in THROUGHPUT_VARIANTS]
-    own = REPORT_RUNS[config["run"]]
-    tables += [f"traffic/{b}" for b in own["traffic"]]
-    if own["predictions"]:
-        tables += ["roofline/predictions", "roofline/validation"]
-    tables.append("roofline/published_serving")  # needs no trace
-    return [f"{RUN}/views/{t}.html" for t in tables]
+# Which tables get a view: report_common.smk table_views().
 
 
 rule table_view:
     input:
         table=f"{RUN}/{{table}}.parquet",
+        generated=after_generate(BENCHMARKS),  # the throughput tables' views wait too: one rule
     output:
         report(f"{RUN}/views/{{table}}.html", caption="../report/view.rst", category="7. Tables",
                subcategory="{table}", labels={"table": "{table}", "format": "HTML (view)"}),  # fmt: skip

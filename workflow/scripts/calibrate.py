@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from skipbench.infer.calibrate import DEFAULT_CALIBRATION, calibration_tasks, run_calibration
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     cfg = DEFAULT_CALIBRATION | snakemake.params.calibration
     run_calibration(
         model_dir=Path(snakemake.input.model),

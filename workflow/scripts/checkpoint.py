@@ -10,12 +10,12 @@ pin_cpu_paths()  # before torch loads (via the modules below): a bit-identical c
 from skipbench.model.adapters import check_routing
 from skipbench.benchmarks.tasks import Task
 from skipbench.model.checkpoint import run_checkpoint
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     model_cfg = snakemake.params.model
     # The memorisation demo trains on the tasks it is then evaluated on (said in the README).
     run_checkpoint(

@@ -3,16 +3,16 @@
 from pathlib import Path
 
 from skipbench.execute import run_execute
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     run_execute(
         bench_cfg=snakemake.params.benchmark,
         samples_path=Path(snakemake.input.samples),
-        exec_cfg=snakemake.params.execution,
+        exec_cfg=snakemake.config["execution"],  # params.execution less its bookkeeping
         out_path=Path(snakemake.output.results),
         threads=snakemake.threads,
     )

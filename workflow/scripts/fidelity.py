@@ -5,11 +5,11 @@ from pathlib import Path
 import torch
 
 from skipbench.score.fidelity import run_fidelity
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.benchmarks.prompts import prepare_generation
 
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     torch.set_num_threads(snakemake.threads)
     run_fidelity(
         model_dir=Path(snakemake.input.model),

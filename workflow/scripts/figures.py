@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.report import draw_report
 from skipbench.report.summary import load_run
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     params = snakemake.params
     runs = [load_run(name, **tables) for name, tables in params.runs.items()]  # this run first
     draw_report(runs, params.benchmarks, Path(snakemake.output.summary).parent, snakemake.output.summary,

@@ -4,12 +4,12 @@ from pathlib import Path
 
 from skipbench.model.fp8 import CONVERT_REPORT_SCHEMA, convert_checkpoint
 from skipbench.io import write_table
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     report = convert_checkpoint(
         Path(snakemake.input.checkpoint), Path(snakemake.output.converted), snakemake.params.direction
     )

@@ -5,14 +5,14 @@ from pathlib import Path
 
 from skipbench.infer.stage import generate_variants
 from skipbench.infer.marks import write_marks
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     tasks, generation_cfg = prepare_generation(snakemake.params.benchmark, snakemake.params.generation,
                                                snakemake.input.model)
     report = generate_variants(

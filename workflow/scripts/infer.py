@@ -4,14 +4,14 @@ shared engine, from the cache the benchmark's `generate` job filled."""
 from pathlib import Path
 
 from skipbench.infer.stage import run_infer, write_infer_outputs
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     tasks, generation_cfg = prepare_generation(snakemake.params.benchmark, snakemake.params.generation,
                                                snakemake.input.model)
     write = write_infer_outputs if snakemake.params.shared_engine else run_infer

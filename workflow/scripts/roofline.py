@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.speed.roofline import run_roofline
 
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     cfg = snakemake.params.roofline
     run_roofline(
         model_dir=Path(snakemake.input.model),

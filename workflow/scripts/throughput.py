@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.benchmarks.prompts import prepare_generation
 from skipbench_kernels.integration import load_kernel_choice
 from skipbench.speed.throughput import run_throughput
@@ -10,7 +10,7 @@ from skipbench.speed.throughput import run_throughput
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     sweep = snakemake.params.sweep
     run_throughput(
         model_dir=Path(snakemake.input.model),

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.speed.specs import ModelShape
 from skipbench.skip.strategies import SkipRule
 from skipbench.speed.traffic import write_traffic
@@ -10,7 +10,7 @@ from skipbench.speed.traffic import write_traffic
 
 # Worker processes started with spawn (vLLM) re-import this module: act only as main.
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     shape = ModelShape.from_config(Path(snakemake.input.model))
     write_traffic(
         trace_paths=dict(zip(snakemake.params.variants, snakemake.input.traces)),

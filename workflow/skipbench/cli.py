@@ -49,6 +49,30 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, typed({name: variant}, schema)[name]
 
 
+def _tasks_in(samples: Path) -> list[str]:
+    from skipbench.io import read_jsonl
+
+    return list(dict.fromkeys(s["task_id"] for s in read_jsonl(samples)))
+
+
+def _resume_from(execution_path: Path) -> None:
+    """A rerun keeps the rows of an earlier evaluation: they become the journal run_execute
+    resumes from, which keeps a row only for the same solution, dataset and sandbox settings."""
+    import pyarrow.parquet as pq
+
+    from skipbench.execute.stage import journal_path
+    from skipbench.io import write_jsonl
+
+    journal = journal_path(execution_path)
+    if execution_path.exists() and not journal.exists():
+        try:
+            rows = pq.read_table(execution_path).to_pylist()
+        except (OSError, ValueError) as e:  # not our table, or torn: run everything again
+            print(f"note: {execution_path} is unreadable ({e}); evaluating every sample", file=sys.stderr)
+            return
+        write_jsonl(journal, rows)
+
+
 def cmd_evaluate(args) -> int:
     import pyarrow.parquet as pq
 
@@ -73,6 +97,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out or eval_results_path(str(samples)))
     execution_path = out.with_name(out.name.replace("_eval_results.json", "") + "_execution.parquet")
     exec_cfg = {"sandbox": args.sandbox, "groundtruth_dir": str(Path(args.cache) / "groundtruth"), "uid_base": args.uid_base}
+    _resume_from(execution_path)
     run_execute(bench_cfg, samples, exec_cfg, execution_path, args.parallel)
     execution = pq.read_table(execution_path).to_pandas()
     write_eval_results(out, load_benchmark(bench_cfg), samples, execution)
@@ -89,15 +114,33 @@ def cmd_evaluate(args) -> int:
 
 def cmd_run(args) -> int:
     variants = dict(parse_variant(v) for v in args.variant)
+    directory = Path(args.directory).resolve()
+    if not (directory / "Snakefile").exists():
+        print(f"error: {directory} is no skipbench checkout (no Snakefile): pass --directory", file=sys.stderr)
+        return 2
+    if directory != Path.cwd().resolve():  # say where: the editable install's checkout, or --directory's
+        print(f"skipbench: running the workflow of {directory} (not {Path.cwd()})", file=sys.stderr)
     cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores]
     if variants:
         cmd += ["--config", "variants=" + json.dumps(variants)]
     cmd += args.snakemake
-    print("+", " ".join(cmd), file=sys.stderr)
-    rc = subprocess.call(cmd, cwd=args.directory)
+    print(f"+ cd {directory} && " + " ".join(cmd), file=sys.stderr)
+    rc = subprocess.call(cmd, cwd=directory)
+    if variants:
+        print(dropped_variants_note(variants), file=sys.stderr)
     if rc == 0 and "-n" not in args.snakemake and "--dry-run" not in args.snakemake:
-        return cmd_show(argparse.Namespace(run=None, directory=args.directory))
+        return cmd_show(argparse.Namespace(run=None, directory=directory))
     return rc
+
+
+def dropped_variants_note(variants: dict) -> str:
+    """--variant adds to this run's config only (snakemake --config): what the next plain
+    `snakemake` does with them, and how to keep them."""
+    listed = "".join(f"\n  {name}: {yaml.safe_dump(v, default_flow_style=True, sort_keys=False).strip()}"
+                     for name, v in variants.items())
+    return (f"note: {', '.join(variants)} were added for this run only (snakemake --config). The next plain "
+            f"`snakemake` reruns scores and figures WITHOUT them. To keep them, add under `variants:` in "
+            f"config/config.yaml:{listed}")
 
 
 def _default_run(directory: Path) -> str:
@@ -140,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--variant", action="append", default=[], metavar="NAME=STRATEGY:k=v,...",
                     help="add a variant, e.g. top3=topk:k=3 or thr=threshold:beta=0.2,renormalise=true")  # fmt: skip
     rn.add_argument("--cores", default="all")
-    rn.add_argument("--directory", default=str(ROOT), help="the checkout to run in")
+    rn.add_argument("--directory", default=str(ROOT), help=f"the checkout to run in (default {ROOT})")
     rn.add_argument("snakemake", nargs=argparse.REMAINDER, help="after --: passed to snakemake")
     rn.set_defaults(func=cmd_run)
     sh = sub.add_parser("show", help="print a run's summary table")

@@ -59,19 +59,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _staging_owner(staging: Path) -> tuple[int, int] | None:
+    """(pid, start) of the job that made a staging folder `.<name>.<pid>-<start>.<random>.tmp`."""
+    try:
+        pid, start = staging.name.split(".")[-3].split("-")
+        return int(pid), int(start)
+    except (IndexError, ValueError):
+        return None  # an older name without its owner
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory next to `path`; it replaces `path` on success. Staging
-    folders of a killed earlier job (same name pattern: one job writes `path` at a time)
-    are removed first."""
+    """Yield a temporary directory next to `path`; it replaces `path` on success, every entry
+    with the mode the umask gives. Staging folders of a killed earlier job (same name
+    pattern) are removed first; one whose owner (named in its name) still runs is kept: an
+    earlier job that outlived its Snakemake, writing there."""
+    from skipbench.jobs import alive, process_start
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        owner = _staging_owner(stale)
+        if owner and alive(*owner):
+            log.warning("keeping %s: its job (pid %d) still runs", stale, owner[0])
+            continue
         log.warning("removing %s, left by a killed job", stale)
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    me = f"{os.getpid()}-{process_start(os.getpid())}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{me}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        # mkdtemp makes 0700, safetensors writes shards 0600: give what open()/mkdir() would
+        for entry in tmp.rglob("*"):
+            if not entry.is_symlink():
+                _honour_umask(entry, 0o777 if entry.is_dir() or entry.stat().st_mode & 0o100 else 0o666)
         _honour_umask(tmp, 0o777)
         if path.exists():
             shutil.rmtree(path)

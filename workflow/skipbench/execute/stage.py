@@ -131,6 +131,11 @@ def _settings(exec_cfg: dict) -> dict:
     return cfg
 
 
+def journal_path(out_path: Path) -> Path:
+    """The rows run_execute has made so far (one JSON line each; it resumes from them)."""
+    return out_path.with_name(out_path.name + ".partial.jsonl")
+
+
 def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: Path, threads: int) -> None:
     """Execute every sample in `samples_path` against `bench_cfg`'s tests; write EXECUTE_SCHEMA rows,
     one per (sample, split), whatever the samples do."""
@@ -154,7 +159,7 @@ def run_execute(bench_cfg: dict, samples_path: Path, exec_cfg: dict, out_path: P
         "time_factor": cfg["time_factor"], "min_time_limit_s": cfg["min_time_limit_s"],
         "sandbox": profile.kind, "sandbox_profile": profile.describe(),
     }  # fmt: skip
-    partial = out_path.with_name(out_path.name + ".partial.jsonl")
+    partial = journal_path(out_path)
     done = {}
     if partial.exists():  # resume: keep rows made under the same dataset and settings
         for row in read_journal(partial):
