@@ -44,6 +44,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--variant {spec!r}: parameter {item!r} is not key=value")
+        if key in variant:
+            raise ValueError(f"--variant {spec!r}: {key!r} given twice ({variant[key]!r} and {value!r})")
         variant[key] = value
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]["variants"]
     return name, typed({name: variant}, schema)[name]
