@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def _default_run(directory: Path) -> str:
 
 
 def cmd_show(args) -> int:
-    from skipbench.report.summary_table import markdown
+    from skipbench.report.summary_table import markdown, text_tables
 
     import pyarrow.parquet as pq
 
@@ -124,7 +125,8 @@ def cmd_show(args) -> int:
     if not path.exists():
         print(f"error: no summary at {path}: run the workflow first (skipbench run, or snakemake)", file=sys.stderr)
         return 1
-    print(markdown(pq.read_table(path).to_pandas()), end="")
+    summary = pq.read_table(path).to_pandas()
+    print(markdown(summary) if args.wide else text_tables(summary, shutil.get_terminal_size((100, 24)).columns), end="")
     return 0
 
 
@@ -152,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print a run's summary table")
     sh.add_argument("run", nargs="?", help="results/<RUN> (default: config/config.yaml's run)")
     sh.add_argument("--directory", default=str(ROOT))
+    sh.add_argument("--wide", action="store_true", help="every column and note as Markdown (default: fit the terminal)")
     sh.set_defaults(func=cmd_show)
     return p
 
