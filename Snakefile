@@ -1,6 +1,7 @@
 # skipbench: throughput vs code-synthesis quality of expert skipping in MoE models.
 # Stages: checkpoint -> fp8_convert -> build_kernels -> infer -> execute -> score -> figures.
 import os
+from pathlib import Path
 
 import yaml
 from snakemake.utils import min_version, validate
@@ -25,7 +26,7 @@ CONFIG_SOURCE = ConfigSource([f for f in workflow.configfiles if f not in workfl
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 # --config values arrive as strings (YAML BaseLoader): type them by the schema first.
 type_config(config, SCHEMA)
-check_schema(config, yaml.safe_load(open(SCHEMA)), CONFIG_SOURCE)
+check_schema(config, yaml.safe_load(Path(SCHEMA).read_text()), CONFIG_SOURCE)
 validate(config, SCHEMA)  # fills in the schema's defaults
 
 
