@@ -156,7 +156,11 @@ def test_show_prints_the_summary_table(tmp_path, capsys):
     draw_report([load_run("r1", files["scores"])], ["he"], out, out / "summary.parquet", out / "summary.md", 1, [])
     assert main(["show", "r1", "--directory", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "| r1 | he | dense" in text and "pass@1 base [95% CI]" in text
+    assert max(len(line) for line in text.splitlines()) <= 100 and "Quality (run: r1; benchmark: he" in text
+    assert any(line.startswith("dense ") for line in text.splitlines())
+    assert main(["show", "r1", "--wide", "--directory", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| dense" in text and "pass@1 base [95% CI]" in text and "run: r1; benchmark: he" in text
     assert main(["show", "missing", "--directory", str(tmp_path)]) == 1
 
 

@@ -17,3 +17,17 @@ def test_every_schema_key_is_documented():
     for key in ("`run`", "`variants.<name>.k`", "`execution.sandbox`", "`throughput.variants`",
                 "`benchmarks.<name>.samples`", "`model.synthetic.memorise.max_steps`"):  # fmt: skip
         assert key in text
+
+
+def test_a_comma_in_an_unquoted_flow_description_is_refused():
+    import pytest
+    import yaml
+
+    from skipbench.config_doc import stray_keys
+
+    cut = yaml.safe_load("properties:\n  t: {type: number, description: cap per (sample, split) run}\n")
+    assert stray_keys(cut) == ["t: 'split) run'"]
+    with pytest.raises(ValueError, match="quote a description"):
+        render(cut)
+    assert stray_keys(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())) == []
+    assert "cap per (sample, split) run" in render()

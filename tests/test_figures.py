@@ -24,6 +24,11 @@ from skipbench.report.figures_traffic import speedup_figure
 from skipbench.report.summary import load_run
 
 
+def note_of(fig) -> str:
+    """The figure's note (figstyle.figure_note): where its numbers come from."""
+    return " ".join(one_line(t.get_text()) for t in fig.texts)
+
+
 def one_line(text: str) -> str:
     """A title or axis label as one line (figstyle.panel_text wraps them to the panel)."""
     return " ".join(text.split())
@@ -62,7 +67,7 @@ def test_tradeoff_no_front_over_weight0_throughput(tmp_path):
     tps_base, ept_base = fig.axes[:2]
     assert fronts[("tiny", "base", "tokens_per_s")] == [] and fronts[("tiny", "plus", "tokens_per_s")] == []
     assert not [l for l in tps_base.get_lines() if l.get_label() == "Pareto front"]
-    assert "nothing skipped on this path" in one_line(tps_base.get_xlabel()) and "weight0" in one_line(tps_base.get_xlabel())
+    assert "nothing skipped on this path" in one_line(tps_base.get_xlabel()) and "weight0" in note_of(fig)
     assert fronts[("tiny", "base", "routed_per_decode_token")] == FRONT_BASE_VS_EPT  # experts/token still ranks them
     plt.close(fig)
 
@@ -90,13 +95,13 @@ def test_predicted_figure_separates_measured_and_predicted(tmp_path):
     assert fronts[("tiny", "plus", MEASURED)] == []  # weight0: nothing skipped, no front
     assert fronts[("tiny", "plus", "h200")] == FRONT_PLUS_VS_PREDICTED
     # panels in (split, column) order, at most two a row: find the plus-test ones by title
-    plus_measured, plus_h200, plus_here = [ax for ax in fig.axes if ": plus tests" in one_line(ax.get_title())]
+    plus_measured, plus_h200, plus_here = [ax for ax in fig.axes if "plus tests" in one_line(ax.get_title())]
     assert "nothing skipped on this path" in one_line(plus_measured.get_xlabel())
-    assert "calibrated" in one_line(plus_h200.get_xlabel()) and "h200 fit" in one_line(plus_h200.get_title())
-    assert "validation vs engine here -40%" in one_line(plus_here.get_title())
+    assert "bytes-floor prediction" in one_line(plus_h200.get_xlabel()) and "h200 fit" in note_of(fig)
+    assert "validation vs engine here -40%" in note_of(fig) and "cpu:x86_64x2" in note_of(fig)
     want = [(PREDICTED_H200[v], VARIANTS[v][4]) for v in FRONT_PLUS_VS_PREDICTED]
     assert front_line(plus_h200) == pytest.approx(flat(want))
-    assert "measured" in one_line(plus_measured.get_title()) and "cpu:x86_64x2" in one_line(plus_measured.get_title())
+    assert "measured" in one_line(plus_measured.get_title())
     assert "predicted" in one_line(plus_h200.get_title()) and "h200" in one_line(plus_h200.get_title())
     # measured markers filled, predicted hollow
     def faces(ax):
@@ -117,8 +122,7 @@ def test_speedup_figure_measured_solid_predicted_dashed(tmp_path):
     want = [(c, SWEEP["top1"][c] / SWEEP["dense"][c]) for c in (1, 4)]
     assert top1.get_xydata().ravel().tolist() == pytest.approx(flat(want))
     assert {l.get_linestyle() for l in predicted.get_lines() if l.get_label() in VARIANTS} == {"--"}
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["measured (engine, device)", "predicted (hardware profile)"]
+    assert "solid, filled: measured; dashed, hollow: predicted" in one_line(fig._suptitle.get_text())
     plt.close(fig)
 
 
@@ -157,7 +161,7 @@ def test_combined_runs_are_faceted_by_run(tmp_path):
     runs = [load_run("model-a", f["scores"], f["throughput"], f["predictions"], f["traffic"]), load_run("model-b", g["scores"])]
     fig, fronts = tradeoff_figure(runs, "he")
     assert len(fig.axes) == 8  # (2 runs x 2 splits) rows x 2 cost columns
-    assert [one_line(ax.get_title()) for ax in fig.axes[::2]] == [f"{r}: he, {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
+    assert [one_line(ax.get_title()) for ax in fig.axes[::2]] == [f"{r}: {s} tests" for r in ("model-a", "model-b") for s in ("base", "plus")]
     assert fronts[("model-b", "plus", "routed_per_decode_token")] == FRONT_PLUS_VS_EPT
     plt.close(fig)
     out, result = draw(tmp_path, "out", runs)
@@ -171,4 +175,52 @@ def test_error_bars_tolerate_bounds_a_hair_inside_pass_at_1(tmp_path):
     rows[0] |= {"pass1_base": 1.0, "pass1_base_lo": 0.72, "pass1_base_hi": 1.0 - 1e-16}
     path = write_scores(tmp_path / "scores.parquet", rows)
     fig, _ = tradeoff_figure([load_run("tiny", path)], "he")
+    plt.close(fig)
+
+
+def test_every_figure_keeps_titles_short_and_strategies_apart(tmp_path):
+    """Layout rules of issue 25: titles at most two lines, no two strategies with the same
+    colour and marker, no line joining one strategy's points, ratio axes that include 1.0."""
+    import matplotlib.colors as mcolors
+
+    from skipbench.report.figstyle import strategy_colours, strategy_markers
+    from skipbench.skip.strategies import STRATEGIES
+
+    f = write_run(tmp_path / "run")
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    columns = speedup_columns([run], ["h200"])
+    figs = [tradeoff_figure([run], "he")[0], predicted_figure([run], "he", 1, columns)[0], speedup_figure([run], columns)]
+    for fig in figs:
+        titles = [fig._suptitle.get_text()] + [ax.get_title() for ax in fig.axes]
+        assert all(t.count("\n") <= 1 for t in titles), titles
+        for ax in fig.axes[:1]:
+            for c in ax.containers:  # errorbar: the data line carries the points only
+                assert c.lines[0].get_linestyle() == "None", c.get_label()
+    measured = figs[2].axes[0]
+    lo, hi = measured.get_ylim()
+    assert lo < 1.0 < hi and hi - lo >= 0.5
+    for fig in figs:
+        plt.close(fig)
+    names = list(STRATEGIES) + ["external"]
+    looks = {(mcolors.to_hex(strategy_colours(names)[s]), strategy_markers(names)[s]) for s in names}
+    assert len(looks) == len(names)
+    assert len({strategy_markers(names)[s] for s in names}) == len(names)  # markers alone tell them apart
+
+
+def test_layers_rows_sorted_by_experts_and_rerouting_marked(tmp_path):
+    from skipbench.report.figures_traffic import HEATMAPS, layers_figure
+
+    f = write_run(tmp_path / "run")
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    run.scores.loc[run.scores["variant"] == "top2", "strategy"] = "prune"  # a re-routing strategy
+    fig = layers_figure([run], "he", 1)
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    traffic = run.traffic["he"]
+    mean = traffic[traffic["layer"] >= 0].groupby("variant")["experts_per_token"].mean()
+    names = [r.removesuffix(" (re-routes)") for r in rows]
+    shown = [mean[n] for n in names]
+    assert ax.yaxis_inverted() and shown == sorted(shown, reverse=True)
+    assert "top2 (re-routes)" in rows and "top1" in rows
+    assert len({ax.get_title() for ax in fig.axes if ax.get_title()}) == len(HEATMAPS)  # no repeated panel
     plt.close(fig)

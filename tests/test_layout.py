@@ -10,8 +10,8 @@ import pytest
 LIB = Path(__file__).resolve().parents[1] / "workflow" / "skipbench"
 # the order a stage may import in: skip rules and benchmark tasks are the shared vocabulary
 RANK = {"skip": 0, "benchmarks": 0, "model": 1, "infer": 2, "execute": 3, "score": 4, "speed": 5, "report": 6}
-PLUMBING = {"__init__", "cli", "config_check", "config_doc", "config_types", "io", "jobs", "logs", "progress",
-            "provenance", "reproducible", "sidecars"}
+PLUMBING = {"__init__", "cli", "config_check", "config_doc", "config_types", "config_where", "io", "jobs", "logs",
+            "plan_checks", "progress", "provenance", "reproducible", "sidecars"}
 
 
 def test_top_level_holds_the_stage_packages_and_plumbing_only():

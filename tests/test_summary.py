@@ -72,13 +72,19 @@ def test_write_summary_parquet_and_markdown(tmp_path):
     assert table.schema.equals(SUMMARY_SCHEMA, check_metadata=False)
     assert table.num_rows == 6  # 5 variants + external samples
     md = (tmp_path / "summary.md").read_text()
-    lines = md.splitlines()
-    assert lines[0].startswith("| run | benchmark | variant | pass@1 base [95% CI] | pass@1 plus [95% CI] |")
-    assert "speedup @1 (measured)" in lines[0] and "predicted tok/s ratio @1 (calibrated / bytes floor)" in lines[0]
-    (top1,) = [l for l in lines if l.startswith("| tiny | he | top1")]
+    quality, speed = md.split("### Speed")
+    assert quality.startswith("### Quality")
+    q_head = next(l for l in quality.splitlines() if l.startswith("|"))
+    s_head = next(l for l in speed.splitlines() if l.startswith("|"))
+    # one run, one benchmark: said once in the caption, not in a column per row
+    assert q_head.startswith("| variant | pass@1 base [95% CI] | pass@1 plus [95% CI] |") and "run: tiny; benchmark: he" in quality
+    assert "speedup @1 (measured)" in s_head and "predicted tok/s ratio @1 (calibrated / bytes floor)" in s_head
+    assert "pass@1" not in s_head and "tok/s" not in q_head
+    (top1,) = [l for l in quality.splitlines() if l.startswith("| top1")]
     cells = [c.strip() for c in top1.strip("|").split("|")]
-    assert cells[2:7] == ["top1 *", "0.200 [0.000, 0.300]", "0.100 [0.000, 0.200]", "-0.700 (p=0.5)", "-0.700 (p=0.25)"]
-    assert cells[7:11] == ["105.0", "12.0", "1.20", "2.50 / 3.25"]  # the band: calibrated / bytes floor
+    assert cells[:5] == ["top1 *", "0.200 [0.000, 0.300]", "0.100 [0.000, 0.200]", "-0.700 (p=0.5)", "-0.700 (p=0.25)"]
+    (top1,) = [l for l in speed.splitlines() if l.startswith("| top1")]
+    assert [c.strip() for c in top1.strip("|").split("|")][1:5] == ["105.0", "12.0", "1.20", "2.50 / 3.25"]
     assert "Predicted @1: roofline model (h200), skip_kernel path" in md
     assert "median error -40%: OFF BY MORE THAN 25%" in md  # the validation error, said in words
     assert "Measured @1: throughput sweep on vllm 0.32.0 on cpu:x86_64x2" in md
@@ -123,3 +129,28 @@ def test_markdown_says_at_which_batch_batch_aware_quality_was_generated(tmp_path
     rest = "/".join(map(str, sorted(set(s.loc[s["variant"] != "top1", "infer_batch"].dropna().astype(int)))))
     assert (f"Quality generated at batch {rest} (generation.batch_size); batch_aware (OEA) variants at batch 1 "
             "(report.deployment_batch)") in markdown(s)
+
+
+def test_summary_tables_drop_empty_columns_into_the_caption_and_show_fits_100_columns(tmp_path):
+    from skipbench.report.summary_table import cells, columns, text_tables
+
+    summary = build_summary([full_run(tmp_path)], 1, ["h200"])
+    summary["pass1_plus"] = float("nan")  # a benchmark without plus tests
+    quality = columns(summary)["Quality"]
+    kept, caption = cells(summary, quality)
+    assert "pass@1 plus [95% CI]" not in kept and "run" not in kept and "benchmark" not in kept
+    assert caption.startswith("run: tiny; benchmark: he; no values (left out): pass@1 plus [95% CI]")
+    text = text_tables(summary)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert text.count("top1") >= 2 and "Quality (run: tiny" in text and "Speed" in text
+    two = pd.concat([summary, summary.assign(run="other")], ignore_index=True)
+    assert "run" in cells(two, quality)[0]  # two runs: the column stays
+
+
+def test_sandbox_none_is_marked_first_in_the_summary(tmp_path):
+    from skipbench.report.summary_table import markdown
+
+    summary = build_summary([full_run(tmp_path)], 1, ["h200"])
+    assert "WARNING" not in markdown(summary.assign(sandbox="bwrap"))
+    md = markdown(summary.assign(sandbox="none"))
+    assert md.startswith("**WARNING: execution.sandbox was `none`**: generated code ran WITHOUT isolation")

@@ -2,6 +2,7 @@
 # the logic lives in the skipbench library (workflow/skipbench/).
 import functools
 import os
+import sys
 from pathlib import Path
 
 from skipbench import sidecars
@@ -193,33 +194,63 @@ def after_generate_for(wildcards):
 FIGURES = [f"{RUN}/figures/tradeoff_{b}.{ext}" for b in BENCHMARKS for ext in ("png", "svg")]
 
 
-for _name, _bench in BENCHMARKS.items():
-    _unknown = set(_bench.get("variants", [])) - set(VARIANTS)
-    if _unknown:
-        raise ValueError(f"benchmarks.{_name}.variants names unknown variants: {sorted(_unknown)}")
-
-
 def _check_config():
-    """Reject every config mistake before any compute (skipbench.config_check): duplicate
-    keys, strategy parameters that do not fit the model, datasets, calibration, external
-    samples. Downloaded models' routing is checked after the download, before an engine starts."""
-    from skipbench import config_check
+    """Reject every config mistake before any compute, naming file, line and key
+    (skipbench.config_check, skipbench.plan_checks): strategy parameters that do not fit the
+    model, datasets, calibration, external samples, the dense baseline, hardware profiles,
+    lengths, GPUs and disk. Downloaded models' routing is checked after the download, before
+    an engine starts. Prints what is allowed but dangerous (sandbox none) before any job."""
+    from skipbench import config_check, plan_checks
     from skipbench.skip.strategies import SkipRule
 
-    config_check.check_unique_keys(workflow.configfiles)
+    src = CONFIG_SOURCE
+    for name, bench in BENCHMARKS.items():
+        if unknown := sorted(set(bench.get("variants", [])) - set(VARIANTS)):
+            raise src.error(("benchmarks", name, "variants"), f"names unknown variants {unknown}")
+    # no model runs when every benchmark only scores external samples: no architecture needed
+    shape = None
+    if MODEL["source"] == "synthetic" and MODEL_RUNS:
+        try:
+            shape = config_check.synthetic_shape(MODEL["synthetic"].get("architecture", {}))
+        except ValueError as e:
+            raise src.error(("model", "synthetic", "architecture"), str(e)) from None
     for name, variant in VARIANTS.items():
         try:
             SkipRule.from_config(variant)
+            if shape is not None:
+                config_check.check_variants({name: variant}, shape)
         except ValueError as e:
-            raise config_check.ConfigError(f"variants.{name}: {e}") from None
-    if MODEL["source"] == "synthetic" and MODEL_RUNS:
-        config_check.check_variants(VARIANTS, config_check.synthetic_shape(MODEL["synthetic"]["architecture"]))
-    task_ids = config_check.check_benchmarks(BENCHMARKS)
+            raise src.error(("variants", name), str(e)) from None
+    notices = plan_checks.check_plan(config, src, Path(workflow.basedir), calibrated=bool(_calibrated()),
+                                     local=workflow.local_exec)  # fmt: skip
+    task_ids = _located(src, ("benchmarks",), config_check.check_benchmarks, BENCHMARKS)
     for name, bench in BENCHMARKS.items():
         if "samples" in bench and name in task_ids:  # absent: its dataset is not here yet
-            config_check.check_samples_file(bench["samples"], task_ids[name], f"benchmarks.{name}")
-    if any(calibration_of([v]) for b in BENCHMARKS for v in generated_variants(b)):
-        config_check.check_calibration(config.get("calibration", {}), GENERATED_BENCHMARKS)
+            _located(src, ("benchmarks", name, "samples"), config_check.check_samples_file, bench["samples"],
+                     task_ids[name], f"benchmarks.{name}")  # fmt: skip
+    if _calibrated():
+        _located(src, ("calibration",), config_check.check_calibration, config.get("calibration", {}),
+                 GENERATED_BENCHMARKS)
+    for line in notices:
+        print(f"\n!! {line}\n", file=sys.stderr)
+
+
+def _calibrated():
+    return any(calibration_of([v]) for b in BENCHMARKS for v in generated_variants(b))
+
+
+def _located(src, path, check, *args):
+    """`check(*args)`, its ConfigError prefixed with the file and line of the key `path`
+    (the messages name the key below it)."""
+    from skipbench.config_check import ConfigError
+
+    try:
+        return check(*args)
+    except ConfigError as e:
+        message = str(e)
+        key = message.split(" ", 1)[0].rstrip(":").split(".")  # "benchmarks.he ..." -> its own line when a file sets it
+        where = src.at(tuple(key)) if tuple(key[: len(path)]) == path else src.at(path)
+        raise ConfigError(f"{where}: {message}") from None
 
 
 _check_config()

@@ -88,11 +88,16 @@ import mimetypes
 mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 
-def table_views():
+def view_tables():
     """This run's tables that get an HTML view (those that rules of this workflow write)."""
     tables = ["score/scores"] + (["score/subsets"] if SUBSET_SCORED else []) + [f"throughput/{v}" for v in THROUGHPUT_VARIANTS]
     own = REPORT_RUNS[config["run"]]
     tables += [f"traffic/{b}" for b in own["traffic"]]
     if own["predictions"]:
         tables += ["roofline/predictions", "roofline/validation"]
-    return [f"{RUN}/views/{t}.html" for t in tables]
+    tables.append("roofline/published_serving")  # needs no trace
+    return tables
+
+
+def table_views():
+    return [f"{RUN}/views/{t}.html" for t in view_tables()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--variant {spec!r}: parameter {item!r} is not key=value")
+        if key in variant:
+            raise ValueError(f"--variant {spec!r}: {key!r} given twice ({variant[key]!r} and {value!r})")
         variant[key] = value
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]["variants"]
     return name, typed({name: variant}, schema)[name]
@@ -149,7 +152,7 @@ def _default_run(directory: Path) -> str:
 
 
 def cmd_show(args) -> int:
-    from skipbench.report.summary_table import markdown
+    from skipbench.report.summary_table import markdown, text_tables
 
     import pyarrow.parquet as pq
 
@@ -159,7 +162,8 @@ def cmd_show(args) -> int:
     if not path.exists():
         print(f"error: no summary at {path}: run the workflow first (skipbench run, or snakemake)", file=sys.stderr)
         return 1
-    print(markdown(pq.read_table(path).to_pandas()), end="")
+    summary = pq.read_table(path).to_pandas()
+    print(markdown(summary) if args.wide else text_tables(summary, shutil.get_terminal_size((100, 24)).columns), end="")
     return 0
 
 
@@ -189,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print a run's summary table")
     sh.add_argument("run", nargs="?", help="results/<RUN> (default: config/config.yaml's run)")
     sh.add_argument("--directory", default=str(ROOT))
+    sh.add_argument("--wide", action="store_true", help="every column and note as Markdown (default: fit the terminal)")
     sh.set_defaults(func=cmd_show)
     return p
 

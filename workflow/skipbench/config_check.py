@@ -14,41 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import yaml
-
-from skipbench.benchmarks.tasks import DatasetUnavailable
-from skipbench.io import JsonlError
 from skipbench.benchmarks.samples import check_samples, listing
-
-
-class ConfigError(ValueError):
-    """A config value the workflow cannot run with; the message says which and why."""
-
-
-# --- duplicate YAML keys (PyYAML keeps the last one silently) ---------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(
-                    f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: duplicate key {key!r} "
-                    f"(first at line {seen[key] + 1}); YAML would keep only the last one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+from skipbench.benchmarks.tasks import DatasetUnavailable
+from skipbench.config_where import ConfigError, key_lines  # noqa: F401  (ConfigError: re-exported)
+from skipbench.io import JsonlError
 
 
 def check_unique_keys(paths: Iterable[str | Path]) -> None:
-    """Reject a config file in which a mapping repeats a key (e.g. two variants of one name)."""
+    """Reject a config file that is not YAML or in which a mapping repeats a key (e.g. two
+    variants of one name), with file and line (config_where.key_lines)."""
     for path in paths:
-        with open(path) as f:
-            try:
-                yaml.load(f, Loader=_UniqueKeyLoader)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        key_lines(path)
 
 
 # --- strategy parameters against the model's routing shape -----------------------------
@@ -151,12 +127,25 @@ def needs_download(bench: dict) -> bool:
     check waits for the stage that downloads it, and planning stays offline."""
     from skipbench.benchmarks.tasks import DATASETS
 
+    if bench.get("dataset") == "livecodebench":  # no hub call while planning: the cache only
+        return not bench.get("path") and not _lcb_cached(bench)
     src = DATASETS.get(bench.get("dataset"))
     if bench.get("dataset") == "humaneval" or bench.get("path") or src is None or os.environ.get(src.env):
         return False
     from evalplus.data.utils import get_dataset_metadata
 
     return not os.path.exists(get_dataset_metadata(src.release, src.version, mini=False)[1])
+
+
+def _lcb_cached(bench: dict) -> bool:
+    """Whether every file of the benchmark's LiveCodeBench release is in the hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from skipbench.benchmarks import livecodebench as lcb
+
+    revision = bench.get("revision", "main")
+    return all(isinstance(try_to_load_from_cache(lcb.HUB_REPO, f, revision=revision, repo_type="dataset"), str)
+               for f in lcb.hub_files(str(bench.get("release", "release_v6"))))  # fmt: skip
 
 
 def check_benchmarks(benchmarks: dict[str, dict]) -> dict[str, set[str] | None]:

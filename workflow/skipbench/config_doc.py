@@ -43,13 +43,40 @@ def _type(s: dict) -> str:
     return t or "any"
 
 
+# JSON-schema keywords this schema uses: any other key in a property's schema is a mistake,
+# typically an unquoted comma in a flow mapping (`{description: cap per (sample, split) run}`
+# is the description "cap per (sample" and a key "split) run").
+KEYWORDS = {"$schema", "description", "type", "additionalProperties", "required", "properties", "default", "pattern",
+            "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "items", "minItems", "oneOf",
+            "const", "propertyNames", "minProperties"}  # fmt: skip
+BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "pattern", "minItems")
+
+
 def _describe(s: dict) -> str:
     parts = [s.get("description", "")]
     parts += [o["description"] for o in s.get("oneOf", []) if "description" in o]
-    bounds = [f"{k} {s[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "pattern") if k in s]
+    bounds = [f"{k} {s[k]}" for k in BOUNDS if k in s]
+    items = s.get("items") if isinstance(s.get("items"), dict) else {}
+    bounds += [f"each item {k} {items[k]}" for k in BOUNDS if k in items]
+    parts += [f"each item: {items['description']}"] if "description" in items else []
     if s.get("required"):
         bounds.append(f"requires {', '.join(s['required'])}")
     return "; ".join(p for p in parts + bounds if p).replace("|", "\\|").replace("\n", " ")
+
+
+def stray_keys(schema, path: str = "") -> list[str]:
+    """Keys of sub-schemas that are no JSON-schema keyword ('path: key'); [] when sound."""
+    if isinstance(schema, list):
+        return [k for i, s in enumerate(schema) for k in stray_keys(s, f"{path}[{i}]")]
+    if not isinstance(schema, dict):
+        return []
+    out = [f"{path}: {k!r}" for k in schema if k not in KEYWORDS]
+    for k, v in schema.items():
+        if k == "properties":
+            out += [x for name, sub in v.items() for x in stray_keys(sub, f"{path}.{name}".lstrip("."))]
+        elif k in ("items", "additionalProperties", "oneOf", "propertyNames"):
+            out += stray_keys(v, f"{path}.{k}")
+    return out
 
 
 def rows(schema: dict, prefix: str = "") -> list[str]:
@@ -68,6 +95,8 @@ def rows(schema: dict, prefix: str = "") -> list[str]:
 
 def render(schema: dict | None = None) -> str:
     schema = schema or yaml.safe_load(SCHEMA.read_text())
+    if stray := stray_keys(schema):
+        raise ValueError(f"{SCHEMA}: keys that are no schema keyword (quote a description with a comma): {stray}")
     return HEADER + "\n".join(rows(schema)) + "\n"
 
 

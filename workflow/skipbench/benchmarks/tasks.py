@@ -171,6 +171,8 @@ def _selected(name: str, items: list[tuple[str, Any]], selection) -> list:
     if selection is None:
         return [x for _, x in items]
     if isinstance(selection, int):
+        if selection > len(items):  # refused, not clamped: a run of fewer tasks than asked is another run
+            raise ValueError(f"{name}: tasks = {selection}, but the dataset (after its filters) has {len(items)}")
         return [x for _, x in items[:selection]]
     by_id = dict(items)
     missing = [t for t in selection if t not in by_id]
@@ -189,10 +191,10 @@ def _lcb_files(bench_cfg: dict) -> list[Path]:
         if path.is_dir():
             files = [path / f for f in lcb.hub_files(release) if (path / f).exists()]
             if not files:
-                raise DatasetUnavailable(f"livecodebench: no {lcb.hub_files(release)} in {path}")
+                raise FileNotFoundError(f"livecodebench: path {str(path)!r} has none of {lcb.hub_files(release)}")
             return files
         if not path.exists():
-            raise DatasetUnavailable(f"livecodebench: {path} does not exist")
+            raise FileNotFoundError(f"livecodebench: path {str(path)!r} does not exist")
         return [path]
     from huggingface_hub import hf_hub_download
 

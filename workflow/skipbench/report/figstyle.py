@@ -22,16 +22,29 @@ STYLE = {
     "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT,
 }  # fmt: skip
 MAX_COLS = 2
-# Hues far apart (tab10 without its green and grey, olive darkened); green is the Pareto front's, black dense's.
-PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2", "#7f7f00", "#4b0082"]
+# Hues far apart (tab10 without its green and grey, olive darkened, three more); green is the
+# Pareto front's, black dense's. With a marker each (MARKERS), no two strategies look alike
+# even past the palette's length (12 strategies today).
+PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2", "#7f7f00", "#4b0082",
+           "#b8860b", "#2f4f4f", "#ff69b4"]  # fmt: skip
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "d"]
 FRONT_COLOUR = "#009E73"
 FIXED = {"dense": (0.0, 0.0, 0.0), "external": (0.5, 0.5, 0.5)}
+FIXED_MARKERS = {"dense": "*", "external": "x"}
+
+
+def _others(strategies) -> list[str]:
+    return sorted({s for s in strategies if s not in FIXED})
 
 
 def strategy_colours(strategies) -> dict[str, tuple]:
     """A hue per strategy (sorted names: stable across runs), dense black, external grey."""
-    names = sorted({s for s in strategies if s not in FIXED})
-    return {s: to_rgb(PALETTE[i % len(PALETTE)]) for i, s in enumerate(names)} | FIXED
+    return {s: to_rgb(PALETTE[i % len(PALETTE)]) for i, s in enumerate(_others(strategies))} | FIXED
+
+
+def strategy_markers(strategies) -> dict[str, str]:
+    """A marker per strategy, in the order of strategy_colours: (colour, marker) never repeats."""
+    return {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(_others(strategies))} | FIXED_MARKERS
 
 
 def shades(base: tuple, n: int) -> list[tuple]:
@@ -92,6 +105,26 @@ def panel_text(ax, text: str, fontsize: float = 10) -> str:
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
+def figure_note(fig, lines: list[str], fontsize: float = MIN_FONT) -> None:
+    """Where the numbers come from (engine, device, calibration), under the figure: titles
+    stay at most two lines and say what a panel is, this says how it was measured."""
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    text = "\n".join(textwrap.fill(line, chars) for line in lines if line)
+    fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=fontsize, color="0.25")
+
+
+def span_with(values, anchor: float = 1.0, min_span: float = 0.5) -> tuple[float, float]:
+    """Axis limits that include `anchor` and every value, at least `min_span` wide: a ratio
+    axis zoomed to a few percent would show noise as a trend."""
+    vals = [v for v in values if v == v] + [anchor]  # v == v: not NaN
+    lo, hi = min(vals), max(vals)
+    if hi - lo < min_span:
+        mid = (hi + lo) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def label_points(ax, points: list[tuple[float, float, str, tuple]]) -> None:
     """Name each (x, y, text, colour) point of `ax` when the figure is final (`place_labels`)."""
     ax._skipbench_labels = list(points)  # read by place_labels; an Axes has no other slot for it
@@ -103,10 +136,27 @@ def legend_below(ax) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
 
 
+def shared_legend(fig, axes: list) -> None:
+    """One legend for panels that share their colours: the last panel's, beside it where the
+    grid leaves that cell empty (an odd number of panels: no blank quadrant), else below it."""
+    panels = [ax for ax in axes if ax.get_legend() is not None]
+    if not panels:
+        return
+    for ax in panels[:-1]:
+        ax.get_legend().remove()
+    last = panels[-1]
+    if len(axes) % MAX_COLS and len(axes) > 1:
+        handles, labels = last.get_legend_handles_labels()
+        last.get_legend().remove()
+        legend = last.legend(handles, labels, loc="center left", bbox_to_anchor=(1.08, 0.5), ncols=2, frameon=False)
+        legend.set_in_layout(False)  # it sits in the empty cell: no room to reserve
+        legend.skipbench_beside = True  # read by _legends_under_xlabels: leave it where it is
+
+
 def _legends_under_xlabels(fig) -> None:
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
-        if ax.get_legend() is not None:
+        if ax.get_legend() is not None and not getattr(ax.get_legend(), "skipbench_beside", False):
             bottom = ax.xaxis.get_tightbbox(renderer).y0  # tick labels and the (wrapped) axis label
             y = ax.transAxes.inverted().transform((0, bottom))[1]
             ax.get_legend().set_bbox_to_anchor((0.5, y - 0.02), transform=ax.transAxes)
@@ -138,9 +188,10 @@ def _place(ax, points: list[tuple[float, float, str, tuple]], fontsize: float) -
     pad = 3 * to_px
     taken = []  # display boxes of markers and placed labels
 
-    for x, y, _, _ in points:
+    for x, y, text, _ in points:
         px, py = ax.transData.transform((x, y))
-        taken.append(Bbox([[px - pad, py - pad], [px + pad, py + pad]]))
+        r = 2.2 * pad if text in FIXED else 1.3 * pad  # dense's star is twice a setting's marker
+        taken.append(Bbox([[px - r, py - r], [px + r, py + r]]))
     for line in ax.lines:  # curves and the front: labels keep off them too (sampled)
         xy = ax.transData.transform(line.get_xydata())
         for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:]):

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from skipbench.io import atomic_path  # noqa: E402
-from skipbench.report.figstyle import FRONT_COLOUR, STYLE, label_points, legend_below, panel_grid, panel_text, place_labels, strategy_colours, variant_colours  # noqa: E402,F401
+from skipbench.report.figstyle import FRONT_COLOUR, STYLE, figure_note, label_points, legend_below, panel_grid, panel_text, place_labels, shared_legend, strategy_colours, strategy_markers, variant_colours  # noqa: E402,F401
 from skipbench.report.summary import (  # noqa: E402  (pareto_front: re-exported for callers of this module)
     DENSE,
     RunTables,
@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 NOTHING_SKIPPED = {"none", "weight0"}  # skip paths where a skipped expert is still computed (or none is skipped)
 MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
 # What the tradeoff figure puts on x: (column, label, higher is better).
+SKIP_PATHS = ("none: nothing skipped; weight0: a skipped expert is still computed at weight 0; "
+              "skip_kernel: never loaded")  # fmt: skip
 COST_AXES = [
-    ("tokens_per_s", "output tokens/s, measured", True),
+    ("tokens_per_s", "output tokens/s (measured)", True),
     ("routed_per_decode_token", "routed experts computed per decode token per MoE layer", False),
 ]
 FIDELITY_AXES = [
@@ -94,18 +96,22 @@ def strategy_curves(ax, data: pd.DataFrame, x: str, y: str, colours: dict, hollo
     hue. Returns the points to name, (x, y, variant, colour): name them with `label_points`
     once the axes are final."""
     shade = variant_colours(dict(zip(data["variant"], data["strategy"])), colours)
+    markers = strategy_markers(colours)
     points = []
     for strategy, g in data.groupby("strategy", sort=True):
         g = g.sort_values(["routed_per_decode_token", "variant"], ascending=[False, True])
-        c = colours.get(strategy, (0.5, 0.5, 0.5))
+        c, m = colours.get(strategy, (0.5, 0.5, 0.5)), markers.get(strategy, "o")
         xs, ys = g[x].to_numpy(float), g[y].to_numpy(float)
         # 2, N; clipped at 0: a Wilson bound can round a hair inside pass@1 = 0 or 1
         yerr = np.stack([ys - g[f"{y}_lo"].to_numpy(float), g[f"{y}_hi"].to_numpy(float) - ys]).clip(min=0) if errors else None
-        ax.errorbar(xs, ys, yerr=yerr, fmt="*" if strategy == DENSE else "-o", color=c, ecolor=c + (0.4,),
-                    ms=12 if strategy == DENSE else 6, mfc="none" if hollow else c, capsize=2, lw=1.2, label=strategy)  # fmt: skip
+        # points only: a line through one strategy's settings crosses the others' (a web), the
+        # Pareto front is the one line a reader follows
+        ax.errorbar(xs, ys, yerr=yerr, fmt=m, ls="none", color=c, ecolor=c + (0.35,), ms=12 if strategy == DENSE else 7,
+                    mfc="none" if hollow else c, capsize=2, lw=1.0, label=strategy, zorder=3)  # fmt: skip
         for _, row in g.iterrows():
             if strategy != DENSE:  # the setting's own shade over the strategy's marker
-                ax.plot(row[x], row[y], "o", ms=6, color=shade[row["variant"]], mfc="none" if hollow else shade[row["variant"]])
+                ax.plot(row[x], row[y], m, ms=7, color=shade[row["variant"]], mfc="none" if hollow else shade[row["variant"]],
+                        zorder=3)  # fmt: skip
             points.append((row[x], row[y], row["variant"], tuple(v * 0.8 for v in shade[row["variant"]])))
     return points
 
@@ -130,12 +136,13 @@ def quality_panel(ax, df: pd.DataFrame, x: str, x_label: str, x_higher: bool, sp
     if data.empty:
         no_data(ax, f"no variant has both pass@1 ({split}) and {x_label}")
         return []
-    points = strategy_curves(ax, data, x, y, colours if front else {s: (0.6, 0.6, 0.6) for s in colours}, hollow)
+    points = strategy_curves(ax, data, x, y, colours, hollow)
     ax.set_xlabel(panel_text(ax, x_label))
     if not front:  # nothing skipped on this path: no front over noise
         ax.set_ylabel(f"pass@1 ({split} tests), 95% interval")
         ax.set_ylim(-0.05, 1.1)
         ax.grid(alpha=0.3)
+        legend_below(ax)
         label_points(ax, points)
         return []
     front = pareto_front(data[x].tolist(), data[y].tolist(), x_higher)
@@ -173,19 +180,22 @@ def tradeoff_figure(runs: list[RunTables], benchmark: str):
     """pass@1 vs measured tokens/s (infer stage) and vs experts per token; rows (run, split)."""
     rows, colours = _panel_rows(runs, benchmark)
     fig, axes = grid(len(rows), len(COST_AXES))
-    fronts = {}
+    fronts, notes = {}, []
     for r, (t, df, split) in enumerate(rows):
         for c, (x, label, higher) in enumerate(COST_AXES):
             skipped = True
             if x == "tokens_per_s":
                 paths = set(df.loc[df["variant"] != DENSE, "skip_path"].dropna()) if "skip_path" in df else set()
                 skipped = bool(paths - NOTHING_SKIPPED)
-                label = (f"{label} ({_measured_on(df)}; skip path {', '.join(sorted(paths)) or 'n/a'}, measured)"
-                         + ("" if skipped else "\nnothing skipped on this path: no Pareto front, points grey"))  # fmt: skip
+                label += "" if skipped else "\nnothing skipped on this path: no Pareto front"
+                if split == _splits(df)[0]:
+                    notes.append(f"{t.run}: tokens/s measured by {_measured_on(df)}; skip path "
+                                 f"{', '.join(sorted(paths)) or 'n/a'} ({SKIP_PATHS})")  # fmt: skip
             fronts[(t.run, split, x)] = quality_panel(axes[r][c], df, x, label, higher, split, colours,
                                                       front=skipped)  # fmt: skip
-            axes[r][c].set_title(f"{t.run}: {benchmark}, {split} tests")
-    fig.suptitle(f"{benchmark}: quality vs cost per skip variant (throughput measured; see axis)")
+            axes[r][c].set_title(f"{t.run}: {split} tests")
+    fig.suptitle(f"{benchmark}: quality vs cost per skip variant")
+    figure_note(fig, notes)
     return fig, fronts
 
 
@@ -227,11 +237,12 @@ def prediction_source(t: RunTables, hardware: str, p: pd.DataFrame) -> str:
 
 def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware: list[str]):
     """pass@1 vs speedup over dense at the deployment batch: measured (filled) and
-    predicted per hardware profile (hollow), Pareto front per panel; rows (run, split)."""
+    predicted per hardware profile (hollow), Pareto front per panel; rows (run, split).
+    Panel titles name the source in a line; how it was measured goes in the figure note."""
     columns = speedup_columns(runs, hardware)
     rows, colours = _panel_rows(runs, benchmark)
-    fig, axes = grid(len(rows), len(columns), height=6.0)  # long titles: keep the plots tall enough to label
-    fronts = {}
+    fig, axes = grid(len(rows), len(columns), height=4.6)
+    fronts, notes = {}, {}
     for r, (t, df, split) in enumerate(rows):
         for c, column in enumerate(columns):
             ax = axes[r][c]
@@ -242,32 +253,44 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 no_data(ax, f"{t.run}: {why}")
                 fronts[(t.run, split, column)] = []
                 continue
+            name = "measured (engine)" if column == MEASURED else f"predicted, {column}"
+            notes[(t.run, name)] = f"{t.run}, {name}: {source}"
             d = df.assign(speedup=df["variant"].map(speedup))
+            label = f"tokens/s over dense at batch {batch}"
             if column == MEASURED:
                 m = measured_speedup(t.throughput)
                 paths = set(m.loc[(m["concurrency"] == batch) & (m["variant"] != DENSE), "skip_path"])
                 skipped = bool(paths - NOTHING_SKIPPED)
-                label = (f"output tok/s ratio over dense at batch {batch}, measured, skip path "
-                         f"{', '.join(sorted(paths))}" + ("" if skipped else "\nnothing skipped on this path"))  # fmt: skip
+                label += "" if skipped else "\nnothing skipped on this path: no Pareto front"
             else:
                 skipped = True
                 p = predicted_whole_model(t.predictions)
                 floor = p[(p["hardware"] == column) & (p["batch"] == batch)].set_index("variant")["speedup_floor"]
                 d = d.assign(floor=d["variant"].map(floor))
-                label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
-                         f"(grey bar: toward the bytes-floor prediction, up to {d['floor'].max():.2f})")  # fmt: skip
-            if column != MEASURED:  # the axis spans the calibrated points: set before their labels are placed
-                ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))
+                label += f"\n(bar: to the bytes-floor prediction, up to {d['floor'].max():.2f})"
+                ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))  # before the labels are placed
             fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
                                                            hollow=column != MEASURED, front=skipped)  # fmt: skip
-            if column != MEASURED:  # the band: calibrated (point) to bytes floor (grey bar, clipped)
-                band = d.dropna(subset=["speedup", "floor", f"pass1_{split}"])
-                ax.hlines(band[f"pass1_{split}"], band["speedup"], band["floor"], color="0.6", lw=3, alpha=0.4, zorder=0)
+            if column != MEASURED:
+                floor_bands(ax, d.dropna(subset=["speedup", "floor", f"pass1_{split}"]), f"pass1_{split}", colours)
             ax.axvline(1.0, color="0.5", lw=0.8)
-            ax.set_title(panel_text(ax, f"{t.run}: {split} tests\n{source}"))
-    fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch} "
+            ax.set_title(f"{t.run}, {split} tests: {name}")
+    shared_legend(fig, [ax for row in axes for ax in row])
+    fig.suptitle(f"{benchmark}: quality vs speedup at deployment batch {batch}\n"
                  "(filled: measured, hollow: predicted)")  # fmt: skip
+    figure_note(fig, list(notes.values()) + [f"Skip paths: {SKIP_PATHS}."])
     return fig, fronts
+
+
+def floor_bands(ax, band: pd.DataFrame, y: str, colours: dict) -> None:
+    """Each variant's calibrated-to-bytes-floor band in its strategy's colour; variants at the same
+    pass@1 are spread a little apart vertically so that every band stays visible."""
+    band = band.sort_values(["speedup", "variant"])
+    rank = band.groupby(y).cumcount().to_numpy()  # order among the bands of one height
+    size = band.groupby(y)[y].transform("size").to_numpy()
+    offset = (rank - (size - 1) / 2) * 0.012
+    ax.hlines(band[y].to_numpy(float) + offset, band["speedup"], band["floor"], lw=1.6, alpha=0.45, zorder=1,
+              colors=[colours.get(s, (0.5, 0.5, 0.5)) for s in band["strategy"]])  # fmt: skip
 
 
 def fidelity_figure(runs: list[RunTables], benchmark: str):

@@ -24,10 +24,13 @@ th { background: #f0f0f0; cursor: pointer; position: sticky; top: 0; white-space
 td:first-child, th:first-child, td.text { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 p.note { color: #444; max-width: 60em; }
+p.warning { color: #fff; background: #b00020; padding: 6px 10px; font-weight: bold; max-width: 60em; }
+h3 { margin: 1.2em 0 0.4em; }
 """
 # Click a header to sort by it (numbers as numbers); a second click reverses.
 _SORT = """
-document.querySelectorAll("th").forEach((th, i) => th.addEventListener("click", () => {
+document.querySelectorAll("th").forEach(th => th.addEventListener("click", () => {
+  const i = th.cellIndex;
   const body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
   const key = r => { const t = r.cells[i].textContent.trim(), n = parseFloat(t); return isNaN(n) ? t : n; };
   const dir = th.dataset.dir = th.dataset.dir === "1" ? "-1" : "1";
@@ -38,8 +41,7 @@ document.querySelectorAll("th").forEach((th, i) => th.addEventListener("click", 
 """
 
 
-def page(title: str, header: list[str], rows: list[list[str]], notes: list[str] = ()) -> str:
-    """A standalone HTML page: one sortable table and notes below it (all text escaped)."""
+def _table(header: list[str], rows: list[list[str]]) -> str:
     esc = html.escape
 
     def cell(text: str) -> str:
@@ -49,11 +51,19 @@ def page(title: str, header: list[str], rows: list[list[str]], notes: list[str] 
 
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
-    note = "\n".join(f'<p class="note">{esc(n)}</p>' for n in notes if n.strip())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+
+
+def _page(title: str, parts: list[str]) -> str:
+    esc = html.escape
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n<h2>{esc(title)}</h2>\n"
-            f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n{note}\n"
-            f"<script>{_SORT}</script></body></html>\n")  # fmt: skip
+            f"<style>{_STYLE}</style></head><body>\n<h2>{esc(title)}</h2>\n" + "\n".join(parts)
+            + f"\n<script>{_SORT}</script></body></html>\n")  # fmt: skip
+
+
+def page(title: str, header: list[str], rows: list[list[str]], notes: list[str] = ()) -> str:
+    """A standalone HTML page: one sortable table and notes below it (all text escaped)."""
+    return _page(title, [_table(header, rows)] + [f'<p class="note">{html.escape(n)}</p>' for n in notes if n.strip()])
 
 
 def _split_row(line: str) -> list[str]:
@@ -62,16 +72,25 @@ def _split_row(line: str) -> list[str]:
 
 
 def markdown_page(title: str, text: str) -> str:
-    """The first Markdown table of `text` as an HTML page; the lines after it as notes."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
-    if start is None or start + 1 >= len(lines):
-        return page(title, ["(no table)"], [], lines)
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    header = _split_row(lines[start])
-    rows = [_split_row(line) for line in lines[start + 2 : end]]
-    notes = [line.replace("`", "") for line in lines[end:]]
-    return page(title, header, rows, notes)
+    """Every Markdown table of `text` as a sortable HTML table; `### ` lines as headings,
+    `**...**` lines as warnings, other lines as notes."""
+    parts, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            end = next((j for j in range(i, len(lines)) if not lines[j].startswith("|")), len(lines))
+            parts.append(_table(_split_row(line), [_split_row(r) for r in lines[i + 2 : end]]))
+            i = end
+            continue
+        text_ = html.escape(line.replace("`", "").replace("**", ""))
+        if line.startswith("### "):
+            parts.append(f"<h3>{text_[4:]}</h3>")
+        elif line.startswith("**"):
+            parts.append(f'<p class="warning">{text_}</p>')
+        elif line.strip():
+            parts.append(f'<p class="note">{text_}</p>')
+        i += 1
+    return _page(title, parts or ["<p>(no table)</p>"])
 
 
 def _format(value) -> str:

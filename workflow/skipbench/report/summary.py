@@ -69,6 +69,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("skip_path", pa.string()),  # none | weight0 (skipped expert still computed) | sentinel | skip_kernel (not computed)
     ("expert_kernel", pa.string()),  # what computed the routed experts: vllm | skipbench-triton | transformers-eager
     ("prompt_protocol", pa.string()),  # generation.prompt: completion | chat (skipbench.benchmarks.prompts); null for external samples
+    ("sandbox", pa.string()),  # execution.sandbox the scores ran under: bwrap | none (WITHOUT isolation)
     ("deployment_batch", pa.int32()),  # report.deployment_batch: batch of the next five columns
     ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device

@@ -4,6 +4,8 @@ show`) with the provenance of every column, and the per-difficulty section."""
 from __future__ import annotations
 
 import math
+import textwrap
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -75,8 +77,98 @@ def _batch_note(summary: pd.DataFrame) -> str:
     return f"Quality generated at batch {at.get(False, 'n/a')} (generation.batch_size){oea}."
 
 
+CONTEXT = ("run", "benchmark")  # columns that become the caption when one value fills them
+
+
+def columns(summary: pd.DataFrame) -> dict[str, dict[str, Callable]]:
+    """The summary's two tables, {title: {header: cell of a row}}: quality (what skipping
+    costs) and speed (what it buys). Both start with the CONTEXT columns and the variant."""
+    batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
+    key = {
+        "run": lambda r: r["run"],
+        "benchmark": lambda r: r["benchmark"],
+        "variant": lambda r: r["variant"] + (" *" if r["pareto"] else " ~" if r.get("pareto_within_ci") else ""),
+    }
+    quality = {
+        "pass@1 base [95% CI]": lambda r: _interval(r, "base"),
+        "pass@1 plus [95% CI]": lambda r: _interval(r, "plus"),
+        "Δ base vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "base"),
+        "Δ plus vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "plus"),
+        "routed experts/decode token (infer batch)": lambda r: _num(r["routed_per_decode_token"], ".2f"),
+        "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
+        "KL to dense, nats (noise floor)": lambda r: _kl(r),
+        "top-1 agreement": lambda r: _num(r.get("top1_agree"), ".3f"),
+    }
+    speed = {
+        "tok/s (infer batch, skip path; not a speedup)": lambda r: _num(r["tokens_per_s"], ".1f"),
+        f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
+        f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
+        f"predicted tok/s ratio @{batch} (calibrated / bytes floor)": _band,
+        "routed experts/decode token (infer batch)": lambda r: _num(r["routed_per_decode_token"], ".2f"),
+        f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
+    }
+    return {"Quality": key | quality, "Speed": key | speed}
+
+
+def cells(summary: pd.DataFrame, table: dict[str, Callable]) -> tuple[dict[str, list[str]], str]:
+    """{header: cells} of the columns worth a reader's width, and a caption naming what was
+    left out: a CONTEXT column with one value (said once), a column with no value at all."""
+    out = {h: [str(f(r)).replace("\n", " ") for _, r in summary.iterrows()] for h, f in table.items()}
+    constant = [h for h in CONTEXT if h in out and len(set(out[h])) == 1]
+    empty = [h for h, v in out.items() if h not in constant and not any(v)]
+    caption = "; ".join(f"{h}: {out[h][0]}" for h in constant)
+    if empty:
+        caption += ("; " if caption else "") + "no values (left out): " + ", ".join(empty)
+    return {h: v for h, v in out.items() if h not in constant + empty}, caption
+
+
+def _markdown_table(table: dict[str, list[str]]) -> list[str]:
+    rows = zip(*table.values()) if table else []
+    return (["| " + " | ".join(table) + " |", "|" + "---|" * len(table)]
+            + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows])  # fmt: skip
+
+
+def text_tables(summary: pd.DataFrame, width: int = 100) -> str:
+    """The tables as plain text no wider than `width` (`skipbench show`): headers wrapped,
+    columns that do not fit continued in another block that repeats the variant column."""
+    out = []
+    for title, table in columns(summary).items():
+        kept, caption = cells(summary, table)
+        widths = {h: max([len(c) for c in v] + [min(len(h), 12)]) for h, v in kept.items()}
+        first = [h for h in kept if h == "variant" or h in CONTEXT][:1] or list(kept)[:1]
+        blocks, block = [], list(first)
+        for h in kept:
+            if h in first:
+                continue
+            if sum(widths[c] + 2 for c in block + [h]) > width and len(block) > len(first):
+                blocks.append(block)
+                block = list(first)
+            block.append(h)
+        blocks.append(block)
+        out += textwrap.wrap(title + (f" ({caption})" if caption else ""), width)
+        for block in blocks:
+            heads = {h: textwrap.wrap(h, widths[h]) or [""] for h in block}
+            depth = max(len(v) for v in heads.values())
+            for i in range(depth):
+                out.append("  ".join((heads[h][i] if i < len(heads[h]) else "").ljust(widths[h]) for h in block).rstrip())
+            out.append("  ".join("-" * widths[h] for h in block))
+            for n in range(len(summary)):
+                out.append("  ".join(kept[h][n].ljust(widths[h]) for h in block).rstrip())
+            out.append("")
+    return "\n".join(out)
+
+
+def sandbox_note(summary: pd.DataFrame) -> list[str]:
+    """A warning first thing when any score ran without the sandbox (execution.sandbox: none)."""
+    if "sandbox" not in summary or not summary["sandbox"].fillna("").str.contains("none").any():
+        return []
+    return ["**WARNING: execution.sandbox was `none`**: generated code ran WITHOUT isolation (no bubblewrap, no "
+            "seccomp) for " + ", ".join(sorted(summary.loc[summary["sandbox"].fillna("").str.contains("none"),
+                                                               "variant"])) + ".", ""]  # fmt: skip
+
+
 def markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table, with the provenance of every throughput column."""
+    """The summary as two Markdown tables (quality, speed), with the provenance of every column."""
     batch = int(summary["deployment_batch"].iloc[0]) if len(summary) else 0
     measured_on = ", ".join(sorted(set(summary["measured_on"].dropna())))
     infer_on = ", ".join(sorted({f"{e} on {d}" for e, d in zip(summary["engine"], summary["device"]) if e and d}))
@@ -84,27 +176,10 @@ def markdown(summary: pd.DataFrame) -> str:
     cal = "; ".join(sorted(set(summary["predicted_calibration"].dropna()))) or "uncalibrated"
     protocols = {b: "/".join(sorted(set(g["prompt_protocol"].dropna()))) for b, g in summary.groupby("benchmark", sort=False)
                  if g["prompt_protocol"].notna().any()}  # fmt: skip
-    columns = {
-        "run": lambda r: r["run"],
-        "benchmark": lambda r: r["benchmark"],
-        "variant": lambda r: r["variant"] + (" *" if r["pareto"] else " ~" if r.get("pareto_within_ci") else ""),
-        "pass@1 base [95% CI]": lambda r: _interval(r, "base"),
-        "pass@1 plus [95% CI]": lambda r: _interval(r, "plus"),
-        "Δ base vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "base"),
-        "Δ plus vs dense [95% CI] (McNemar p, Holm p)": lambda r: _delta(r, "plus"),
-        "tok/s (infer batch, skip path; not a speedup)": lambda r: _num(r["tokens_per_s"], ".1f"),
-        f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
-        f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
-        f"predicted tok/s ratio @{batch} (calibrated / bytes floor)": _band,
-        "routed experts/decode token (infer batch)": lambda r: _num(r["routed_per_decode_token"], ".2f"),
-        f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
-        "identical to dense": lambda r: _num(r["identical_to_dense"], ".2f"),
-        "KL to dense, nats (noise floor)": lambda r: _kl(r),
-        "top-1 agreement": lambda r: _num(r.get("top1_agree"), ".3f"),
-    }
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, r in summary.iterrows():
-        lines.append("| " + " | ".join(str(f(r)).replace("|", "\\|") for f in columns.values()) + " |")
+    lines = sandbox_note(summary)
+    for title, table in columns(summary).items():
+        kept, caption = cells(summary, table)
+        lines += [f"### {title}", "", *_markdown_table(kept), "", *([caption, ""] if caption else [])]
     notes = [
         "",
         "`*`: on the Pareto front of quality (pass@1 plus, else base) vs routed experts per decode token; `~`: off the "
@@ -136,7 +211,7 @@ def markdown(summary: pd.DataFrame) -> str:
         "Holm's step-down method over all variants of the run's benchmark (one family per benchmark and "
         "split), the value to read when asking whether ANY variant differs from dense.",
     ]
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes[1:]) + "\n"
 
 
 def subsets_markdown(runs: list[RunTables]) -> str:
