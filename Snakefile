@@ -30,6 +30,7 @@ include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/evalplus.smk"
 include: "workflow/rules/throughput.smk"
 include: "workflow/rules/roofline.smk"
+include: "workflow/rules/replay.smk"
 include: "workflow/rules/report_common.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/views.smk"
@@ -42,4 +43,5 @@ rule all:
         views=table_views(),
         figures=FIGURES,
         throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
+        replay=[f"{RUN}/replay/{b}.parquet" for b in replay_benchmarks()],
     default_target: True

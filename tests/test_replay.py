@@ -15,13 +15,13 @@ E, K, LAYERS = 16, 4, (1, 2, 3)
 TINY = ExpertShape(64, 32)
 
 
-def synthetic_trace(keep: int, samples: int = 6, tokens: int = 12, seed: int = 0) -> pd.DataFrame:
+def synthetic_trace(keep: int, samples: int = 6, tokens: int = 12, seed: int = 0, layers=LAYERS) -> pd.DataFrame:
     """A routing trace as the inference stage writes it: K distinct experts per (token, layer)."""
     rng = np.random.default_rng(seed)
     rows = []
     for s in range(samples):
         for pos in range(tokens - s % 3):  # unequal lengths: the refill schedule matters
-            for layer in LAYERS:
+            for layer in layers:
                 ids = rng.choice(E, K, replace=False).tolist()
                 w = np.sort(rng.dirichlet(np.ones(K)))[::-1].tolist()
                 rows.append(dict(task_id=f"HumanEval/{s}", sample_id=0, position=pos, layer=layer, expert_ids=ids,
@@ -89,3 +89,22 @@ def test_fit_then_replay_predicts_held_out_variants(tmp_path):
     # the fit depends only on the fit rows: the same rows give the same model
     f = fit.to_pandas()
     assert fit_from_rows(f, TINY) == fit_from_rows(f.copy(), TINY)
+
+
+@pytest.mark.slow  # the interpreter: ~10 s
+def test_gpu_paths_on_the_same_steps_under_the_interpreter():
+    """The CUDA paths' plumbing, on CPU tensors (Triton's interpreter): same routing, same
+    output as the CPU loop's contract (skipped slots are never computed)."""
+    pytest.importorskip("triton")
+    import torch
+
+    from skipbench.replay_gpu import gpu_paths
+
+    if torch.cuda.is_available():
+        pytest.skip("covered by the device check on a GPU")
+    shape = ExpertShape(256, 128, "bfloat16")
+    traces = {v: synthetic_trace(keep, samples=1, tokens=2, layers=(1,)) for v, keep in (("dense", 0b1111), ("rtop1", 1))}
+    for path in gpu_paths(shape, E, 1, device="cpu"):
+        table = add_speedup(replay_table(path, traces, {}, [1], shape, "cpu:test", n_steps=1, repeats=1))
+        assert (table["status"] == "measured").all() and (table["ms_per_step"] > 0).all(), path.name
+        assert set(table["path"]) == {path.name}

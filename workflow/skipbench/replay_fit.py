@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-import re
 import time
 
 import numpy as np
@@ -25,6 +23,7 @@ from skipbench.costmodel import CostModel, fit_cost_model
 from skipbench.io import read_table, write_table
 from skipbench.replay import (CPU_PATH, GPU_PATHS, REPLAY_SCHEMA, CpuEagerPath, ExpertShape, add_speedup,
                               not_run_rows, replay_cases, replay_table)  # fmt: skip
+from skipbench.specs import machine_key
 from skipbench.strategies import SkipRule
 
 log = logging.getLogger(__name__)
@@ -42,25 +41,17 @@ FIT_SCHEMA = pa.schema(
 )
 
 
-def machine_key() -> str:
-    """A file-name-safe key of this machine: host, CPU model and count (or GPU name)."""
-    from skipbench.engines import device_name
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1] for line in f.read(1 << 20).splitlines() if line.startswith("model name")), "")
-    except OSError:
-        pass
-    raw = f"{platform.node()}-{device_name()}-{cpu}"
-    return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-")[:120] or "unknown"
-
-
 def fit_cases(traces, rules, concurrency: int, n_steps: int):
     """replay_cases of dense's trace, as traced and under FIT_RULE."""
     dense = replay_cases({DENSE: traces[DENSE]}, {}, concurrency, n_steps)[DENSE]
     first = [[(ids, w, kept & (np.arange(kept.shape[1]) == 0)) for ids, w, kept in step] for step in dense]
     return {DENSE: dense, FIT_RULE: first}
+
+
+def too_big(shape: ExpertShape, experts: int, max_weight_mib: float) -> str | None:
+    """Why one layer's E experts at this width do not fit the configured memory (None: they do)."""
+    mib = experts * shape.expert_bytes / 2**20
+    return f"{experts} experts x {shape.label} = {mib:.0f} MiB > replay.max_weight_mib" if mib > max_weight_mib else None
 
 
 def _cpu_path(shape: ExpertShape, experts: int, concurrency: list[int], threads: int) -> CpuEagerPath:
@@ -71,11 +62,16 @@ def _cpu_path(shape: ExpertShape, experts: int, concurrency: list[int], threads:
 
 
 def run_fit(dense_trace: str, experts: int, concurrency: list[int], shape: ExpertShape, out_path: str, steps: int = 4,
-            repeats: int = 3, budget_s: float = 20.0, threads: int = 1, copy_mib: int = 256) -> pa.Table:  # fmt: skip
-    """The machine's fit rows (FIT_SCHEMA): dense's replayed routing and top1, timed on cpu_eager."""
+            repeats: int = 3, budget_s: float = 20.0, threads: int = 1, copy_mib: int = 256,
+            max_weight_mib: float = 4096) -> pa.Table:  # fmt: skip
+    """The machine's fit rows (FIT_SCHEMA): dense's replayed routing and top1, timed on cpu_eager
+    (no rows when the layer is over `max_weight_mib`: the replay then predicts nothing)."""
     from skipbench.engines import device_name
     from skipbench.specs import measure_profile
 
+    if why := too_big(shape, experts, max_weight_mib):
+        log.warning("replay fit not timed: %s", why)
+        return write_table(out_path, FIT_SCHEMA.empty_table(), FIT_SCHEMA)
     traces = {DENSE: read_table(dense_trace).to_pandas()}
     path = _cpu_path(shape, experts, concurrency, threads)
     rows = add_speedup(replay_table(path, traces, {}, concurrency, shape, device_name(), steps, repeats, budget_s,
@@ -114,7 +110,7 @@ def held_out_error(table: pd.DataFrame) -> pd.DataFrame:
 
 def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts: int, concurrency: list[int],
                shape: ExpertShape, fit_path: str | None, out_path: str, steps: int = 4, repeats: int = 3, budget_s: float = 60.0,
-               threads: int = 1) -> pa.Table:  # fmt: skip
+               threads: int = 1, max_weight_mib: float = 4096) -> pa.Table:  # fmt: skip
     """The replay stage: every variant at every concurrency on cpu_eager (and the CUDA paths
     when a GPU is here, else rows saying they were not run), with speedups and this machine's
     predictions."""
@@ -124,8 +120,11 @@ def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts:
 
     t0 = time.monotonic()
     traces = {v: read_table(p).to_pandas() for v, p in trace_paths.items()}
-    path = _cpu_path(shape, experts, concurrency, threads)
-    frames = [replay_table(path, traces, rules, concurrency, shape, device_name(), steps, repeats, budget_s)]
+    if why := too_big(shape, experts, max_weight_mib):
+        frames = [not_run_rows(list(traces), concurrency, [CPU_PATH], device_name(), shape, why)]
+    else:
+        path = _cpu_path(shape, experts, concurrency, threads)
+        frames = [replay_table(path, traces, rules, concurrency, shape, device_name(), steps, repeats, budget_s)]
     if torch.cuda.is_available():
         from skipbench.replay_gpu import gpu_paths
 
@@ -135,8 +134,8 @@ def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts:
         frames.append(not_run_rows(list(traces), concurrency, GPU_PATHS, device_name(), shape, "no CUDA device"))
     table = add_speedup(pd.concat(frames, ignore_index=True), DENSE)
     table["predicted_ms"], table["held_out"], table["prediction_error"] = np.nan, table["variant"] != DENSE, np.nan
-    if fit_path and os.path.exists(fit_path):
-        fit = read_table(fit_path, FIT_SCHEMA).to_pandas()
+    fit = read_table(fit_path, FIT_SCHEMA).to_pandas() if fit_path and os.path.exists(fit_path) else None
+    if fit is not None and len(fit) >= 3 and not why:
         cost = fit_from_rows(fit, shape)
         cpu = table["path"] == CPU_PATH
         table.loc[cpu] = predict(table[cpu], cost, shape)
