@@ -108,3 +108,18 @@ def test_gpu_paths_on_the_same_steps_under_the_interpreter():
         table = add_speedup(replay_table(path, traces, {}, [1], shape, "cpu:test", n_steps=1, repeats=1))
         assert (table["status"] == "measured").all() and (table["ms_per_step"] > 0).all(), path.name
         assert set(table["path"]) == {path.name}
+
+
+def test_report_shows_the_replay_as_measured_with_device_path_and_width():
+    from skipbench.report.figures import MEASURED, REPLAYED, speedup_at, speedup_columns
+    from skipbench.report.summary import RunTables
+
+    table = add_speedup(pd.DataFrame([dict(variant=v, concurrency=1, path="cpu_eager", device="cpu:x", ms_per_step=t,
+                                           expert_shape="2048x1408 float32", status="measured")
+                                      for v, t in (("dense", 6.0), ("rtop1", 2.0))]))
+    run = RunTables("tiny", scores=pd.DataFrame(), replay={"he": table})
+    assert speedup_columns([run], []) == [MEASURED, REPLAYED]
+    speedup, source = speedup_at(run, REPLAYED, 1)
+    assert speedup["rtop1"] == 3.0 and speedup["dense"] == 1.0
+    assert source == "measured (routed experts, replayed on cpu:x cpu_eager, experts 2048x1408 float32)"
+    assert speedup_columns([RunTables("tiny", scores=pd.DataFrame())], []) == [MEASURED]

@@ -32,6 +32,7 @@ from skipbench.report.summary import (  # noqa: E402  (pareto_front: re-exported
     pareto_front,
     predicted_whole_model,
     quality_split,
+    replayed_speedup,
     validation_error,
 )
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 NOTHING_SKIPPED = {"none", "weight0"}  # skip paths where a skipped expert is still computed (or none is skipped)
 MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
+REPLAYED = "(replayed)"  # speedup column of the measured replay's routed experts (skipbench.replay)
+MEASURED_COLUMNS = (MEASURED, REPLAYED)
 # What the tradeoff figure puts on x: (column, label, higher is better).
 COST_AXES = [
     ("tokens_per_s", "output tokens/s, measured", True),
@@ -197,7 +200,8 @@ def speedup_columns(runs: list[RunTables], hardware: list[str]) -> list[str]:
     for t in runs:
         p = predicted_whole_model(t.predictions)
         predicted |= set(p.loc[p["calibration"] == "calibrated", "hardware"])
-    return [MEASURED] + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
+    replayed = [REPLAYED] if any(len(replayed_speedup(t.replay)) for t in runs) else []
+    return [MEASURED] + replayed + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
 
 
 def sweep_source(m: pd.DataFrame) -> str:
@@ -212,6 +216,10 @@ def speedup_at(t: RunTables, column: str, batch: int) -> tuple[pd.Series, str]:
         m = measured_speedup(t.throughput)
         m = m[m["concurrency"] == batch].drop_duplicates("variant")
         return m.set_index("variant")["speedup"], f"measured ({sweep_source(m)})"
+    if column == REPLAYED:
+        r = replayed_speedup(t.replay)
+        r = r[r["batch"] == batch]
+        return r.set_index("variant")["speedup"], f"measured ({'; '.join(sorted(set(r['on']))) or 'n/a'})"
     p = predicted_whole_model(t.predictions)
     p = p[(p["hardware"] == column) & (p["batch"] == batch)]
     return p.set_index("variant")["speedup"], f"predicted ({prediction_source(t, column, p)})"
@@ -238,6 +246,7 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
             speedup, source = speedup_at(t, column, batch)
             if speedup.empty:
                 why = (f"no throughput sweep at concurrency {batch}" if column == MEASURED
+                       else f"no measured replay at concurrency {batch}" if column == REPLAYED
                        else f"no {column} prediction at batch {batch}")  # fmt: skip
                 no_data(ax, f"{t.run}: {why}")
                 fronts[(t.run, split, column)] = []
@@ -249,6 +258,9 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 skipped = bool(paths - NOTHING_SKIPPED)
                 label = (f"output tok/s ratio over dense at batch {batch}, measured, skip path "
                          f"{', '.join(sorted(paths))}" + ("" if skipped else "\nnothing skipped on this path"))  # fmt: skip
+            elif column == REPLAYED:
+                skipped = True
+                label = f"routed experts' time ratio over dense at batch {batch}, measured replay"
             else:
                 skipped = True
                 p = predicted_whole_model(t.predictions)
@@ -256,11 +268,11 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 d = d.assign(ideal=d["variant"].map(ideal))
                 label = (f"decode tok/s ratio over dense at batch {batch}, predicted, skip kernel, calibrated\n"
                          f"(grey bar: toward the ideal bytes-floor prediction, up to {d['ideal'].max():.2f})")  # fmt: skip
-            if column != MEASURED:  # the axis spans the calibrated points: set before their labels are placed
+            if column not in MEASURED_COLUMNS:  # the axis spans the calibrated points: set before their labels are placed
                 ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))
             fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
-                                                           hollow=column != MEASURED, front=skipped)  # fmt: skip
-            if column != MEASURED:  # the band: calibrated (point) to ideal (grey bar, clipped at the axis)
+                                                           hollow=column not in MEASURED_COLUMNS, front=skipped)  # fmt: skip
+            if column not in MEASURED_COLUMNS:  # the band: calibrated (point) to ideal (grey bar, clipped at the axis)
                 band = d.dropna(subset=["speedup", "ideal", f"pass1_{split}"])
                 ax.hlines(band[f"pass1_{split}"], band["speedup"], band["ideal"], color="0.6", lw=3, alpha=0.4, zorder=0)
             ax.axvline(1.0, color="0.5", lw=0.8)
