@@ -55,6 +55,7 @@ REPLAY_SCHEMA = pa.schema(
         ("ms_p90", pa.float64()),  # 90th percentile
         ("distinct_experts", pa.float64()),  # distinct kept experts per layer and step: mean over sampled steps
         ("pairs", pa.float64()),  # kept (token, slot) pairs per layer and step: mean
+        ("multi_token_experts", pa.float64()),  # of the distinct experts, those with >= 2 kept pairs: mean
         ("speedup", pa.float64()),  # dense ms_per_step / this one, same concurrency and path
         ("predicted_ms", pa.float64()),  # this-machine cost model (replay_fit) x L; null where no fit
         ("held_out", pa.bool_()),  # True: the variant's routing was not in the fit
@@ -165,10 +166,13 @@ def time_cases(path, cases: dict[str, list[list[Routing]]], repeats: int, deadli
     return passes
 
 
-def _counts(steps: list[list[Routing]]) -> tuple[float, float, int]:
-    """(mean distinct kept experts, mean kept pairs) per (step, layer), and L."""
-    per = [(len(np.unique(ids[kept])), int(kept.sum())) for step in steps for ids, _, kept in step]
-    return float(np.mean([d for d, _ in per])), float(np.mean([p for _, p in per])), max(len(s) for s in steps)
+def _counts(steps: list[list[Routing]]) -> dict:
+    """Means per (step, layer) of distinct kept experts, kept pairs and experts with >= 2 kept
+    pairs (a one-token expert is a matrix-vector product, cheaper per byte on a CPU), and L."""
+    per = np.array([(len(c), c.sum(), (c >= 2).sum()) for step in steps for ids, _, kept in step
+                    for c in [np.unique(ids[kept], return_counts=True)[1]]], float).reshape(-1, 3)  # fmt: skip
+    distinct, pairs, multi = per.mean(axis=0)
+    return dict(distinct_experts=distinct, pairs=pairs, multi_token_experts=multi, layers=max(len(s) for s in steps))
 
 
 def replay_cases(traces: dict[str, pd.DataFrame], rules: dict[str, SkipRule | None], concurrency: int,
@@ -191,14 +195,13 @@ def replay_table(path, traces: dict[str, pd.DataFrame], rules: dict[str, SkipRul
         deadline = time.monotonic() + (t_end - time.monotonic()) / (len(concurrency) - i)
         passes = time_cases(path, cases, repeats, deadline)
         for v, steps in cases.items():
-            distinct, pairs, layers = _counts(steps)
             t = passes[v]
             rows.append(dict(variant=v, concurrency=c, path=path.name, device=device, expert_shape=shape.label,
-                             layers=layers, steps=len(steps), repeats=len(t), ms_per_step=float(np.median(t)),
+                             steps=len(steps), repeats=len(t), ms_per_step=float(np.median(t)),
                              ms_p10=float(np.percentile(t, 10)), ms_p90=float(np.percentile(t, 90)),
-                             distinct_experts=distinct, pairs=pairs, status="measured"))  # fmt: skip
-            log.info("replay %s c=%d %s: %.2f experts/layer, %.2f ms/step (%d passes)", v, c, path.name, distinct,
-                     rows[-1]["ms_per_step"], len(t))  # fmt: skip
+                             status="measured", **_counts(steps)))  # fmt: skip
+            log.info("replay %s c=%d %s: %.2f experts/layer, %.2f ms/step (%d passes)", v, c, path.name,
+                     rows[-1]["distinct_experts"], rows[-1]["ms_per_step"], len(t))  # fmt: skip
     return pd.DataFrame(rows)
 
 

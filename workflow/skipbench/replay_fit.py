@@ -3,7 +3,8 @@
 The fit is made once per machine (replay_fit, cached under a machine key, not under the
 variant list): it times the DENSE variant's replayed routing, as traced and under one rule
 (top1: only each token's first router slot), at the replay's concurrency levels, and fits
-skipbench.costmodel's terms on those rows with the machine's measured copy bandwidth. The
+ReplayCost (skipbench.costmodel's terms and a matrix-matrix term) on those rows with the
+machine's measured copy bandwidth. The
 replay then predicts every variant from its distinct experts and kept pairs: dense's rows
 are in-sample, every other variant's are held out, and their error is printed. Adding a
 variant re-runs the replay, not the fit, so no other variant's prediction moves.
@@ -14,12 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skipbench.costmodel import CostModel, fit_cost_model
 from skipbench.io import read_table, write_table
 from skipbench.replay import (CPU_PATH, GPU_PATHS, REPLAY_SCHEMA, CpuEagerPath, ExpertShape, add_speedup,
                               not_run_rows, replay_cases, replay_table)  # fmt: skip
@@ -82,20 +83,75 @@ def run_fit(dense_trace: str, experts: int, concurrency: list[int], shape: Exper
     return write_table(out_path, pa.Table.from_pandas(rows, preserve_index=False), FIT_SCHEMA)
 
 
-def fit_from_rows(fit: pd.DataFrame, shape: ExpertShape) -> CostModel:
-    """CostModel per MoE layer from the fit rows (ms_per_step / layers)."""
-    bench = fit.assign(batch=fit["concurrency"], rule=fit["variant"], slots=fit["pairs"],
-                       ms=fit["ms_per_step"] / fit["layers"])  # fmt: skip
-    row = fit.iloc[0]
-    return fit_cost_model(bench, "ms", shape.expert_bytes, shape.pair_flops, float(row["bandwidth"]),
-                          f"{row['device']} {row['path']} {row['expert_shape']}: replayed dense + {FIT_RULE}")  # fmt: skip
+@dataclass(frozen=True)
+class ReplayCost:
+    """This machine's routed-expert time per MoE layer and step on the replay's path (ours):
+
+        ms = layer_ms + distinct * (expert_ms + expert_bytes / bandwidth)
+           + multi * gemm_ms + pairs * pair_flops * ms_per_tflop / 1e12
+
+    skipbench.costmodel's terms plus `gemm_ms`, per expert with >= 2 kept pairs: one pair is a
+    matrix-vector product that streams the weights once, two or more a matrix-matrix product
+    that the CPU's BLAS packs first (on the 2-core EPYC: about twice the time per expert).
+    Fitted by non-negative least squares on relative error (rows weighted by 1 / ms)."""
+
+    layer_ms: float
+    expert_ms: float
+    gemm_ms: float
+    ms_per_tflop: float
+    bandwidth: float  # measured copy bandwidth, bytes/s (given, not fitted)
+    source: str
+    in_sample_error: float  # max |fitted / measured - 1| over the fit rows
+    lobo_error: float  # max of the same over each concurrency level left out of the fit (nan: < 2 levels)
+
+    def layer_ms_of(self, distinct, multi, pairs, shape: ExpertShape) -> np.ndarray:
+        return (self.layer_ms + np.asarray(distinct, float) * (self.expert_ms + shape.expert_bytes / self.bandwidth * 1e3)
+                + np.asarray(multi, float) * self.gemm_ms
+                + np.asarray(pairs, float) * shape.pair_flops * self.ms_per_tflop / 1e12)  # fmt: skip
 
 
-def predict(table: pd.DataFrame, cost: CostModel, shape: ExpertShape) -> pd.DataFrame:
+def _solve(fit: pd.DataFrame, shape: ExpertShape, bandwidth: float) -> np.ndarray:
+    from skipbench.costmodel import _nnls
+
+    ms = (fit["ms_per_step"] / fit["layers"]).to_numpy(float)  # R rows, per layer
+    d, m, p = (fit[c].to_numpy(float) for c in ("distinct_experts", "multi_token_experts", "pairs"))
+    x = np.stack([np.ones_like(ms), d, m, p * shape.pair_flops / 1e12], axis=1)  # R, 4
+    y = ms - d * shape.expert_bytes / bandwidth * 1e3
+    return _nnls(x / ms[:, None], y / ms)  # relative error
+
+
+def fit_from_rows(fit: pd.DataFrame, shape: ExpertShape) -> ReplayCost:
+    """ReplayCost from the machine's fit rows, with its in-sample and leave-one-concurrency-out errors."""
+    fit = fit[fit["status"] == "measured"]
+    if len(fit) < 3:
+        raise ValueError(f"the replay fit needs >= 3 measured rows, got {len(fit)}")
+    row, bw = fit.iloc[0], float(fit["bandwidth"].iloc[0])
+
+    def model(coef, source="", err=np.nan, lobo=np.nan):
+        return ReplayCost(*map(float, coef), bw, source, err, lobo)
+
+    def error(cost, rows):
+        got = cost.layer_ms_of(rows["distinct_experts"], rows["multi_token_experts"], rows["pairs"], shape)
+        return float(np.max(np.abs(got * rows["layers"] / rows["ms_per_step"] - 1)))
+
+    cost = model(_solve(fit, shape, bw))
+    levels = sorted(set(fit["concurrency"]))
+    lobo = max((error(model(_solve(fit[fit["concurrency"] != c], shape, bw)), fit[fit["concurrency"] == c])
+                for c in levels), default=np.nan) if len(levels) > 1 else np.nan  # fmt: skip
+    err = error(cost, fit)
+    source = (f"{row['device']} {row['path']} {row['expert_shape']}: replayed {DENSE} + {FIT_RULE}, "
+              f"fit within {100 * err:.0f}% in-sample, {100 * lobo:.0f}% leaving one batch out")  # fmt: skip
+    log.info("replay cost model (%s): %.4f ms/layer + %.4f ms/expert + %.4f ms/multi-token expert + "
+             "%.4f ms/TFLOP + bytes at %.3g B/s", source, cost.layer_ms, cost.expert_ms, cost.gemm_ms,
+             cost.ms_per_tflop, bw)  # fmt: skip
+    return model([cost.layer_ms, cost.expert_ms, cost.gemm_ms, cost.ms_per_tflop], source, err, lobo)
+
+
+def predict(table: pd.DataFrame, cost: ReplayCost, shape: ExpertShape) -> pd.DataFrame:
     """predicted_ms (per step, L layers), held_out and prediction_error of measured rows."""
     out = table.copy()
-    out["predicted_ms"] = cost.routed_ms(out["distinct_experts"], out["pairs"], shape.expert_bytes,
-                                         shape.pair_flops) * out["layers"]  # fmt: skip
+    out["predicted_ms"] = cost.layer_ms_of(out["distinct_experts"], out["multi_token_experts"], out["pairs"],
+                                           shape) * out["layers"]  # fmt: skip
     out["held_out"] = out["variant"] != DENSE
     out["prediction_error"] = out["predicted_ms"] / out["ms_per_step"] - 1
     return out
@@ -143,4 +199,5 @@ def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts:
             log.info("held-out prediction error on %s (%s): median %.0f%%, max %.0f%% over %d rows", r.path,
                      cost.source, 100 * r.median, 100 * r.max, r.count)  # fmt: skip
     log.info("replay of %d variants done in %.0f s", len(traces), time.monotonic() - t0)
-    return write_table(out_path, pa.Table.from_pandas(table[REPLAY_SCHEMA.names], preserve_index=False), REPLAY_SCHEMA)
+    return write_table(out_path, pa.Table.from_pandas(table.reindex(columns=REPLAY_SCHEMA.names), preserve_index=False),
+                       REPLAY_SCHEMA)  # fmt: skip
