@@ -4,10 +4,11 @@ The fit is made once per machine (replay_fit, cached under a machine key, not un
 variant list): it times the DENSE variant's replayed routing, as traced and under one rule
 (top1: only each token's first router slot), at the replay's concurrency levels, and fits
 ReplayCost (skipbench.costmodel's terms and a matrix-matrix term) on those rows with the
-machine's measured copy bandwidth. The
-replay then predicts every variant from its distinct experts and kept pairs: dense's rows
-are in-sample, every other variant's are held out, and their error is printed. Adding a
-variant re-runs the replay, not the fit, so no other variant's prediction moves.
+machine's measured copy bandwidth. The replay then predicts every variant from its
+distinct experts and kept pairs: dense's rows are in-sample, every other variant's are held
+out, and their error is printed. Adding a variant re-runs the replay, not the fit, so no
+other variant's prediction moves. The fit holds for the path, width and machine it was timed
+on: the roofline's `this-machine` profile (the served model's own width) does not take it.
 """
 
 from __future__ import annotations
@@ -191,6 +192,10 @@ def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts:
     table = add_speedup(pd.concat(frames, ignore_index=True), DENSE)
     table["predicted_ms"], table["held_out"], table["prediction_error"] = np.nan, table["variant"] != DENSE, np.nan
     fit = read_table(fit_path, FIT_SCHEMA).to_pandas() if fit_path and os.path.exists(fit_path) else None
+    if fit is not None and len(fit) and set(fit["machine"]) != {machine_key()}:
+        log.warning("replay fit %s was timed on %s, not on this machine (%s): no predictions", fit_path,
+                    sorted(set(fit["machine"])), machine_key())  # fmt: skip
+        fit = None
     if fit is not None and len(fit) >= 3 and not why:
         cost = fit_from_rows(fit, shape)
         cpu = table["path"] == CPU_PATH
