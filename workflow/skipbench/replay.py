@@ -76,8 +76,8 @@ class ExpertShape:
         """`expert_shape` config value "HxI" (None: the model's own width)."""
         if not spec:
             return cls(model_hidden, model_inter, dtype)
-        h, sep, i = str(spec).lower().partition("x")
-        if not sep or not h.strip().isdigit() or not i.strip().isdigit() or not (0 < int(h) <= 65536 and 0 < int(i) <= 65536):
+        h, sep, i = (part.strip() for part in str(spec)[:32].lower().partition("x"))
+        if not (sep and h.isdigit() and i.isdigit() and 0 < int(h) <= 65536 and 0 < int(i) <= 65536):
             raise ValueError(f"expert_shape must be 'HIDDENxINTERMEDIATE' (each 1..65536), got {spec!r}")
         return cls(int(h), int(i), dtype)
 

@@ -166,8 +166,8 @@ def held_out_error(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_replay(trace_paths: dict[str, str], rules: dict[str, SkipRule], experts: int, concurrency: list[int],
-               shape: ExpertShape, fit_path: str | None, out_path: str, steps: int = 4, repeats: int = 3, budget_s: float = 60.0,
-               threads: int = 1, max_weight_mib: float = 4096) -> pa.Table:  # fmt: skip
+               shape: ExpertShape, fit_path: str | None, out_path: str, steps: int = 4, repeats: int = 3,
+               budget_s: float = 60.0, threads: int = 1, max_weight_mib: float = 4096) -> pa.Table:  # fmt: skip
     """The replay stage: every variant at every concurrency on cpu_eager (and the CUDA paths
     when a GPU is here, else rows saying they were not run), with speedups and this machine's
     predictions."""
