@@ -3,9 +3,11 @@
 # fitted once per machine on dense's replayed routing (skipbench/replay_fit.py).
 # Needs routing traces (an eager engine) and a dense variant.
 
+from skipbench.specs import machine_key
+
 REPLAY = config["replay"]
-# Keyed by the machine, not by the variant list: adding a variant does not refit.
-REPLAY_MACHINE = __import__("skipbench.specs", fromlist=["machine_key"]).machine_key()
+# The fit file is keyed by the machine, not by the variant list: adding a variant does not refit.
+REPLAY_MACHINE = machine_key()
 
 
 def replay_benchmarks():
