@@ -45,6 +45,7 @@ include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/evalplus.smk"
 include: "workflow/rules/throughput.smk"
 include: "workflow/rules/roofline.smk"
+include: "workflow/rules/replay.smk"
 include: "workflow/rules/report_common.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/views.smk"
@@ -68,4 +69,5 @@ rule all:
         # every job's outputs, intermediates included: a deleted infer/<b>/<v>/ is rebuilt
         # (Snakemake rebuilds a missing file only when a job to run, here `all`, needs it)
         intermediates=INTERMEDIATES,
+        replay=[f"{RUN}/replay/{b}.parquet" for b in replay_benchmarks()],
     default_target: True

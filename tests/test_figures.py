@@ -2,6 +2,7 @@
 ones, measured vs predicted styling, determinism, absent inputs, runs combined by model."""
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from report_fixtures import (
     FRONT_BASE_VS_EPT,
@@ -109,6 +110,31 @@ def test_predicted_figure_separates_measured_and_predicted(tmp_path):
         return topk.lines[0].get_markerfacecolor()
 
     assert faces(plus_measured) != "none" and faces(plus_h200) == "none"
+    plt.close(fig)
+
+
+def test_replayed_speedups_are_filled_measured_points(tmp_path):
+    """The measured replay (skipbench.speed.replay) is its own measured column: solid, filled, titled with
+    device, path and expert width, in both speed figures."""
+    from skipbench.speed.replay import add_speedup
+    from skipbench.report.figures import REPLAYED
+
+    f = write_run(tmp_path)
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    run.replay = {"he": add_speedup(pd.DataFrame(
+        [dict(variant=v, concurrency=c, path="cpu_eager", device="cpu:x", expert_shape="2048x1408 float32",
+              ms_per_step=t * c, status="measured") for v, t in (("dense", 8.0), ("top1", 2.0)) for c in (1, 4)]))}
+    columns = speedup_columns([run], ["h200"])
+    assert columns == [MEASURED, REPLAYED, "h200", "this-machine"]
+    fig = speedup_figure([run], columns)
+    replayed = fig.axes[1]
+    (top1,) = [l for l in replayed.get_lines() if l.get_label() == "top1"]
+    assert top1.get_linestyle() == "-" and top1.get_xydata().ravel().tolist() == pytest.approx([1, 4.0, 4, 4.0])
+    assert "replayed on cpu:x cpu_eager, experts 2048x1408 float32" in note_of(fig)  # sources sit in the note
+    plt.close(fig)
+    fig, fronts = predicted_figure([run], "he", batch=1, hardware=columns)
+    (panel,) = [ax for ax in fig.axes if ": plus tests" in one_line(ax.get_title()) and "(replay)" in one_line(ax.get_title())]
+    assert "measured replay" in one_line(panel.get_xlabel()) and ("tiny", "plus", REPLAYED) in fronts
     plt.close(fig)
 
 

@@ -65,8 +65,22 @@ def test_pareto_uses_base_tests_without_plus(tmp_path):
     assert s["pass1_plus"].isna().all()
 
 
+def replay_rows(variants=("dense", "top1"), ms=(8.0, 2.0)) -> pd.DataFrame:
+    """REPLAY_SCHEMA rows as the replay stage writes them: dense and a variant at batch 1 on cpu_eager,
+    and a GPU path that was not run here."""
+    from skipbench.speed.replay import add_speedup
+
+    rows = [dict(variant=v, concurrency=1, path="cpu_eager", device="cpu:x86_64x2", expert_shape="2048x1408 float32",
+                 ms_per_step=t, status="measured") for v, t in zip(variants, ms)]
+    rows += [dict(variant=v, concurrency=1, path="grouped_mm", device="cpu:x86_64x2", expert_shape="2048x1408 float32",
+                  ms_per_step=float("nan"), status="not run: no CUDA device") for v in variants]
+    return add_speedup(pd.DataFrame(rows))
+
+
 def test_write_summary_parquet_and_markdown(tmp_path):
-    summary = build_summary([full_run(tmp_path)], 1, ["h200"])
+    run = full_run(tmp_path)
+    run.replay = {"he": replay_rows()}
+    summary = build_summary([run], 1, ["h200"])
     write_summary(summary, tmp_path / "summary.parquet", tmp_path / "summary.md")
     table = pq.read_table(tmp_path / "summary.parquet")
     assert table.schema.equals(SUMMARY_SCHEMA, check_metadata=False)
@@ -84,7 +98,8 @@ def test_write_summary_parquet_and_markdown(tmp_path):
     cells = [c.strip() for c in top1.strip("|").split("|")]
     assert cells[:5] == ["top1 *", "0.200 [0.000, 0.300]", "0.100 [0.000, 0.200]", "-0.700 (p=0.5)", "-0.700 (p=0.25)"]
     (top1,) = [l for l in speed.splitlines() if l.startswith("| top1")]
-    assert [c.strip() for c in top1.strip("|").split("|")][1:5] == ["105.0", "12.0", "1.20", "2.50 / 3.25"]
+    assert [c.strip() for c in top1.strip("|").split("|")][1:6] == ["105.0", "12.0", "1.20", "4.00", "2.50 / 3.25"]  # replayed 8/2
+    assert "Replayed @1: measured, routed experts, replayed on cpu:x86_64x2 cpu_eager, experts 2048x1408 float32" in md
     assert "Predicted @1: roofline model (h200), skip_kernel path" in md
     assert "median error -40%: OFF BY MORE THAN 25%" in md  # the validation error, said in words
     assert "Measured @1: throughput sweep on vllm 0.32.0 on cpu:x86_64x2" in md

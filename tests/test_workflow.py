@@ -24,6 +24,7 @@ from skipbench.model.kernel_build import KERNEL_MANIFEST_SCHEMA
 from skipbench.model.layout import MANIFEST_SCHEMA
 from skipbench.score.stage import SCORES_SCHEMA
 from skipbench.speed.throughput import THROUGHPUT_SCHEMA
+from skipbench.speed.replay import REPLAY_SCHEMA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def micro_config(workdir: Path) -> dict:
     }
     cfg["variants"] = {"dense": {"strategy": "dense"}, "top1": {"strategy": "topk", "k": 1}}
     cfg["throughput"]["variants"] = ["dense", "top1"]
+    cfg["replay"] = {"expert_shape": "512x256", "steps": 2, "repeats": 2, "budget_s": 10, "fit_budget_s": 10}
     return cfg
 
 
@@ -115,6 +117,12 @@ def test_every_table_has_its_schema(run):
         table(run / f"execute/{bench}/{variant}.parquet", EXECUTE_SCHEMA)
     for ext in ("png", "svg"):
         assert (run / f"figures/tradeoff_he.{ext}").stat().st_size > 1000
+    replay = table(run / "replay/he.parquet", REPLAY_SCHEMA)
+    cpu = replay[replay["path"] == "cpu_eager"].set_index(["variant", "concurrency"])
+    assert len(cpu) == 2 * 3 and (cpu["status"] == "measured").all() and cpu["predicted_ms"].notna().all()
+    assert cpu.loc[("top1", 1), "distinct_experts"] == 1.0 and cpu.loc[("dense", 1), "distinct_experts"] == 4.0
+    assert set(replay.loc[replay["path"] != "cpu_eager", "status"]) == {"not run: no CUDA device"}
+    assert "Replayed @1: measured, routed experts, replayed on cpu:" in (run / "figures/summary.md").read_text()
 
 
 def test_scores_canonical_pass_wrong_fail_and_skipping_costs_experts(run):
@@ -164,6 +172,8 @@ def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
     kept = [new_run / f"{stage}/he/{v}{ext}" for v in ("dense", "top1")
             for stage, ext in (("infer", "/generations.parquet"), ("execute", ".parquet"), ("fidelity", ".parquet"))]
     before = [p.stat().st_mtime_ns for p in kept]
+    (fit,) = (new_run / "replay").glob("fit-*.parquet")
+    fit_before, replay_before = fit.stat().st_mtime_ns, pq.read_table(new_run / "replay/he.parquet").to_pandas()
     snakemake(workdir)
     generate = table(new_run / "generate/he.parquet", GENERATE_SCHEMA).set_index("variant")
     assert generate.loc["top2", "generated_samples"] == TASKS and generate.loc["top2", "engine_start"] == 0
@@ -171,7 +181,14 @@ def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
         assert generate.loc[v, "resumed_samples"] == TASKS and generate.loc[v, "engine_start"] == -1
     assert [p.stat().st_mtime_ns for p in kept] == before  # the other variants' jobs did not run
     scores = table(new_run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
-    assert scores.loc[("he", "top2"), "routed_per_decode_token"] == pytest.approx(2.0)
+    assert scores.loc[("he", "top2"), "experts_per_token"] == pytest.approx(2.0)
+    # the machine's fit is not re-timed, so no other variant's predicted replay time moves
+    assert fit.stat().st_mtime_ns == fit_before
+    replay = pq.read_table(new_run / "replay/he.parquet").to_pandas()
+    assert "top2" in set(replay["variant"])
+    key = ["variant", "concurrency", "path"]
+    old, new = (r[r["path"] == "cpu_eager"].set_index(key)["predicted_ms"] for r in (replay_before, replay))
+    assert new.reindex(old.index).to_numpy() == pytest.approx(old.to_numpy())
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
 

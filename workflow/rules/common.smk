@@ -222,7 +222,7 @@ def _check_config():
         except ValueError as e:
             raise src.error(("variants", name), str(e)) from None
     notices = plan_checks.check_plan(config, src, Path(workflow.basedir), calibrated=bool(_calibrated()),
-                                     local=workflow.local_exec)  # fmt: skip
+                                     local=config["site"] == "local")  # fmt: skip
     task_ids = _located(src, ("benchmarks",), config_check.check_benchmarks, BENCHMARKS)
     for name, bench in BENCHMARKS.items():
         if "samples" in bench and name in task_ids:  # absent: its dataset is not here yet

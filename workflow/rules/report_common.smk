@@ -20,11 +20,13 @@ def run_tables(run, own):
         "throughput": [f"{root}/throughput/{v}.parquet" for v in (THROUGHPUT_VARIANTS if own else VARIANTS)],
         "predictions": f"{root}/roofline/predictions.parquet",
         "traffic": {b: f"{root}/traffic/{b}.parquet" for b in BENCHMARKS if generated_variants(b)},
+        "replay": {b: f"{root}/replay/{b}.parquet" for b in BENCHMARKS if generated_variants(b)},
     }
     if own:
         return tables | {
             "predictions": tables["predictions"] if rules.has("roofline") else None,
             "traffic": tables["traffic"] if rules.has("traffic") else {},
+            "replay": {b: p for b, p in tables["replay"].items() if b in replay_benchmarks()},
         }
     if not Path(tables["scores"]).exists():
         raise ValueError(f"report.combine: run {run!r} has no {tables['scores']} (run its workflow first)")
@@ -33,6 +35,7 @@ def run_tables(run, own):
         "throughput": [p for p in tables["throughput"] if Path(p).exists()],
         "predictions": tables["predictions"] if Path(tables["predictions"]).exists() else None,
         "traffic": {b: p for b, p in tables["traffic"].items() if Path(p).exists()},
+        "replay": {b: p for b, p in tables["replay"].items() if Path(p).exists()},
     }
 
 
@@ -43,7 +46,7 @@ def report_inputs():
     """Every table the figure stage reads, as one flat list (Snakemake input)."""
     files = []
     for t in REPORT_RUNS.values():
-        files += [t["scores"], *t["throughput"], *t["traffic"].values()] + [t["predictions"] or []]
+        files += [t["scores"], *t["throughput"], *t["traffic"].values(), *t["replay"].values()] + [t["predictions"] or []]
     return files
 
 

@@ -107,7 +107,7 @@ def check_machine(config: dict, src: ConfigSource, gpus: int, free: int) -> list
     if wanted > gpus:
         errors.append(str(src.error(("engine", "gpus"), f"{wanted} GPUs per inference job, this machine shows {gpus} "
                                     "(/dev/nvidia*, CUDA_VISIBLE_DEVICES): run this preset on a GPU machine, or "
-                                    "submit it with a cluster executor")))
+                                    "submit it with a cluster executor (profiles/slurm, profiles/kubernetes, or `--config site=cluster`)")))
     size = config.get("model", {}).get("huggingface", {}).get("size_gb")
     if config["model"]["source"] == "huggingface" and size and size * 1e9 > free:
         errors.append(str(src.error(("model", "huggingface", "size_gb"), f"the download needs {size} GB, "
@@ -148,13 +148,14 @@ def check_downloads(config: dict, src: ConfigSource, calibrated: bool, probe=rea
 
 def check_plan(config: dict, src: ConfigSource, root: Path, calibrated: bool, local: bool) -> list[str]:
     """Run every check; raise one ConfigError listing all errors. Returns the notices to
-    print before anything runs. `local`: jobs run on this machine (no cluster executor)."""
+    print before anything runs. `local`: jobs run on this machine (config `site`; Snakemake names its executor only after
+    planning, so the profiles of cluster executors set `site: cluster`)."""
     errors = check_dense(config, src) + check_hardware(config, src, root / "config" / "hardware")
     errors += check_lengths(config, src)
-    if local:
+    if local:  # on a cluster, the jobs' GPUs, disk and network are not this machine's
         errors += check_machine(config, src, visible_gpus(), free_bytes(root / "results"))
-    if not errors:  # a network probe only for an otherwise sound config
-        errors += check_downloads(config, src, calibrated)
+        if not errors:  # a network probe only for an otherwise sound config
+            errors += check_downloads(config, src, calibrated)
     if errors:
         raise ConfigError("the config cannot run:\n  " + "\n  ".join(errors))
     notices = []

@@ -32,6 +32,7 @@ from skipbench.report.summary import (  # noqa: E402  (pareto_front: re-exported
     pareto_front,
     predicted_whole_model,
     quality_split,
+    replayed_speedup,
     validation_error,
 )
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 NOTHING_SKIPPED = {"none", "weight0"}  # skip paths where a skipped expert is still computed (or none is skipped)
 MEASURED = "(engine)"  # speedup column of the engine's throughput sweep; other columns are hardware profiles
+REPLAYED = "(replayed)"  # speedup column of the measured replay's routed experts (skipbench.speed.replay)
+MEASURED_COLUMNS = (MEASURED, REPLAYED)
 # What the tradeoff figure puts on x: (column, label, higher is better).
 SKIP_PATHS = ("none: nothing skipped; weight0: a skipped expert is still computed at weight 0; "
               "skip_kernel: never loaded")  # fmt: skip
@@ -207,7 +210,8 @@ def speedup_columns(runs: list[RunTables], hardware: list[str]) -> list[str]:
     for t in runs:
         p = predicted_whole_model(t.predictions)
         predicted |= set(p.loc[p["calibration"] == "calibrated", "hardware"])
-    return [MEASURED] + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
+    replayed = [REPLAYED] if any(len(replayed_speedup(t.replay)) for t in runs) else []
+    return [MEASURED] + replayed + [h for h in hardware if h in predicted] + sorted(predicted - set(hardware))
 
 
 def sweep_source(m: pd.DataFrame) -> str:
@@ -222,6 +226,10 @@ def speedup_at(t: RunTables, column: str, batch: int) -> tuple[pd.Series, str]:
         m = measured_speedup(t.throughput)
         m = m[m["concurrency"] == batch].drop_duplicates("variant")
         return m.set_index("variant")["speedup"], f"measured ({sweep_source(m)})"
+    if column == REPLAYED:
+        r = replayed_speedup(t.replay)
+        r = r[r["batch"] == batch]
+        return r.set_index("variant")["speedup"], f"measured ({'; '.join(sorted(set(r['on']))) or 'n/a'})"
     p = predicted_whole_model(t.predictions)
     p = p[(p["hardware"] == column) & (p["batch"] == batch)]
     return p.set_index("variant")["speedup"], f"predicted ({prediction_source(t, column, p)})"
@@ -249,11 +257,12 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
             speedup, source = speedup_at(t, column, batch)
             if speedup.empty:
                 why = (f"no throughput sweep at concurrency {batch}" if column == MEASURED
+                       else f"no measured replay at concurrency {batch}" if column == REPLAYED
                        else f"no {column} prediction at batch {batch}")  # fmt: skip
                 no_data(ax, f"{t.run}: {why}")
                 fronts[(t.run, split, column)] = []
                 continue
-            name = "measured (engine)" if column == MEASURED else f"predicted, {column}"
+            name = {MEASURED: "measured (engine)", REPLAYED: "measured (replay)"}.get(column, f"predicted, {column}")
             notes[(t.run, name)] = f"{t.run}, {name}: {source}"
             d = df.assign(speedup=df["variant"].map(speedup))
             label = f"tokens/s over dense at batch {batch}"
@@ -262,6 +271,9 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 paths = set(m.loc[(m["concurrency"] == batch) & (m["variant"] != DENSE), "skip_path"])
                 skipped = bool(paths - NOTHING_SKIPPED)
                 label += "" if skipped else "\nnothing skipped on this path: no Pareto front"
+            elif column == REPLAYED:
+                skipped = True
+                label = f"routed experts' speedup over dense at batch {batch}, measured replay"
             else:
                 skipped = True
                 p = predicted_whole_model(t.predictions)
@@ -270,8 +282,8 @@ def predicted_figure(runs: list[RunTables], benchmark: str, batch: int, hardware
                 label += f"\n(bar: to the bytes-floor prediction, up to {d['floor'].max():.2f})"
                 ax.set_xlim(*calibrated_xlim(d["speedup"].dropna()))  # before the labels are placed
             fronts[(t.run, split, column)] = quality_panel(ax, d, "speedup", label, True, split, colours,
-                                                           hollow=column != MEASURED, front=skipped)  # fmt: skip
-            if column != MEASURED:
+                                                           hollow=column not in MEASURED_COLUMNS, front=skipped)  # fmt: skip
+            if column not in MEASURED_COLUMNS:
                 floor_bands(ax, d.dropna(subset=["speedup", "floor", f"pass1_{split}"]), f"pass1_{split}", colours)
             ax.axvline(1.0, color="0.5", lw=0.8)
             ax.set_title(f"{t.run}, {split} tests: {name}")

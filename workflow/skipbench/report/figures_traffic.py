@@ -13,8 +13,8 @@ from matplotlib.patheffects import withStroke
 
 from skipbench.report.figstyle import MIN_FONT, figure_note, shared_legend, span_with
 from skipbench.report.figstyle import variant_colours as shaded_colours
-from skipbench.report.figures import MEASURED, NOTHING_SKIPPED, grid, no_data, prediction_source, sweep_source, with_strategy
-from skipbench.report.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model
+from skipbench.report.figures import MEASURED, MEASURED_COLUMNS, NOTHING_SKIPPED, REPLAYED, grid, no_data, prediction_source, sweep_source, with_strategy
+from skipbench.report.summary import ALL_LAYERS, DENSE, RunTables, measured_speedup, predicted_whole_model, replayed_speedup
 
 def variant_colours(variants, runs: list[RunTables] = ()) -> dict[str, tuple]:
     """A shade of its strategy's hue per variant (strategies from the runs' scores)."""
@@ -29,8 +29,9 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
     for t in runs:
         m = measured_speedup(t.throughput)
         data[(t.run, MEASURED)] = m.rename(columns={"concurrency": "batch"})
+        data[(t.run, REPLAYED)] = replayed_speedup(t.replay)
         p = predicted_whole_model(t.predictions)
-        for h in columns[1:]:
+        for h in (c for c in columns if c not in MEASURED_COLUMNS):
             data[(t.run, h)] = p[p["hardware"] == h]
     colours = variant_colours((v for d in data.values() for v in d["variant"]), runs)
     fig, axes = grid(len(runs), len(columns), height=5.2)  # tall enough for the y label at 10 pt
@@ -41,9 +42,10 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
             d = d[d["variant"] != DENSE].dropna(subset=["speedup"])
             if d.empty:
                 no_data(ax, f"{t.run}: " + ("no throughput sweep" if column == MEASURED
+                                            else "no measured replay" if column == REPLAYED
                                             else f"no {column} predictions"))  # fmt: skip
                 continue
-            measured = column == MEASURED
+            measured = column in MEASURED_COLUMNS
             for variant, g in d.groupby("variant", sort=True):
                 g = g.sort_values("batch")
                 ax.plot(g["batch"], g["speedup"], "-o" if measured else "--o", color=colours[variant],
@@ -53,7 +55,12 @@ def speedup_figure(runs: list[RunTables], columns: list[str]):
             ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("batch size (concurrent sequences, constant load)")
-            if measured:
+            if column == REPLAYED:
+                ax.set_ylabel("routed experts' speedup over dense\n(measured replay)")
+                ax.set_title(f"{t.run}: measured (replay)")
+                ax.set_ylim(*span_with(d["speedup"]))
+                notes.append(f"{t.run}, measured replay: {'; '.join(sorted(set(d['on'])))}")
+            elif measured:
                 paths = set(d["skip_path"])
                 nothing = "" if paths - NOTHING_SKIPPED else "\n(nothing skipped on this path)"
                 ax.set_ylabel(f"output tokens/s over dense{nothing}")

@@ -74,6 +74,8 @@ SUMMARY_SCHEMA = pa.schema([
     ("measured_tok_s", pa.float64()),  # throughput sweep output tokens/s; null when not swept
     ("measured_speedup", pa.float64()),  # over dense, same concurrency, engine and device
     ("measured_on", pa.string()),  # "<engine> <version> on <device>" of those two
+    ("replayed_speedup", pa.float64()),  # routed experts' time, dense's over the variant's, measured replay (skipbench.speed.replay)
+    ("replayed_on", pa.string()),  # "routed experts, replayed on <device> <path>, experts <HxI dtype>"
     ("predicted_hardware", pa.string()),  # roofline hardware profile of the next five
     ("predicted_tok_s", pa.float64()),  # predicted, skip_kernel path, calibrated (else bytes floor)
     ("predicted_speedup", pa.float64()),  # tokens/s over dense, skip_kernel path, calibrated; null if uncalibrated
@@ -105,6 +107,7 @@ class RunTables:
     validation: pd.DataFrame | None = None  # roofline VALIDATION_SCHEMA (next to the predictions)
     traffic: dict[str, pd.DataFrame] = field(default_factory=dict)  # benchmark -> TRAFFIC_SCHEMA
     subsets: pd.DataFrame | None = None  # score_subsets.SUBSET_SCORES_SCHEMA (next to the scores)
+    replay: dict[str, pd.DataFrame] = field(default_factory=dict)  # benchmark -> replay.REPLAY_SCHEMA
 
 
 def _read(path) -> pd.DataFrame | None:
@@ -113,7 +116,8 @@ def _read(path) -> pd.DataFrame | None:
     return read_table(path).to_pandas()
 
 
-def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | None = None) -> RunTables:
+def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | None = None,
+             replay: dict | None = None) -> RunTables:  # fmt: skip
     """Read one run's tables from paths; absent optional paths give None (logged)."""
     frames = [df for df in map(_read, throughput) if df is not None]
     out = RunTables(
@@ -125,6 +129,7 @@ def load_run(run: str, scores, throughput=(), predictions=None, traffic: dict | 
         validation=_read(Path(predictions).with_name("validation.parquet")) if predictions else None,
         traffic={b: df for b, p in (traffic or {}).items() if (df := _read(p)) is not None},
         subsets=_read(Path(scores).with_name("subsets.parquet")),  # written by the same rule as the scores
+        replay={b: df for b, p in (replay or {}).items() if (df := _read(p)) is not None},
     )
     for what, missing in (("throughput sweep", out.throughput is None), ("roofline predictions", out.predictions is None),
                           ("traffic tables", not out.traffic)):  # fmt: skip
@@ -176,6 +181,26 @@ def measured_speedup(throughput: pd.DataFrame | None) -> pd.DataFrame:
 
 PREDICTED_COLUMNS = ["hardware", "variant", "batch", "calibration", "calibration_source", "tokens_per_s", "speedup",
                      "speedup_floor"]  # fmt: skip
+
+
+REPLAY_PATHS = ("triton_v2", "grouped_mm", "cpu_eager")  # which measured path the summary shows first
+
+
+def replayed_speedup(replay: dict[str, pd.DataFrame], benchmark: str | None = None) -> pd.DataFrame:
+    """Measured replay rows of one benchmark (None: the first with a replay), one path (the
+    first of REPLAY_PATHS measured): variant, batch, speedup, on (where and at what width)."""
+    frames = [df.assign(benchmark=b) for b, df in replay.items() if benchmark in (None, b)]
+    cols = ["variant", "batch", "speedup", "on"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    r = pd.concat(frames, ignore_index=True)
+    r = r[(r["status"] == "measured") & (r["benchmark"] == r["benchmark"].iloc[0])]
+    if r.empty:
+        return pd.DataFrame(columns=cols)
+    path = next(p for p in (*REPLAY_PATHS, *r["path"]) if p in set(r["path"]))
+    r = r[r["path"] == path].rename(columns={"concurrency": "batch"})
+    r["on"] = "routed experts, replayed on " + r["device"] + " " + r["path"] + ", experts " + r["expert_shape"]
+    return r[cols].reset_index(drop=True)
 
 
 def predicted_whole_model(predictions: pd.DataFrame | None) -> pd.DataFrame:
@@ -233,6 +258,12 @@ def summary_rows(tables: RunTables, deployment_batch: int, hardware: list[str]) 
     s["measured_speedup"] = s["variant"].map(meas["speedup"])
     on = meas["engine"] + " " + meas["engine_version"] + " on " + meas["device"]
     s["measured_on"] = s["variant"].map(on)
+
+    for b, g in s.groupby("benchmark"):
+        rep = replayed_speedup(tables.replay, b)
+        rep = rep[rep["batch"] == deployment_batch].set_index("variant")
+        s.loc[g.index, "replayed_speedup"] = g["variant"].map(rep["speedup"])
+        s.loc[g.index, "replayed_on"] = g["variant"].map(rep["on"])
 
     pred = predicted_whole_model(tables.predictions)
     hw = pick_hardware(pred, hardware)

@@ -68,6 +68,16 @@ def _validation_notes(summary: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _replay_note(summary: pd.DataFrame, batch: int) -> str:
+    """Where the replayed speedups were measured, and which part of a step they cover."""
+    on = "; ".join(sorted(set(summary["replayed_on"].dropna()))) if "replayed_on" in summary else ""
+    if not on:
+        return f"Replayed @{batch}: no measured replay (needs routing traces and a dense variant)."
+    return (f"Replayed @{batch}: measured, {on}; each variant's own routing at {batch} decode tokens a step, "
+            "dense's time over the variant's. It covers the routed experts of the MoE layers only: the rest of "
+            "a step (attention, shared experts, dense layers, lm_head) is modelled by the roofline, not measured.")
+
+
 def _batch_note(summary: pd.DataFrame) -> str:
     """At which batch the quality columns were generated: batch_aware (OEA) at its own."""
     at = {oea: "/".join(map(str, sorted(set(b.dropna().astype(int))))) or "n/a"
@@ -103,6 +113,7 @@ def columns(summary: pd.DataFrame) -> dict[str, dict[str, Callable]]:
         "tok/s (infer batch, skip path; not a speedup)": lambda r: _num(r["tokens_per_s"], ".1f"),
         f"tok/s @{batch} (measured)": lambda r: _num(r["measured_tok_s"], ".1f"),
         f"speedup @{batch} (measured)": lambda r: _num(r["measured_speedup"], ".2f"),
+        f"routed-expert speedup @{batch} (replayed)": lambda r: _num(r.get("replayed_speedup"), ".2f"),
         f"predicted tok/s ratio @{batch} (calibrated / bytes floor)": _band,
         "routed experts/decode token (infer batch)": lambda r: _num(r["routed_per_decode_token"], ".2f"),
         f"distinct experts/step @{batch}": lambda r: _num(r["distinct_experts"], ".1f"),
@@ -201,6 +212,7 @@ def markdown(summary: pd.DataFrame) -> str:
         "is not a bound on the speedup). A profile with no calibration for this model's dtype and expert "
         "shape gives only `bytes floor x (uncalibrated)`."
         if hw else f"Predicted @{batch}: no roofline predictions at this batch size.",
+        _replay_note(summary, batch),
         *_validation_notes(summary),
         "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
         "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between two "

@@ -15,6 +15,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,19 @@ def measure_profile(
     log.info("measured profile %s: %.1f GB/s, %.2f TFLOP/s bf16", desc, profile.bandwidth / 1e9,
              profile.bf16_flops / 1e12)  # fmt: skip
     return profile
+
+
+def machine_key() -> str:
+    """A file-name-safe key of the machine a `this-machine` fit was timed on: host, CPU model
+    and CPU count (read without torch, so a Snakefile can name files with it)."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((ln.split(":", 1)[1] for ln in f.read(1 << 20).splitlines() if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    raw = f"{platform.node()}-{platform.machine()}x{os.cpu_count()}-{cpu or platform.processor()}"
+    return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-")[:120] or "unknown"
 
 
 def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> HardwareProfile:

@@ -145,12 +145,14 @@ def batch_aware_kept(k0: int, weights: np.ndarray, ids: np.ndarray, batch: np.nd
     return kept
 
 
-def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule | None = None) -> pd.DataFrame:
-    """One row per (step, layer) of the refill replay: tokens, kept slots, distinct kept experts.
-    A batch_aware `rule` recomputes the kept slots for each replayed batch."""
+def replay_rows(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule | None = None) -> dict[str, np.ndarray]:
+    """The refill replay's M trace rows: step [M] (replay step), layer [M], ids [M,K],
+    kept [M,K], weights [M,K]; a batch_aware `rule` recomputes `kept` for each replayed batch
+    (one step at one layer)."""
     decode = arrays["position"] >= 1  # N; position 0 ran in the prefill
     sample, dpos = arrays["sample"][decode], arrays["position"][decode] - 1  # R decode rows
     ids, kept, layer = arrays["ids"][decode], arrays["kept"][decode], arrays["layer"][decode]
+    weights = arrays["weights"][decode]
     if ids.size and ids.min() < 0:
         raise ValueError("expert ids must be >= 0 (skipped slots are marked in `keep`, not by id)")
     n_samples = int(arrays["sample"].max()) + 1 if len(arrays["sample"]) else 0
@@ -163,14 +165,23 @@ def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule
     row = np.concatenate(rows)
     step = np.repeat(adm_start, [len(r) for r in rows]) + dpos[row]
     row, step = row[step < n_steps], step[step < n_steps]
-    ids, kept = ids[row], kept[row]  # M replayed rows
-    layers, layer_idx = np.unique(layer[row], return_inverse=True)  # L
+    out = dict(step=step, layer=layer[row], ids=ids[row], kept=kept[row], weights=weights[row])  # M rows
+    if rule is not None and rule.strategy == "batch_aware":
+        _, batch = np.unique(step * (int(out["layer"].max(initial=0)) + 1) + out["layer"], return_inverse=True)
+        out["kept"] = batch_aware_kept(rule.k0, out["weights"], out["ids"], batch)
+    return out
+
+
+def step_traffic(arrays: dict[str, np.ndarray], concurrency: int, rule: SkipRule | None = None) -> pd.DataFrame:
+    """One row per (step, layer) of the refill replay: tokens, kept slots, distinct kept experts.
+    A batch_aware `rule` recomputes the kept slots for each replayed batch."""
+    rows = replay_rows(arrays, concurrency, rule)
+    ids, kept = rows["ids"], rows["kept"]  # M replayed rows
+    layers, layer_idx = np.unique(rows["layer"], return_inverse=True)  # L
     n_exp = int(ids.max()) + 1 if ids.size else 1
     # a single int64 key per step, and per (step, expert): union sizes by unique + bincount
-    step_key = step * len(layers) + layer_idx  # M
+    step_key = rows["step"] * len(layers) + layer_idx  # M
     steps, step_of_row = np.unique(step_key, return_inverse=True)  # S
-    if rule is not None and rule.strategy == "batch_aware":
-        kept = batch_aware_kept(rule.k0, arrays["weights"][decode][row], ids, step_of_row)
     pairs = np.unique((step_of_row[:, None] * n_exp + ids)[kept])  # distinct (step, expert)
     distinct = np.bincount(pairs // n_exp, minlength=len(steps))  # S
     tokens = np.bincount(step_of_row, minlength=len(steps))  # S
