@@ -133,7 +133,7 @@ def test_replayed_speedups_are_filled_measured_points(tmp_path):
     assert "replayed on cpu:x cpu_eager, experts 2048x1408 float32" in note_of(fig)  # sources sit in the note
     plt.close(fig)
     fig, fronts = predicted_figure([run], "he", batch=1, hardware=columns)
-    (panel,) = [ax for ax in fig.axes if ": plus tests" in one_line(ax.get_title()) and "(replay)" in one_line(ax.get_title())]
+    (panel,) = [ax for ax in fig.axes if "plus tests" in one_line(ax.get_title()) and "(replay)" in one_line(ax.get_title())]
     assert "measured replay" in one_line(panel.get_xlabel()) and ("tiny", "plus", REPLAYED) in fronts
     plt.close(fig)
 
