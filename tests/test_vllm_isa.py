@@ -35,6 +35,17 @@ def test_cpu_isa_env_pins_everything_or_nothing(monkeypatch):
         cpu_isa_env("avx512")
 
 
+def test_probes_answer_as_an_avx2_only_cpu():
+    # in a process of its own: the probes are replaced for the whole process
+    code = ("import torch; from skipbench.vllm_platform import WIDER_THAN_AVX2, _avx2_probes; _avx2_probes(); "
+            "c = torch.cpu.get_capabilities(); "
+            "print(any(getattr(torch.cpu, n)() for n in WIDER_THAN_AVX2), c['avx2'], c['avx512_f'], c['amx_tile'], "
+            "c['num_logical_cores'] == __import__('os').cpu_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "False", "False", "True"]  # non-ISA fields untouched
+
+
 PROBE = """
 import torch
 from vllm.platforms import current_platform

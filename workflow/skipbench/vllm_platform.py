@@ -61,8 +61,9 @@ def _avx2_probes() -> None:
         raise RuntimeError(f"{ENV_ISA}={PINNED_ISA}: this CPU has no AVX2")
     for name in WIDER_THAN_AVX2:
         setattr(torch.cpu, name, lambda: False)
-    capabilities = torch.cpu.get_capabilities()
-    torch.cpu.get_capabilities = lambda: capabilities | {"bf16": False}
+    wider = ("avx512", "amx", "avx10", "avx_vnni", "avx_ne_convert", "bf16")
+    capabilities = {k: False if k.startswith(wider) else v for k, v in torch.cpu.get_capabilities().items()}
+    torch.cpu.get_capabilities = lambda: dict(capabilities)
 
 
 @functools.cache  # one class per process: vLLM compares platform classes
