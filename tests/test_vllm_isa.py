@@ -70,10 +70,11 @@ PROMPTS = ["def add(a, b):\n", "def fib(n):\n    ", "class Stack:\n"]
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_same_tokens_whatever_the_cpu_paths_around_the_pinned_kernels(tmp_path, monkeypatch):
-    """With vLLM's kernels pinned, neither the ATen/oneDNN ISA (AVX2 vs this CPU's widest)
-    nor the thread count (1 vs 2) changes a token: what still differs between x86-64 CPUs
-    once engine.cpu_isa is avx2."""
+def test_pinned_engine_gives_the_same_tokens_on_1_and_2_threads(tmp_path, monkeypatch):
+    """With engine.cpu_isa avx2 every ISA-dependent choice is fixed; what still differs
+    between x86-64 machines is the thread count vLLM binds (one per core). Token for token
+    at 1 and 2 threads. (Letting ATen, MKL and oneDNN take this CPU's AVX-512 paths under
+    the pinned vLLM kernels changed prompt 3 from its 19th token on: their pins matter too.)"""
     pytest.importorskip("vllm")
     import torch
 
@@ -86,23 +87,14 @@ def test_same_tokens_whatever_the_cpu_paths_around_the_pinned_kernels(tmp_path, 
     model = write_tiny_dsv3(tmp_path / "model")
     cfg = dict(name="vllm", dtype="bfloat16", max_model_len=256, enforce_eager=True, cpu_isa="avx2")
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
-    # name: (exports, engine environment in place of cpu_isa_env's); the second pins vLLM's
-    # kernels only and lets ATen, MKL and oneDNN take this CPU's widest paths
-    settings = {"AVX2, 1 thread": (dict(VLLM_CPU_OMP_THREADS_BIND="0"), cpu_isa_env("avx2")),
-                "native ATen/oneDNN, 2 threads": (dict(VLLM_CPU_OMP_THREADS_BIND="0-1", ATEN_CPU_CAPABILITY="default",
-                                                       ONEDNN_MAX_CPU_ISA="DEFAULT", MKL_CBWR="AUTO"),
-                                                  {ENV_ISA: PINNED_ISA})}
-    tokens = {}
-    for name, (exports, engine_env) in settings.items():
+    tokens = []
+    for cores in ("0", "0-1"):  # VLLM_CPU_OMP_THREADS_BIND: one OpenMP thread per listed core
         with monkeypatch.context() as mp:
-            for k, v in exports.items():
-                mp.setenv(k, v)
-            mp.setattr("skipbench.engines.cpu_isa_env", lambda isa, env=engine_env: env)
+            mp.setenv("VLLM_CPU_OMP_THREADS_BIND", cores)
             engine = VllmEngine(model, SkipRule("topk", k=2), cfg, 0, tmp_path)
         try:
-            assert engine.version.endswith("(_C_AVX2)"), name
-            tokens[name] = [g.token_ids for g in engine.generate(PROMPTS, 24, [], 0)]
+            assert engine.version.endswith("(_C_AVX2)")
+            tokens.append([g.token_ids for g in engine.generate(PROMPTS, 24, [], 0)])
         finally:
             engine.close()
-    first, second = tokens.values()
-    assert first == second
+    assert tokens[0] == tokens[1] and all(tokens[0])
