@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 FIDELITY_SCHEMA = pa.schema([
     ("benchmark", pa.string()),
-    ("variant", pa.string()),  # "dense": the noise floor (dense against a second dense run)
+    ("variant", pa.string()),  # "dense": the noise floor (dense in fp32 against dense in the serving dtype)
     ("reference", pa.string()),  # what the variant is compared with: dense (same method), or dense in bf16 (the floor)
     ("sequences", pa.int32()),  # dense completions scored
     ("positions", pa.int64()),  # decode positions (completion tokens) over all of them
@@ -149,9 +149,9 @@ def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_gener
 
     Without `noise_floor`, the variant is dense and its table is the noise floor (dense in
     `dtype` against dense in `serving_dtype`, engine.dtype; bf16 where that is not a half
-    precision). Otherwise `noise_floor` is
-    dense's table: its row comes first, then the variant's own (none for a variant whose
-    rule is dense), so each table is complete on its own. `deployment_batch`: the batch
+    precision). Otherwise `noise_floor` is dense's table: its row comes first, then the
+    variant's own (none for a variant whose rule is dense), so each table is complete on
+    its own. `deployment_batch`: the batch
     batch_aware generated at (report.deployment_batch; None: `batch_size`, as infer)."""
     import transformers
     from transformers import AutoTokenizer

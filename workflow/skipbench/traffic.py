@@ -10,8 +10,8 @@ union of kept experts.
 Batching model (stated, since it decides the numbers): continuous batching at a constant
 load. c slots each decode one sequence; when a sequence finishes, its slot takes the next
 traced sample that no slot is decoding (order of first appearance, cycling through the
-samples again once all were used), so EVERY counted step holds exactly c tokens, whatever
-the variant's output lengths, and never one sequence twice: two slots on one sequence
+samples again once all were used), so EVERY counted step holds exactly c tokens (c_effective,
+below), whatever the variant's output lengths, and never one sequence twice: two slots on one sequence
 would decode the same tokens in lockstep and count its experts once for two tokens. A
 trace of n sequences therefore fills at most n slots: above that the replay runs at
 c_effective = n and the table says so (`distinct_sequences`, `c_effective`); draw more

@@ -203,10 +203,11 @@ def validation_error(validation: pd.DataFrame | None) -> tuple[str | None, float
 
 
 def distinct_at(traffic: pd.DataFrame | None, batch: int) -> dict[str, float]:
-    """variant -> distinct experts per step per MoE layer at concurrency `batch` (model average)."""
+    """variant -> distinct experts per step per MoE layer at concurrency `batch` (model average);
+    none where the traces hold fewer sequences than `batch` (replayed at a smaller batch)."""
     if traffic is None:
         return {}
-    t = traffic[(traffic["layer"] == ALL_LAYERS) & (traffic["concurrency"] == batch)]
+    t = traffic[(traffic["layer"] == ALL_LAYERS) & (traffic["concurrency"] == batch) & (traffic["c_effective"] == batch)]
     return dict(zip(t["variant"], t["distinct_mean"]))
 
 
