@@ -105,11 +105,12 @@ def write_predictions(path: Path) -> Path:
 def write_traffic(path: Path) -> Path:
     rows = []
     for v, ept in (("dense", 4.0), ("top1", 1.0), ("top2", 2.0)):
-        for c in (1, 4):
+        for c in (1, 4, 16):  # 10 sequences traced: c = 16 replays at 10
             for layer in (-1, 1, 2, 3):
-                distinct = min(16.0, ept * c) + (0 if layer == -1 else layer * 0.1)
-                rows.append(dict(variant=v, concurrency=c, layer=layer, slots=4, steps=10, tokens_per_step=float(c),
-                                 experts_per_token=ept, skip_rate=1 - ept / 4, slots_per_step=ept * c,
+                distinct = min(16.0, ept * min(c, 10)) + (0 if layer == -1 else layer * 0.1)
+                rows.append(dict(variant=v, concurrency=c, layer=layer, slots=4, steps=10, distinct_sequences=10,
+                                 c_effective=min(c, 10), tokens_per_step=float(min(c, 10)),
+                                 experts_per_token=ept, skip_rate=1 - ept / 4, slots_per_step=ept * min(c, 10),
                                  distinct_mean=distinct, distinct_p50=distinct, distinct_p90=distinct,
                                  bytes_per_expert=1000, bytes_per_step=distinct * 1000))  # fmt: skip
     write_table(path, rows, TRAFFIC_SCHEMA)

@@ -21,7 +21,7 @@ from report_fixtures import (
 
 from skipbench.report import draw_report, report_files
 from skipbench.report.figures import MEASURED, pareto_front, predicted_figure, speedup_columns, tradeoff_figure
-from skipbench.report.figures_traffic import speedup_figure
+from skipbench.report.figures_traffic import layers_figure, speedup_figure
 from skipbench.report.summary import load_run
 
 
@@ -150,6 +150,15 @@ def test_speedup_figure_measured_solid_predicted_dashed(tmp_path):
     assert {l.get_linestyle() for l in predicted.get_lines() if l.get_label() in VARIANTS} == {"--"}
     assert "solid, filled: measured; dashed, hollow: predicted" in one_line(fig._suptitle.get_text())
     plt.close(fig)
+
+
+def test_layers_figure_says_when_the_batch_exceeds_the_traced_sequences(tmp_path):
+    f = write_run(tmp_path)
+    run = load_run("tiny", f["scores"], f["throughput"], f["predictions"], f["traffic"])
+    titles = {b: [one_line(ax.get_title()) for ax in layers_figure([run], "he", b).axes] for b in (4, 16)}
+    assert not any("sequences traced" in t for t in titles[4])
+    assert any("at batch 16 (only 10 sequences traced: replayed at batch 10)" in t for t in titles[16])
+    plt.close("all")
 
 
 def draw(tmp_path, name, runs, benchmarks=("he",)):

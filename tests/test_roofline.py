@@ -25,13 +25,21 @@ H200_CALIBRATED = load_profile("h200")
 H200 = dataclasses.replace(H200_CALIBRATED, cost=None, costs=())  # bytes floor only: the hand-computed roofline cases
 
 
-def traffic_rows(variant, batch, distinct, slots, layers=(3, 4), tokens=None):
+def traffic_rows(variant, batch, distinct, slots, layers=(3, 4), tokens=None, sequences=1 << 20):
     """Per-layer TRAFFIC_SCHEMA rows with the same numbers in every layer (plus the mean row)."""
-    tokens = batch if tokens is None else tokens
+    tokens = min(batch, sequences) if tokens is None else tokens
     return [dict(variant=variant, concurrency=batch, layer=layer, slots=8, steps=10, tokens_per_step=tokens,
+                 distinct_sequences=sequences, c_effective=min(batch, sequences),
                  experts_per_token=slots / tokens, skip_rate=1 - slots / tokens / 8, slots_per_step=slots,
                  distinct_mean=distinct, distinct_p50=distinct, distinct_p90=distinct, bytes_per_expert=1,
                  bytes_per_step=distinct) for layer in (ALL_LAYERS, *layers)]  # fmt: skip
+
+
+def test_batch_the_traces_cannot_fill_is_not_predicted():
+    # 10 traced sequences: c = 16 replays at 10, so no prediction is labelled batch 16
+    t = pd.DataFrame(traffic_rows("dense", 4, 20, 32, sequences=10) + traffic_rows("dense", 16, 60, 80, sequences=10))
+    got = predict(t, DSV3, [H200], context_len=0)
+    assert set(got["batch"]) == {4}
 
 
 def test_expert_bytes_deepseek_v3():

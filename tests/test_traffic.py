@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skipbench.io import read_table
-from skipbench.skip.strategies import SkipRule
 from skipbench.infer.traces import TRACE_SCHEMA
-from skipbench.speed.traffic import ALL_LAYERS, TRAFFIC_SCHEMA, batch_aware_kept, traffic_table, write_traffic
+from skipbench.skip.strategies import SkipRule
+from skipbench.speed.traffic import (ALL_LAYERS, TRAFFIC_SCHEMA, batch_aware_kept, refill_schedule, traffic_table,
+                                     write_traffic)
 
 
 def quantile(xs, q):
@@ -29,8 +30,9 @@ def quantile(xs, q):
 def brute_force(rows: list[dict], c: int) -> dict:
     """{layer: (tokens/step, slots/step, distinct mean, p50, p90, experts/token)}, layer -1 = layer mean.
 
-    Continuous batching written out: c slots, tick by tick; a slot whose sequence ended
-    takes the next sample (cycling) at that tick; ceil(decode tokens / c) ticks."""
+    Continuous batching written out: min(c, samples) slots, tick by tick; a slot whose
+    sequence ended takes the next sample (cycling) that no other slot is decoding at that
+    tick; ceil(decode tokens / slots) ticks."""
     order = {}
     for r in rows:
         order.setdefault((r["task_id"], r["sample_id"]), len(order))
@@ -39,14 +41,19 @@ def brute_force(rows: list[dict], c: int) -> dict:
         if r["position"] >= 1:
             seqs[order[(r["task_id"], r["sample_id"])]].setdefault(r["position"] - 1, []).append(r)
     queue = [s for s in range(len(order)) if s in seqs]
+    c = min(c, len(queue))
     n_ticks = -(-sum(len(v) for v in seqs.values()) // c)
     slots, nxt = [None] * c, 0  # slot -> (sample, next decode position)
     steps = defaultdict(list)  # (tick, layer) -> rows of the tokens in that step
     for tick in range(n_ticks):
         for i in range(c):
             if slots[i] is None or slots[i][1] >= len(seqs[slots[i][0]]):
+                running = {s[0] for j, s in enumerate(slots) if j != i and s is not None and s[1] < len(seqs[s[0]])}
+                while queue[nxt % len(queue)] in running:
+                    nxt += 1
                 slots[i] = (queue[nxt % len(queue)], 0)
                 nxt += 1
+        for i in range(c):  # every slot refilled first: a slot's last token still occupies this tick
             sample, pos = slots[i]
             for r in seqs[sample][pos]:
                 steps[(tick, r["layer"])].append(r)
@@ -173,13 +180,15 @@ def test_hand_computed_refill_keeps_load_constant():
     # the distribution of k: A1 and B1 keep 2 slots, A2 keeps 1 (decode tokens only), per layer and pooled
     assert got.loc[(1, 3), "kept_histogram"] == pytest.approx([0.0, 1 / 3, 2 / 3])
     assert got.loc[(1, -1), "kept_histogram"] == pytest.approx([0.0, 1 / 3, 2 / 3])
-    # c=2, 2 steps: step 0 = A1 + B1 -> {0,1,2}; step 1: B ended, its slot refills with A
-    # (cycling): A2 + A1 -> {2} | {0,1} = 3 distinct, 2 tokens (no drain to 1 token)
+    # c=2, 2 steps: step 0 = A1 + B1 -> {0,1,2}; step 1: B ended, its slot refills with the
+    # next sample no slot decodes: A is still running, so B again: A2 + B1 -> {2} | {1,2} =
+    # 2 distinct, 2 tokens (no drain to 1 token, no sequence twice in a step)
     assert got.loc[(2, 3), "steps"] == 2
     assert got.loc[(2, 3), "tokens_per_step"] == 2.0
-    assert got.loc[(2, 3), "distinct_mean"] == pytest.approx(3.0)
+    assert got.loc[(2, 3), "distinct_mean"] == pytest.approx(2.5)
     assert got.loc[(2, 3), "experts_per_token"] == pytest.approx(7 / 4)
-    assert got.loc[(2, 3), "bytes_per_step"] == pytest.approx(30.0)
+    assert got.loc[(2, 3), "bytes_per_step"] == pytest.approx(25.0)
+    assert (got["distinct_sequences"] == 2).all() and (got["c_effective"] == got.index.get_level_values(0)).all()
     assert (got["decode_tokens"] == 3).all()
     assert (got["prefill_experts_per_token"] == 1.5).all()  # prefill rows: 2 and 1 kept slots
 
@@ -188,8 +197,26 @@ def test_refill_load_is_constant_whatever_the_lengths():
     # eight samples of very different lengths: every step holds exactly c tokens
     rows = [_row(f"T{s}", p, 1, [p % 5, 5 + s], 0b11) for s in range(8) for p in range(1 + 3 * s + 1)]
     got = traffic_table(pd.DataFrame(rows), "v", [1, 3, 16], bytes_per_expert=1)
-    assert (got["tokens_per_step"] == got["concurrency"]).all()
+    assert (got["c_effective"] == got["concurrency"].clip(upper=8)).all()  # 8 sequences: at most 8 slots
+    assert (got["tokens_per_step"] == got["c_effective"]).all()
     assert got.set_index("concurrency").loc[3, "steps"].iloc[0] == -(-sum(3 * s + 1 for s in range(8)) // 3)
+
+
+def test_more_slots_than_sequences_never_holds_one_sequence_twice():
+    # c = 16 over 10 sequences of different lengths (the default run: 10 tasks at c = 16).
+    # Each sequence routes to an expert of its own, so a step's distinct experts are its
+    # distinct sequences: a sequence in two slots would give fewer distinct than tokens.
+    lengths = np.array([3, 40, 7, 12, 25, 5, 9, 31, 2, 18])
+    rows = [_row(f"T{s}", p, 1, [s], 0b1) for s, n in enumerate(lengths) for p in range(n + 1)]
+    samples, starts, n_steps = refill_schedule(lengths, 16)
+    occupied = np.zeros((n_steps, len(lengths)), np.int64)  # [S, n] slots a sequence holds per step
+    for s, t in zip(samples, starts):
+        occupied[t : t + lengths[s], s] += 1
+    assert occupied.max() == 1 and (occupied.sum(1) == 10).all()
+    got = traffic_table(pd.DataFrame(rows), "v", [16], bytes_per_expert=1)
+    row = got[got["layer"] == ALL_LAYERS].iloc[0]
+    assert row["distinct_sequences"] == 10 and row["c_effective"] == 10 and row["concurrency"] == 16
+    assert row["tokens_per_step"] == 10 and row["distinct_mean"] == 10  # one expert per independent token
 
 
 def test_all_skipped_step_counts_zero_distinct():

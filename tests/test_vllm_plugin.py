@@ -12,7 +12,7 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from skipbench.infer.engines import TransformersEngine, VllmEngine, request_of  # noqa: E402
+from skipbench.infer.engines import TransformersEngine, VllmEngine, cpu_isa_env, request_of  # noqa: E402
 from skipbench.skip.routing import LayerRule  # noqa: E402
 from skipbench.skip.strategies import SkipRule  # noqa: E402
 from skipbench.infer.vllm_plugin import ENV_RULE, RouterStats, installed_hook, register, router_spec  # noqa: E402
@@ -142,6 +142,8 @@ def unpatched_run(tiny, tmp_path_factory):
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("unpatched") / "vllm-cache"))
         mp.delenv(ENV_RULE, raising=False)
+        for key, value in cpu_isa_env("avx2").items():  # the kernels the patched VllmEngine runs
+            mp.setenv(key, value)
         llm = LLM(str(tiny), dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
                   worker_extension_cls=WORKER_EXTENSION)
     try:

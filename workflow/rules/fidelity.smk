@@ -1,7 +1,7 @@
 # Stage 6b: teacher-forced fidelity: each variant of a benchmark reads dense's own greedy
 # completions; KL to dense and top-1 agreement per decode position. dense's job measures
-# the noise floor (dense against a second dense run with another batching), which every
-# other variant's table repeats. One job per variant: an added variant runs only its own.
+# the noise floor (dense in fp32 against dense in the serving dtype), which every other
+# variant's table repeats. One job per variant: an added variant runs only its own.
 # transformers oracle.
 
 
@@ -22,6 +22,8 @@ rule fidelity:
         generation=config["generation"],
         variant=lambda wc: VARIANTS[wc.variant],
         batch_size=config["generation"]["batch_size"],
+        deployment_batch=config["report"]["deployment_batch"],  # batch_aware generated at it
+        serving_dtype=config["engine"]["dtype"],
     log:
         f"{RUN}/logs/fidelity/{{benchmark}}/{{variant}}.log",
     benchmark:

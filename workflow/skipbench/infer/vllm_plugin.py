@@ -227,6 +227,12 @@ class SkipStatsWorker:
                 out.append((name, stats))
         return out
 
+    def skipbench_kernel_build(self) -> str:
+        """The build of vLLM's C++ ops this worker loaded (vllm_platform.kernel_build)."""
+        from skipbench.infer.vllm_platform import kernel_build
+
+        return kernel_build()
+
     def skipbench_set_rule(self, rule_json: str) -> None:
         """Swap the active rule (eager engines only, see SkipHook)."""
         hook = installed_hook()

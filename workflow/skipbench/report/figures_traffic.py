@@ -137,6 +137,9 @@ def layers_figure(runs: list[RunTables], benchmark: str, batch: int):
         for c, (column, title, cmap) in enumerate(HEATMAPS):
             d = layers[layers["concurrency"] == at] if column == "distinct_mean" else per_token
             suffix = f" at batch {at}" + ("" if at == batch else f" (nearest to {batch})") if column == "distinct_mean" else ""
+            filled = int(d["c_effective"].min()) if len(d) else at
+            if column == "distinct_mean" and filled < at:  # the traces hold fewer sequences than slots
+                suffix += f"\n(only {filled} sequences traced: replayed at batch {filled})"
             _heatmap(axes[r][c], d, column, f"{t.run}: {title}{suffix}", cmap, order, names)
     fig.suptitle(f"{benchmark}: routed-expert use per MoE layer (routing traces replayed)")
     figure_note(fig, ["Rows: most experts per token first. (re-routes): the strategy sends a token to other experts "

@@ -90,7 +90,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("first_diff_token", pa.float64()),  # mean over all pairs of tokens agreed before the first difference
     ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
     ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
-    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs: what "identical" means
+    ("kl_noise_floor", pa.float64()),  # the same KL between dense in fp32 and in bf16: drift that is harmless
     ("pareto", pa.bool_()),  # on the quality vs experts-per-token Pareto front of its run and benchmark
     ("pareto_within_ci", pa.bool_()),  # off the front, but its pass@1 interval overlaps every dominating point's
 ])  # fmt: skip
@@ -230,10 +230,11 @@ def validation_error(validation: pd.DataFrame | None) -> tuple[str | None, float
 
 
 def distinct_at(traffic: pd.DataFrame | None, batch: int) -> dict[str, float]:
-    """variant -> distinct experts per step per MoE layer at concurrency `batch` (model average)."""
+    """variant -> distinct experts per step per MoE layer at concurrency `batch` (model average);
+    none where the traces hold fewer sequences than `batch` (replayed at a smaller batch)."""
     if traffic is None:
         return {}
-    t = traffic[(traffic["layer"] == ALL_LAYERS) & (traffic["concurrency"] == batch)]
+    t = traffic[(traffic["layer"] == ALL_LAYERS) & (traffic["concurrency"] == batch) & (traffic["c_effective"] == batch)]
     return dict(zip(t["variant"], t["distinct_mean"]))
 
 

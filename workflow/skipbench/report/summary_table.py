@@ -37,9 +37,10 @@ def _delta(row, split: str) -> str:
 
 def _kl(row) -> str:
     kl, floor = row.get("kl_to_dense"), row.get("kl_noise_floor")
+    no_floor = floor is None or (isinstance(floor, float) and math.isnan(floor))
     if kl is None or (isinstance(kl, float) and math.isnan(kl)):
-        return ""
-    return f"{kl:.3g}" + ("" if floor is None or (isinstance(floor, float) and math.isnan(floor)) else f" ({floor:.1g})")
+        return "" if no_floor else "n/a"  # measured for dense, not this variant: fidelity table's `method` says why
+    return f"{kl:.3g}" + ("" if no_floor else f" ({floor:.1g})")
 
 
 def _band(r) -> str:
@@ -215,9 +216,11 @@ def markdown(summary: pd.DataFrame) -> str:
         _replay_note(summary, batch),
         *_validation_notes(summary),
         "KL to dense: each variant teacher-forced on dense's own greedy completions, mean over decode "
-        "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between two "
-        "dense runs with different batching; top-1 agreement: share of positions where the variant's "
-        "most likely token is dense's.",
+        "positions of KL(dense || variant) in nats; in brackets the noise floor, the same KL between dense "
+        "in fp32 and dense in the serving dtype (bf16): below it, a variant drifts less than serving in bf16 "
+        "does. batch_aware is measured at its deployment batch (batch 1: one token per forward); n/a: not "
+        "measurable teacher-forced at that batch (the fidelity table's `method` says why). Top-1 agreement: "
+        "share of positions where the variant's most likely token is dense's.",
         "Δ: difference in pass rate to dense over the same (task, sample) pairs, with its 95% interval "
         "(Newcombe 1998 paired hybrid score); p: exact two-sided McNemar test, raw; Holm p: adjusted by "
         "Holm's step-down method over all variants of the run's benchmark (one family per benchmark and "

@@ -8,16 +8,23 @@ dense's: KL(dense || variant) in nats, averaged over all decode positions of all
 completions, and top-1 agreement (the variant's argmax equals dense's). A position's
 context is always dense's, so an early divergence does not contaminate the later ones.
 
-Noise floor: dense against itself, run a second time with another batching (one sequence
-per forward instead of `batch_size`): what "identical" means numerically for this
-engine, dtype and device (padding and batch shape change the reduction order). The row
-has variant "dense" and reference "dense, batch 1"; every variant's table repeats it.
+Noise floor: the same comparison between dense in fp32 and dense in the serving dtype
+(bf16 by default: what vLLM runs). Serving in bf16 is a change everyone accepts as
+harmless, so a variant whose KL sits below it drifts less than that; a floor from fp32
+numerics alone (a second fp32 run, ~1e-9 nats) would put every variant above it. The row
+has variant "dense" and reference "dense in <dtype>"; every variant's table repeats it.
 
 Engine: the transformers oracle (oracle.py; sentinel skip path), which returns full
-logits; in fp32 on CPU for the tiny model. batch_aware couples the tokens of one forward
-call: here those are the prompt + completion tokens of the batch (padding included),
-not a decode step's batch, so its numbers are indicative only. decode_only rules skip at
-the completion's positions only, as in generation. T positions, V vocabulary.
+logits; in fp32 on CPU for the tiny model. Every rule but batch_aware decides per token,
+so one forward over prompt + completion (batches of `batch_size`, padding included) gives
+the positions generation would. batch_aware (OEA) decides from the tokens of one forward,
+so it is measured as it generated (infer.GenerationSettings.for_rule: at the deployment
+batch): at batch 1 teacher-forced decode, the prompt in one forward, then one completion
+token per forward (KV cache), dense measured the same way. Above batch 1 its decode steps
+would hold several sequences that finish at different times: not replayed here, so its
+row is n/a with that reason in `method` (never the whole sequence taken as one batch).
+decode_only rules skip at the completion's positions only, as in generation.
+T positions, V vocabulary.
 """
 
 from __future__ import annotations
@@ -37,17 +44,19 @@ log = logging.getLogger(__name__)
 
 FIDELITY_SCHEMA = pa.schema([
     ("benchmark", pa.string()),
-    ("variant", pa.string()),  # "dense": the noise floor (dense against a second dense run)
-    ("reference", pa.string()),  # what the variant is compared with
+    ("variant", pa.string()),  # "dense": the noise floor (dense in fp32 against dense in the serving dtype)
+    ("reference", pa.string()),  # what the variant is compared with: dense (same method), or dense in bf16 (the floor)
     ("sequences", pa.int32()),  # dense completions scored
     ("positions", pa.int64()),  # decode positions (completion tokens) over all of them
     ("kl_mean", pa.float64()),  # mean over positions of KL(dense || variant), nats
     ("kl_p99", pa.float64()),  # 99th percentile of the same
     ("top1_agree", pa.float64()),  # share of positions whose argmax equals dense's
     ("engine", pa.string()),  # transformers <version>, dtype, device
+    ("method", pa.string()),  # how the positions were computed, or "n/a: <reason>" (kl_mean null)
 ])  # fmt: skip
 
-NOISE_BATCH = 1  # the noise floor's second dense run: one sequence per forward
+WHOLE = "teacher-forced, prompt + completion in one forward, batch {}"
+DECODE = "teacher-forced decode, one completion token per forward, batch 1 (deployment batch)"
 
 
 @torch.no_grad()
@@ -76,6 +85,30 @@ def completion_logprobs(model, seqs: list[tuple[list[int], list[int]]], batch_si
         for b, (p, c) in enumerate(chunk):
             # position j predicts token j + 1: completion token t sits at len(p) + t
             out.append(logits[b, len(p) - 1 : len(p) + len(c) - 1].float().log_softmax(-1).cpu())
+    for _, gate in gates:
+        gate.decode_rows = None
+    return out
+
+
+@torch.no_grad()
+def decode_logprobs(model, seqs: list[tuple[list[int], list[int]]], gates=()) -> list[torch.Tensor]:
+    """completion_logprobs at batch 1 as decode runs: the prompt in one forward, then each
+    completion token alone with the KV cache, so a rule that couples the tokens of a
+    forward (batch_aware) sees what it saw in generation."""
+    device = next(model.parameters()).device
+    out = []
+    for p, c in seqs:
+        for _, gate in gates:
+            gate.decode_rows = torch.zeros(len(p), dtype=torch.bool)
+        step = model(input_ids=torch.tensor([p], device=device), use_cache=True)
+        rows = [step.logits[0, -1]]  # [V] predicts completion token 0
+        for _, gate in gates:
+            gate.decode_rows = torch.ones(1, dtype=torch.bool)
+        for token in c[:-1]:
+            step = model(input_ids=torch.tensor([[token]], device=device), past_key_values=step.past_key_values,
+                         use_cache=True)
+            rows.append(step.logits[0, -1])
+        out.append(torch.stack(rows).float().log_softmax(-1).cpu())  # [N, V]
     for _, gate in gates:
         gate.decode_rows = None
     return out
@@ -110,12 +143,16 @@ def dense_sequences(tokenizer, tasks: list[Task], generations) -> list[tuple[lis
 
 def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_generations: Path, variant: str,
                  variant_cfg: dict, out_path: Path, batch_size: int = 8, calibration_path: Path | None = None,
-                 noise_floor: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
+                 noise_floor: Path | None = None, dtype: torch.dtype = torch.float32,
+                 serving_dtype: str = "bfloat16", deployment_batch: int | None = None) -> None:
     """FIDELITY_SCHEMA rows of one variant (one job per variant: an added variant runs only its own).
 
-    Without `noise_floor`, the variant is dense and its table is the noise floor. Otherwise
-    `noise_floor` is dense's table: its row comes first, then the variant's own (none for
-    a variant whose rule is dense), so each table is complete on its own."""
+    Without `noise_floor`, the variant is dense and its table is the noise floor (dense in
+    `dtype` against dense in `serving_dtype`, engine.dtype; bf16 where that is not a half
+    precision). Otherwise `noise_floor` is dense's table: its row comes first, then the
+    variant's own (none for a variant whose rule is dense), so each table is complete on
+    its own. `deployment_batch`: the batch
+    batch_aware generated at (report.deployment_batch; None: `batch_size`, as infer)."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -128,23 +165,32 @@ def run_fidelity(model_dir: Path, tasks: list[Task], benchmark: str, dense_gener
     if floor and rule.is_dense:  # another name for dense: nothing of its own to measure
         write_table(out_path, floor, FIDELITY_SCHEMA)
         return
-    model, gates = load_oracle(model_dir, SkipRule("dense"), dtype)
     tok = AutoTokenizer.from_pretrained(model_dir)
     seqs = dense_sequences(tok, tasks, read_table(dense_generations).to_pylist())
     engine = f"transformers {transformers.__version__}, {str(dtype).removeprefix('torch.')}, cpu"
+    base = dict(benchmark=benchmark, sequences=len(seqs), engine=engine)
+    model, gates = load_oracle(model_dir, SkipRule("dense"), dtype)
 
-    def run(rule: SkipRule, batch: int) -> list[torch.Tensor]:
+    def run(rule: SkipRule, decode: bool = False) -> list[torch.Tensor]:
         for _, gate in gates:
             gate.rule = rule
-        return completion_logprobs(model, seqs, batch, gates)
+        return decode_logprobs(model, seqs, gates) if decode else completion_logprobs(model, seqs, batch_size, gates)
 
-    dense = run(SkipRule("dense"), batch_size)
-    base = dict(benchmark=benchmark, sequences=len(seqs), engine=engine)
     if rule.is_dense:
-        rows = [base | dict(variant=variant, reference=f"dense, batch {NOISE_BATCH}")
-                | compare(dense, run(SkipRule("dense"), NOISE_BATCH))]
+        name = serving_dtype if serving_dtype in ("bfloat16", "float16") else "bfloat16"
+        served, _ = load_oracle(model_dir, SkipRule("dense"), getattr(torch, name))
+        rows = [base | dict(variant=variant, reference=f"dense in {name}", method=WHOLE.format(batch_size))
+                | compare(run(SkipRule("dense")), completion_logprobs(served, seqs, batch_size))]
+    elif rule.strategy == "batch_aware" and (deployment_batch or batch_size) > 1:
+        at = deployment_batch or batch_size
+        rows = floor + [base | dict(variant=variant, reference="dense", positions=0, method=(
+            f"n/a: batch_aware decides from a decode step's {at} sequences, which finish at different "
+            "times; only batch 1 is replayed teacher-forced"))]
     else:
-        rows = floor + [base | dict(variant=variant, reference=f"dense, batch {batch_size}") | compare(dense, run(rule, batch_size))]
-    log.info("%s/%s: KL %.4g nats, top-1 agreement %.3f over %d positions", benchmark, variant,
-             rows[-1]["kl_mean"] or 0, rows[-1]["top1_agree"] or 0, rows[-1]["positions"])
+        decode = rule.strategy == "batch_aware"  # at batch 1: one token per forward, as generated
+        method = DECODE if decode else WHOLE.format(batch_size)
+        rows = floor + [base | dict(variant=variant, reference="dense")
+                        | compare(run(SkipRule("dense"), decode), run(rule, decode)) | dict(method=method)]
+    log.info("%s/%s: KL %.4g nats, top-1 agreement %.3f over %d positions (%s)", benchmark, variant,
+             rows[-1].get("kl_mean") or 0, rows[-1].get("top1_agree") or 0, rows[-1]["positions"], rows[-1]["method"])
     write_table(out_path, rows, FIDELITY_SCHEMA)

@@ -75,7 +75,7 @@ SCORES_SCHEMA = pa.schema([
     ("identical_to_dense", pa.float64()),  # share of completions token-identical to dense's
     ("kl_to_dense", pa.float64()),  # teacher-forced on dense's completions: mean KL(dense || variant), nats
     ("top1_agree", pa.float64()),  # teacher-forced: share of decode positions with dense's argmax
-    ("kl_noise_floor", pa.float64()),  # the same KL between two dense runs (other batching): "identical"
+    ("kl_noise_floor", pa.float64()),  # the same KL between dense in fp32 and in the serving dtype (bf16): harmless drift
     ("first_diff_token", pa.float64()),  # mean over ALL pairs of tokens agreed before the first difference (identical: its length)
     ("time_factor", pa.float64()),  # EvalPlus time-limit settings the execute stage used
     ("min_time_limit_s", pa.float64()),

@@ -119,8 +119,14 @@ def fit_kernel_calibration(bench: pd.DataFrame, profile: HardwareProfile, shape:
 
 
 def _routing_frames(traffic: pd.DataFrame, dense_variant: str) -> list[tuple[str, pd.DataFrame]]:
-    """(skip path, per-layer traffic) pairs: weight0 replays the dense traffic under each variant's name."""
-    layers = traffic[traffic["layer"] != ALL_LAYERS]
+    """(skip path, per-layer traffic) pairs: weight0 replays the dense traffic under each variant's name.
+    A batch the traces could not fill (c_effective < concurrency: fewer sequences than slots)
+    is not predicted: its replay ran at a smaller batch."""
+    short = traffic["c_effective"] < traffic["concurrency"]
+    if short.any():
+        log.warning("traces hold %d sequences: batches %s not predicted (draw more tasks or samples)",
+                    traffic.loc[short, "distinct_sequences"].min(), sorted(set(traffic.loc[short, "concurrency"])))
+    layers = traffic[(traffic["layer"] != ALL_LAYERS) & ~short]
     frames = [("skip_kernel", layers)]
     dense = layers[layers["variant"] == dense_variant]
     if dense.empty:

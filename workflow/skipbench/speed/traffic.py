@@ -9,9 +9,14 @@ union of kept experts.
 
 Batching model (stated, since it decides the numbers): continuous batching at a constant
 load. c slots each decode one sequence; when a sequence finishes, its slot takes the next
-traced sample (order of first appearance, cycling through the samples again once all were
-used), so EVERY counted step holds exactly c tokens, whatever the variant's output lengths.
-The replay runs ceil(decode tokens / c) steps, about one pass over the trace. Only decode
+traced sample that no slot is decoding (order of first appearance, cycling through the
+samples again once all were used), so EVERY counted step holds exactly c tokens (c_effective,
+below), whatever the variant's output lengths, and never one sequence twice: two slots on one sequence
+would decode the same tokens in lockstep and count its experts once for two tokens. A
+trace of n sequences therefore fills at most n slots: above that the replay runs at
+c_effective = n and the table says so (`distinct_sequences`, `c_effective`); draw more
+tasks or samples to measure a larger batch. The replay runs ceil(decode tokens /
+c_effective) steps, about one pass over the trace. Only decode
 tokens count: position 0 of a trace is the prompt's last token, computed in the prefill,
 and is reported apart (`prefill_experts_per_token`). Equal load per step is what makes a
 ratio of tokens/s between variants a speedup. Shapes: N trace rows, K router slots, E experts.
@@ -49,7 +54,9 @@ TRAFFIC_SCHEMA = pa.schema(
         ("layer", pa.int16()),  # MoE layer index, or ALL_LAYERS (-1)
         ("slots", pa.int16()),  # K: router slots per token (top-k of the dense model)
         ("steps", pa.int64()),  # decode steps counted: (batch, position) pairs
-        ("tokens_per_step", pa.float64()),  # sequences active in a step: c (constant load, refill)
+        ("distinct_sequences", pa.int32()),  # traced samples with decode tokens: the most slots a step can fill
+        ("c_effective", pa.int32()),  # slots filled: min(concurrency, distinct_sequences); < concurrency: batch not reached
+        ("tokens_per_step", pa.float64()),  # sequences active in a step: c_effective (constant load, refill)
         ("experts_per_token", pa.float64()),  # mean kept slots per decode token (dense: K)
         ("skip_rate", pa.float64()),  # 1 - experts_per_token / K
         ("slots_per_step", pa.float64()),  # mean kept (token, slot) pairs per step: drives FLOPs
@@ -101,25 +108,33 @@ def trace_arrays(trace: pa.Table | pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def refill_schedule(lengths: np.ndarray, concurrency: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Continuous batching of samples with `lengths` decode tokens on `concurrency` slots.
+    """Continuous batching of samples with `lengths` decode tokens on c_effective =
+    min(concurrency, samples with decode tokens) slots.
 
-    The earliest-free slot (lowest index on ties) takes the next sample, cycling through
-    the samples with decode tokens, until every slot is busy up to the last step.
-    Returns (sample [A], first step [A]) of each admission and the number of steps S.
+    The earliest-free slot (lowest index on ties) takes the next sample in cyclic order
+    that no slot is decoding, until every slot is busy up to the last step. With at most
+    as many slots as samples one is always free: the c_effective - 1 other slots hold at
+    most c_effective - 1 of them. Returns (sample [A], first step [A]) of each admission
+    and the number of steps S.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     order = np.flatnonzero(lengths > 0)
     if not len(order):
         raise ValueError("no decode tokens: every traced sample generated a single token")
-    n_steps = -(-int(lengths.sum()) // concurrency)  # ceil: one pass over the decode tokens
-    free_at = [(0, slot) for slot in range(concurrency)]  # heap of (first free step, slot)
+    slots = min(concurrency, len(order))
+    n_steps = -(-int(lengths.sum()) // slots)  # ceil: one pass over the decode tokens
+    free_at = [(0, slot) for slot in range(slots)]  # heap of (first free step, slot)
+    busy_until = np.zeros(len(lengths), np.int64)  # per sample: step its running copy ends
     samples, starts, q = [], [], 0
     while free_at[0][0] < n_steps:
         t, slot = heapq.heappop(free_at)
+        while busy_until[order[q % len(order)]] > t:  # decoding in another slot: next one
+            q += 1
         s = int(order[q % len(order)])
         samples.append(s)
         starts.append(t)
+        busy_until[s] = t + int(lengths[s])
         heapq.heappush(free_at, (t + int(lengths[s]), slot))
         q += 1
     return np.asarray(samples, np.int64), np.asarray(starts, np.int64), n_steps
@@ -231,9 +246,14 @@ def traffic_table(
         raise ValueError(f"routing trace of variant {variant!r} is empty")
     arrays = trace_arrays(trace)
     k = arrays["ids"].shape[1]
+    decode = arrays["position"] >= 1
+    n_sequences = len(np.unique(arrays["sample"][decode]))
     frames = []
     for c in concurrency:
         steps = step_traffic(arrays, c, rule)
+        if c > n_sequences:
+            log.warning("traffic %s: the trace holds %d sequences, fewer than c=%d: replayed at c_effective=%d "
+                        "(draw more tasks or samples to measure this batch)", variant, n_sequences, c, n_sequences)
         per_layer = _summarise(steps, "layer")
         # model-wide: average the layers within each step first, then summarise the steps
         whole = _summarise(
@@ -251,7 +271,8 @@ def traffic_table(
     out["skip_rate"] = 1.0 - out["experts_per_token"] / k
     out["bytes_per_expert"] = int(bytes_per_expert)
     out["bytes_per_step"] = out["distinct_mean"] * bytes_per_expert
-    decode = arrays["position"] >= 1
+    out["distinct_sequences"] = n_sequences
+    out["c_effective"] = np.minimum(out["concurrency"], n_sequences)
     out["decode_tokens"] = int(len(np.unique(arrays["sample"][decode] * (arrays["position"].max() + 1)
                                              + arrays["position"][decode])))
     prefill = arrays["kept"][~decode]
