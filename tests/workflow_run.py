@@ -29,9 +29,9 @@ def micro_config(workdir: Path) -> dict:
     synth["architecture"]["num_hidden_layers"] = 3
     synth["vocab_size"] = 512
     synth["shards"] = 2
-    # The training path runs (rule, resume, training table, FP8 round-trip check) but stops
-    # early: these tests check schemas, plans and scores of external samples, not what the
-    # model learned. Memorisation itself: tests/test_checkpoint.py.
+    # Training runs (the checkpoint rule, its table, the FP8 round-trip greedy check) but
+    # stops early: these tests check schemas, plans and scores of external samples, not what
+    # the model learned (400 steps were most of the run). Memorisation: tests/test_checkpoint.py.
     synth["memorise"]["max_steps"] = 5
     cfg["engine"]["max_model_len"] = 512
     cfg["generation"]["max_new_tokens"] = 96
