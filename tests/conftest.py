@@ -35,3 +35,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"skipbench: {len(skipped)} tests skipped without ../shared/data/{HUMANEVAL_PLUS.name} "
             "(HumanEval+; CI has it, see README 'Data' for where to put a copy)", yellow=True)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """The micro workflow, run once per session for every workflow test module
+    (tests/workflow_run.py); results/micro of it. Copy it before changing it."""
+    from workflow_run import finished_run
+
+    return finished_run(tmp_path_factory.mktemp("workflow"))

@@ -1,11 +1,14 @@
 """Cluster profiles: dry runs with the DeepSeek-V3 preset, and the job specs the official
 executor plugins generate from the resources each job requests (no cluster needed)."""
 
+import importlib.util
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import IO
 
 import pytest
 import yaml
@@ -15,16 +18,23 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 PRESET = "config/presets/deepseek-v3.yaml"
 
 
-def dry_run(profile: str) -> dict[str, list[dict]]:
-    """{rule: [resources of each job]} from `snakemake -n --profile P` with the DeepSeek-V3 preset."""
-    out = subprocess.run(
-        [str(SNAKEMAKE), "-n", "--profile", profile, "--configfile", PRESET, "--replace-workflow-config"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def start_dry_run(profile: str) -> tuple[subprocess.Popen, IO[str], IO[str]]:
+    """`snakemake -n --profile P` with the DeepSeek-V3 preset, started (one busy core), and
+    the files of its stdout and stderr: a full pipe would stall it while another is awaited."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    cmd = [str(SNAKEMAKE), "-n", "--profile", profile, "--configfile", PRESET, "--replace-workflow-config"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True), out, err
+
+
+def planned_jobs(proc: subprocess.Popen, out: IO[str], err: IO[str]) -> dict[str, list[dict]]:
+    """{rule: [resources of each job]} from a dry run's stdout."""
+    proc.wait(timeout=300)
+    out.seek(0), err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     jobs: dict[str, list[dict]] = {}
     rule = None
-    for line in out.stdout.splitlines():
+    for line in stdout.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):", line):
             rule = m.group(1)
         elif rule and (m := re.match(r"^\s+resources: (.*)", line)):
@@ -45,8 +55,24 @@ def fake_job(resources: dict, threads: int):
 
 
 @pytest.fixture(scope="module")
-def slurm_jobs():
-    return dry_run("profiles/slurm")
+def dry_runs():
+    """{profile: planned jobs}: both dry runs at once, each a single-threaded DAG build of
+    the preset (the kubernetes one only where its storage plugin is installed)."""
+    profiles = ["profiles/slurm"] + ["profiles/kubernetes"] * bool(importlib.util.find_spec("snakemake_storage_plugin_fs"))
+    started = {p: start_dry_run(p) for p in profiles}
+    try:
+        return {p: planned_jobs(*run) for p, run in started.items()}
+    finally:
+        for proc, *files in started.values():
+            proc.kill()  # a no-op on a finished one; a failed dry run leaves no snakemake behind
+            proc.wait()
+            for f in files:
+                f.close()
+
+
+@pytest.fixture(scope="module")
+def slurm_jobs(dry_runs):
+    return dry_runs["profiles/slurm"]
 
 
 def test_slurm_dry_run_shows_every_stage_with_its_resources(slurm_jobs):
@@ -103,11 +129,11 @@ def test_slurm_profile_pins_threads_of_every_multithreaded_rule():
         assert cfg["set-resources"][rule]["cpus_per_task"] >= threads
 
 
-def test_kubernetes_dry_run_requests_gpus_per_job():
+def test_kubernetes_dry_run_requests_gpus_per_job(dry_runs):
     """Needs the library inputs marked local() in the rules (lib() in common.smk), else the
     fs storage provider looks for the sources under its prefix."""
     pytest.importorskip("snakemake_storage_plugin_fs")
-    jobs = dry_run("profiles/kubernetes")
+    jobs = dry_runs["profiles/kubernetes"]
     for job in jobs["infer"]:
         assert (job["gpu"], job["gpu_manufacturer"], job["machine_type"]) == ("8", "nvidia", "p5e.48xlarge")
     assert all("gpu" not in job for job in jobs["execute"])
