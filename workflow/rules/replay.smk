@@ -3,11 +3,9 @@
 # fitted once per machine on dense's replayed routing (skipbench/speed/replay_fit.py).
 # Needs routing traces (an eager engine) and a dense variant.
 
-from skipbench.speed.specs import machine_key
-
 REPLAY = config["replay"]
 # The fit file is keyed by the machine, not by the variant list: adding a variant does not refit.
-REPLAY_MACHINE = machine_key()
+REPLAY_MACHINE = MACHINE  # rules/roofline.smk
 
 
 def replay_benchmarks():

@@ -3,7 +3,14 @@
 # Traces need an eager engine (a replayed CUDA graph skips the Python hook): without them,
 # these rules are absent and the report says so.
 
+from skipbench.speed.specs import machine_key, measured_profiles
+
 ROOFLINE = config["roofline"]
+# Profiles measured on this machine (a `measure:` block: this-machine) are measured by their
+# own job, kept per machine key and not per variant list: an added variant, or a rerun of the
+# roofline, reuses the measurement, so no other variant's prediction moves.
+MACHINE = machine_key()
+MEASURED_HERE = [h for h in measured_profiles(ROOFLINE["hardware"]) if "/" not in h]  # a path profile: measured in the roofline job
 # Batch sizes the traffic is counted at: the throughput sweep plus the deployment batch.
 TRAFFIC_CONCURRENCY = sorted(set(THROUGHPUT["concurrency"]) | {config["report"]["deployment_batch"]})
 
@@ -34,9 +41,26 @@ if TRACING:
             "../scripts/traffic.py"
 
 
+    rule machine:
+        input:
+            model=engine_model_dir,
+        output:
+            f"{RUN}/roofline/machine/{{profile}}-{MACHINE}.json",
+        params:
+            code=code("machine", files=[f"config/hardware/{h}.yaml" for h in MEASURED_HERE if "/" not in h]),
+        log:
+            f"{RUN}/logs/roofline/machine-{{profile}}.log",
+        threads: 1  # the layer is timed on one thread
+        conda:
+            "../../envs/model.yaml"
+        script:
+            "../scripts/machine.py"
+
+
     rule roofline:
         input:
             model=engine_model_dir,
+            machine=[f"{RUN}/roofline/machine/{h}-{MACHINE}.json" for h in MEASURED_HERE],
             traffic=f"{RUN}/traffic/{THROUGHPUT_BENCHMARK}.parquet",
             throughput=expand(f"{RUN}/throughput/{{variant}}.parquet", variant=THROUGHPUT_VARIANTS),
             generated=after_generate(BENCHMARKS),
@@ -50,6 +74,7 @@ if TRACING:
             roofline=ROOFLINE,
             # KV-cache reads at the mean context of a generated token: prompt + half the output.
             context_len=config["generation"]["max_new_tokens"] // 2 + 256,
+            measured_here=MEASURED_HERE,
         log:
             f"{RUN}/logs/roofline.log",
         benchmark:

@@ -22,4 +22,5 @@ if __name__ == "__main__":
         weight_dtype=cfg["weight_dtype"],
         kernel_bench=cfg["kernel_bench"],
         throughput_paths=list(snakemake.input.throughput),
+        machine=dict(zip(snakemake.params.measured_here, snakemake.input.machine)),
     )

@@ -171,30 +171,35 @@ def savings(bench: pd.DataFrame, cost: CostModel, shape: MoeShape, bandwidth: fl
     return out
 
 
-def calibrate_here(profile, shape, batches=(1, 4, 16), repeats: int = 15) -> CostModel | None:
-    """The `this-machine` calibration: time the served model's MoE layer shape (specs.ModelShape)
-    on this CPU under dense and top-k rules, fit a CostModel on each row's 10th percentile. None (with a warning) off CPU:
-    a GPU has kernels/bench.py for that. One torch thread: on a shared machine a second
-    thread mostly waits for a core, and the fit should see the layer, not the queue."""
+def layer_shape(shape) -> MoeShape:
+    """The eager layer of a served model's MoE shape (specs.ModelShape)."""
+    return MoeShape(hidden=shape.hidden, intermediate=shape.moe_inter, experts=shape.n_experts, top_k=shape.top_k)
+
+
+def time_layer_here(shape, batches=(1, 4, 16), repeats: int = 15) -> pd.DataFrame:
+    """The `this-machine` measurement: the served model's MoE layer shape (specs.ModelShape)
+    timed on this CPU under dense and top-k rules (CPU_MOE_SCHEMA rows). One torch thread: on a
+    shared machine a second thread mostly waits for a core, and the fit should see the layer,
+    not the queue."""
     import torch
 
-    from skipbench.infer.engines import device_name
-
-    if not profile.device.startswith("cpu"):
-        log.warning("%s: `calibrate` times the CPU eager layer; device is %s: left uncalibrated", profile.name,
-                    profile.device)  # fmt: skip
-        return None
-    moe = MoeShape(hidden=shape.hidden, intermediate=shape.moe_inter, experts=shape.n_experts, top_k=shape.top_k)
+    moe = layer_shape(shape)
     rules = ["dense"] + [f"topk:{k}" for k in sorted({1, max(1, shape.top_k // 2)}) if k < shape.top_k]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        bench = bench_layer(EagerMoE(moe), list(batches), rules, calls=repeats)
+        return bench_layer(EagerMoE(moe), list(batches), rules, calls=repeats)
     finally:
         torch.set_num_threads(threads)
-    # 10th percentile, not median: a layer this small takes well under a scheduler time slice, so
-    # the median on a busy machine times the run queue; the fast calls time the layer
+
+
+def fit_layer(bench: pd.DataFrame, profile, shape, device: str) -> CostModel:
+    """CostModel of time_layer_here's rows, fitted on each row's 10th percentile: a layer this
+    small takes well under a scheduler time slice, so the median on a busy machine times the
+    run queue; the fast calls time the layer."""
+    moe = layer_shape(shape)
+    calls = int(bench["calls"].iloc[0])
     return fit_cost_model(bench, "ms_p10", moe.expert_bytes, moe.pair_flops, profile.bandwidth,
-                          f"{device_name()}: eager MoE layer {moe.hidden}x{moe.intermediate}x{moe.experts} "
-                          f"{moe.dtype}, 1 thread, p10 of {repeats} calls, timed by the roofline stage",
+                          f"{device}: eager MoE layer {moe.hidden}x{moe.intermediate}x{moe.experts} "
+                          f"{moe.dtype}, 1 thread, p10 of {calls} calls, timed once for this machine",
                           expert_shape=(moe.hidden, moe.intermediate))  # fmt: skip

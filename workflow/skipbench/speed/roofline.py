@@ -49,8 +49,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from skipbench.speed.costmodel import CostModel, fit_cost_model, pick_calibration
 from skipbench.io import read_table, write_table
+from skipbench.speed.costmodel import CostModel, fit_cost_model, pick_calibration
+from skipbench.speed.cpu_moe import fit_layer, time_layer_here
+from skipbench.speed.machine import read_machine
 from skipbench.speed.specs import DEEPSEEK_V3_CONFIG, HARDWARE_DIR, HardwareProfile, ModelShape, load_profile
 from skipbench.speed.traffic import ALL_LAYERS
 
@@ -314,30 +316,36 @@ def run_roofline(
     kernel_bench: dict[str, str] | None = None,
     throughput_paths: list[str] = (),
     hardware_dir: str | os.PathLike = HARDWARE_DIR,
+    machine: dict[str, str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """The roofline stage: predictions for every profile in `hardware`, then validation.
 
     kernel_bench: {profile name: kernels/bench.py table (csv or parquet)} measured on that
     device; absent files are skipped (no GPU run yet). throughput_paths: THROUGHPUT_SCHEMA
     tables; they validate profiles whose device is the one they ran on (e.g. `this-machine`).
-    A profile with a `calibrate:` block is calibrated here, by timing the served model's own
-    MoE layer shape (skipbench.speed.cpu_moe.calibrate_here).
+    machine: {profile name: speed/machine.py record} of the profiles measured on this machine
+    (kept per machine by their own job); a profile with a `calibrate:` block and no record is
+    calibrated here, by timing the served model's own MoE layer shape (cpu_moe.time_layer_here).
     """
     from skipbench.speed.traffic import TRAFFIC_SCHEMA
 
-    profiles = {name: load_profile(name, hardware_dir) for name in hardware}
+    shape = ModelShape.from_config(model_dir)
+    profiles, timed_here = {}, {}
+    for name in hardware:  # a profile measured on this machine: read back what its own job kept
+        if name in (machine or {}):
+            profiles[name], timed_here[name] = read_machine(machine[name], shape)
+        else:
+            profiles[name] = load_profile(name, hardware_dir)
     benches = {n: _read_any(p) for n, p in (kernel_bench or {}).items() if Path(p).exists()}
     for name, path in (kernel_bench or {}).items():
         if name not in benches:
             log.warning("kernel bench %s for %s not found: %s predictions stay uncalibrated", path, name, name)
     calibrations = {n: fit_kernel_calibration(b, profiles[n]) for n, b in benches.items()}
-    shape = ModelShape.from_config(model_dir)
+    calibrations |= {n: c for n, c in timed_here.items() if c is not None and n not in calibrations}
     for name, profile in profiles.items():
-        if profile.calibrate is not None and name not in calibrations:
-            from skipbench.speed.cpu_moe import calibrate_here
-
-            if (cost := calibrate_here(profile, shape, **profile.calibrate)) is not None:
-                calibrations[name] = cost
+        if profile.calibrate is not None and name not in calibrations and profile.device.startswith("cpu"):
+            # no kept measurement (a direct call): time the layer now
+            calibrations[name] = fit_layer(time_layer_here(shape, **profile.calibrate), profile, shape, profile.device)
     traffic = read_table(traffic_path, TRAFFIC_SCHEMA).to_pandas()
     predictions = predict(traffic, shape, list(profiles.values()), context_len, model=Path(model_dir).name,
                           weight_dtype=weight_dtype, n_devices=n_devices, layer_overhead_ms=layer_overhead_ms,

@@ -129,11 +129,25 @@ def machine_key() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-")[:120] or "unknown"
 
 
+def profile_path(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> Path:
+    """config/hardware/<name>.yaml, or the yaml file named."""
+    path = Path(name_or_path)
+    return path if path.suffix in (".yaml", ".yml") else Path(hardware_dir) / f"{name_or_path}.yaml"
+
+
+def measured_profiles(hardware: list[str], hardware_dir: str | Path = HARDWARE_DIR) -> list[str]:
+    """The profiles among `hardware` whose numbers are measured here (a `measure:` block)."""
+    out = []
+    for name in hardware:
+        path = profile_path(name, hardware_dir)
+        if path.exists() and "measure" in (yaml.safe_load(path.read_text()) or {}):
+            out.append(name)
+    return out
+
+
 def load_profile(name_or_path: str, hardware_dir: str | Path = HARDWARE_DIR) -> HardwareProfile:
     """Profile from config/hardware/<name>.yaml (or a path to a yaml file)."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = Path(hardware_dir) / f"{name_or_path}.yaml"
+    path = profile_path(name_or_path, hardware_dir)
     if not path.exists():
         known = sorted(p.stem for p in Path(hardware_dir).glob("*.yaml"))
         raise FileNotFoundError(f"no hardware profile {name_or_path!r} ({path}); known: {known}")
