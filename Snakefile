@@ -69,5 +69,5 @@ rule all:
         # every job's outputs, intermediates included: a deleted infer/<b>/<v>/ is rebuilt
         # (Snakemake rebuilds a missing file only when a job to run, here `all`, needs it)
         intermediates=INTERMEDIATES,
-        replay=[f"{RUN}/replay/{b}.parquet" for b in replay_benchmarks()],
+        replay=[f"{RUN}/replay/{b}.parquet" for b in REPLAY_BENCHMARKS],
     default_target: True

@@ -6,18 +6,15 @@
 REPLAY = config["replay"]
 # The fit file is keyed by the machine, not by the variant list: adding a variant does not refit.
 REPLAY_MACHINE = MACHINE  # rules/roofline.smk
+REPLAY_BENCHMARKS = [b for b in BENCHMARKS if "dense" in generated_variants(b)] if TRACING and REPLAY["enabled"] else []
 
 
-def replay_benchmarks():
-    return [b for b in BENCHMARKS if "dense" in generated_variants(b)] if TRACING and REPLAY["enabled"] else []
-
-
-if replay_benchmarks():
+if REPLAY_BENCHMARKS:
 
     rule replay_fit:
         input:
             model=engine_model_dir,
-            dense=f"{RUN}/infer/{replay_benchmarks()[0]}/dense/trace.parquet",
+            dense=f"{RUN}/infer/{REPLAY_BENCHMARKS[0]}/dense/trace.parquet",
         output:
             f"{RUN}/replay/fit-{REPLAY_MACHINE}.parquet",
         params:
@@ -50,7 +47,7 @@ if replay_benchmarks():
             rules=lambda wc: {v: VARIANTS[v] for v in generated_variants(wc.benchmark)},
             concurrency=TRAFFIC_CONCURRENCY,
         wildcard_constraints:
-            benchmark="|".join(replay_benchmarks()),
+            benchmark="|".join(REPLAY_BENCHMARKS),
         log:
             f"{RUN}/logs/replay/{{benchmark}}.log",
         benchmark:

@@ -26,7 +26,7 @@ def run_tables(run, own):
         return tables | {
             "predictions": tables["predictions"] if rules.has("roofline") else None,
             "traffic": tables["traffic"] if rules.has("traffic") else {},
-            "replay": {b: p for b, p in tables["replay"].items() if b in replay_benchmarks()},
+            "replay": {b: p for b, p in tables["replay"].items() if b in REPLAY_BENCHMARKS},
         }
     if not Path(tables["scores"]).exists():
         raise ValueError(f"report.combine: run {run!r} has no {tables['scores']} (run its workflow first)")
