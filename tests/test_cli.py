@@ -142,7 +142,7 @@ def test_snakemake_config_from_the_command_line():
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "'3' is not of type" not in ok.stderr
     bad = _dry_run("throughput={variants: [dnese]}")
-    assert bad.returncode != 0 and "throughput.variants names unknown variants ['dnese']" in bad.stderr + bad.stdout
+    assert bad.returncode != 0 and "throughput.variants: names unknown variants ['dnese']" in bad.stderr + bad.stdout
 
 
 def test_show_prints_the_summary_table(tmp_path, capsys):

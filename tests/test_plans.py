@@ -97,9 +97,11 @@ def test_added_variant_plans_only_its_own_jobs(finished, tmp_path):
     jobs = planned_jobs(proc)
     # the benchmark's generate (one engine start; the others resume from the cache), the new
     # variant's own jobs, then what reads every variant: the traffic replay and the roofline
-    # it feeds (seconds), scores, the tables' HTML views, the figures
+    # it feeds (seconds), the measured replay (its machine fit is kept), scores, the tables'
+    # HTML views, the figures
     assert jobs == {"generate": 1, "infer": 1, "execute": 1, "evalplus_results": 1, "fidelity": 1,
-                    "traffic": 1, "roofline": 1, "score": 1, "table_views": 1, "figures": 1, "all": 1}, jobs
+                    "traffic": 1, "roofline": 1, "replay": 1, "score": 1, "table_views": 1, "figures": 1,
+                    "all": 1}, jobs
     assert "wildcards: benchmark=he, variant=top2" in proc.stdout
 
 

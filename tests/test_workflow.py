@@ -116,7 +116,7 @@ def test_added_variant_runs_only_its_jobs_with_one_engine_start(run, tmp_path):
         assert generate.loc[v, "resumed_samples"] == TASKS and generate.loc[v, "engine_start"] == -1
     assert [p.stat().st_mtime_ns for p in kept] == before  # the other variants' jobs did not run
     scores = table(new_run / "score/scores.parquet", SCORES_SCHEMA).set_index(["benchmark", "variant"])
-    assert scores.loc[("he", "top2"), "experts_per_token"] == pytest.approx(2.0)
+    assert scores.loc[("he", "top2"), "routed_per_decode_token"] == pytest.approx(2.0)
     # the machine's fit is not re-timed, so no other variant's predicted replay time moves
     assert fit.stat().st_mtime_ns == fit_before
     replay = pq.read_table(new_run / "replay/he.parquet").to_pandas()

@@ -207,6 +207,8 @@ def _check_config():
     for name, bench in BENCHMARKS.items():
         if unknown := sorted(set(bench.get("variants", [])) - set(VARIANTS)):
             raise src.error(("benchmarks", name, "variants"), f"names unknown variants {unknown}")
+    if unknown := sorted(set(config["throughput"].get("variants", [])) - set(VARIANTS)):
+        raise src.error(("throughput", "variants"), f"names unknown variants {unknown}; known: {sorted(VARIANTS)}")
     # no model runs when every benchmark only scores external samples: no architecture needed
     shape = None
     if MODEL["source"] == "synthetic" and MODEL_RUNS:

@@ -45,5 +45,6 @@ use rule fidelity as fidelity_noise_floor with:
     input:
         model=engine_model_dir,
         dense=f"{RUN}/infer/{{benchmark}}/dense/generations.parquet",
+        generated=after_generate_for,  # judged after generate (common.smk after_generate)
     wildcard_constraints:
         variant="dense",

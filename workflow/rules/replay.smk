@@ -15,6 +15,7 @@ if REPLAY_BENCHMARKS:
         input:
             model=engine_model_dir,
             dense=f"{RUN}/infer/{REPLAY_BENCHMARKS[0]}/dense/trace.parquet",
+            generated=after_generate(REPLAY_BENCHMARKS[:1]),  # judged after generate (common.smk)
         output:
             f"{RUN}/replay/fit-{REPLAY_MACHINE}.parquet",
         params:
@@ -37,6 +38,7 @@ if REPLAY_BENCHMARKS:
             model=engine_model_dir,
             fit=rules.replay_fit.output[0],
             traces=lambda wc: [f"{RUN}/infer/{wc.benchmark}/{v}/trace.parquet" for v in generated_variants(wc.benchmark)],
+            generated=after_generate_for,
         output:
             report(f"{RUN}/replay/{{benchmark}}.parquet", caption="../report/replay.rst", category="5. Throughput",
                    subcategory="measured replay"),
