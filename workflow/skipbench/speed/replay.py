@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from skipbench.skip.strategies import SkipRule
+from skipbench.speed.cpu_moe import MoeShape
 from skipbench.speed.traffic import replay_rows, trace_arrays
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,17 @@ class ExpertShape:
         return f"{self.hidden}x{self.intermediate} {self.dtype}"
 
     @property
-    def expert_bytes(self) -> int:
-        import torch
+    def layer(self) -> MoeShape:
+        """cpu_moe's shape of these experts (its byte and FLOP counts; E and K unused)."""
+        return MoeShape(hidden=self.hidden, intermediate=self.intermediate, dtype=self.dtype)
 
-        return 3 * self.hidden * self.intermediate * getattr(torch, self.dtype).itemsize
+    @property
+    def expert_bytes(self) -> int:
+        return self.layer.expert_bytes
 
     @property
     def pair_flops(self) -> int:
-        return 6 * self.hidden * self.intermediate  # gate, up, down: 2 H I each
+        return self.layer.pair_flops
 
 
 Routing = tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, weights, kept: [B, K] each
@@ -121,7 +125,7 @@ class CpuEagerPath:
     def __init__(self, shape: ExpertShape, experts: int, max_batch: int, seed: int = 0):
         import torch
 
-        from skipbench.speed.cpu_moe import EagerMoE, MoeShape
+        from skipbench.speed.cpu_moe import EagerMoE
 
         self.moe = EagerMoE(MoeShape(shape.hidden, shape.intermediate, experts, 1, shape.dtype), seed)
         self.x = torch.randn(max_batch, shape.hidden, generator=torch.Generator().manual_seed(seed)).to(
