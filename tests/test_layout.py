@@ -43,3 +43,10 @@ def test_a_stage_imports_no_later_stage(package):
     late = {f"{p.relative_to(LIB)} -> {dep}" for p in (LIB / package).glob("*.py")
             for dep in _imported_packages(p) if dep != package and RANK[dep] >= RANK[package]}
     assert not late
+
+
+def test_every_workflow_script_starts_as_a_job():
+    """Each script logs, dies with Snakemake and holds its outputs (skipbench.jobs.start_job):
+    a script that only logs outlives a killed Snakemake."""
+    scripts = (LIB.parents[0] / "scripts").glob("*.py")
+    assert [s.name for s in scripts if "start_job(snakemake)" not in s.read_text()] == []

@@ -2,21 +2,21 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.speed.replay import ExpertShape
 from skipbench.speed.replay_fit import run_replay
 from skipbench.speed.specs import ModelShape
 from skipbench.skip.strategies import SkipRule
 
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     cfg, model = snakemake.params.replay, ModelShape.from_config(Path(snakemake.input.model))
     run_replay(
         trace_paths=dict(zip(snakemake.params.variants, snakemake.input.traces)),
         rules={v: SkipRule.from_config(c) for v, c in snakemake.params.rules.items()},
         experts=model.n_experts,
         concurrency=snakemake.params.concurrency,
-        shape=ExpertShape.parse(cfg["expert_shape"], model.hidden, model.moe_inter, cfg["dtype"]),
+        shape=ExpertShape.of_config(cfg, model),
         fit_path=snakemake.input.fit,
         out_path=snakemake.output[0],
         steps=cfg["steps"],

@@ -2,19 +2,19 @@
 
 from pathlib import Path
 
-from skipbench.logs import log_to
+from skipbench.jobs import start_job
 from skipbench.speed.replay import ExpertShape
 from skipbench.speed.replay_fit import run_fit
 from skipbench.speed.specs import ModelShape
 
 if __name__ == "__main__":
-    log_to(snakemake.log[0])
+    start_job(snakemake)  # log, die with Snakemake, hold the outputs
     cfg, model = snakemake.params.replay, ModelShape.from_config(Path(snakemake.input.model))
     run_fit(
         dense_trace=snakemake.input.dense,
         experts=model.n_experts,
         concurrency=snakemake.params.concurrency,
-        shape=ExpertShape.parse(cfg["expert_shape"], model.hidden, model.moe_inter, cfg["dtype"]),
+        shape=ExpertShape.of_config(cfg, model),
         out_path=snakemake.output[0],
         steps=cfg["steps"],
         repeats=cfg["repeats"],

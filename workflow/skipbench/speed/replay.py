@@ -82,6 +82,11 @@ class ExpertShape:
             raise ValueError(f"expert_shape must be 'HIDDENxINTERMEDIATE' (each 1..65536), got {spec!r}")
         return cls(int(h), int(i), dtype)
 
+    @classmethod
+    def of_config(cls, replay_cfg: dict, model) -> "ExpertShape":
+        """The `replay:` config block's width for a served model (specs.ModelShape)."""
+        return cls.parse(replay_cfg["expert_shape"], model.hidden, model.moe_inter, replay_cfg["dtype"])
+
     @property
     def label(self) -> str:
         return f"{self.hidden}x{self.intermediate} {self.dtype}"
