@@ -20,11 +20,17 @@ run: setup
 	$(VENV)/bin/snakemake --report results/report.html
 	$(VENV)/bin/skipbench show
 
+# Test modules spread over one worker process per core, at most 4 (pytest-xdist): a module's
+# tests stay together on one worker and share its fixtures; tests/conftest.py starts the
+# longest modules first. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= auto
+PYTEST := $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope --no-loadscope-reorder
+
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 figures: setup
 	$(VENV)/bin/snakemake -R figures --cores $(CORES)

