@@ -1,6 +1,7 @@
 """Session-wide test setup that must happen before any test module imports triton."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,19 @@ if not torch.cuda.is_available():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared_data: needs ../shared/data beside the checkout (tests/shared_data.py)")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (make test): the cores this process may run on (CPU affinity, a cgroup v2
+    CPU quota), not the host's, which a container may report; make test caps it at 4."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 # Modules that take minutes (engine starts, the workflow run, training), longest first.
