@@ -16,17 +16,23 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared_data: needs ../shared/data beside the checkout (tests/shared_data.py)")
 
 
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (make test): the cores this process may run on (CPU affinity, a cgroup v2
-    CPU quota), not the host's, which a container may report; make test caps it at 4."""
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may run on: its CPU affinity, cut by a cgroup v2 CPU quota
+    ("<quota> <period>" or "max <period>"), not the host's count a container may report."""
     cores = len(os.sched_getaffinity(0))
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = cpu_max.read_text().split()
         if quota != "max":
             cores = min(cores, max(1, int(quota) // int(period)))
     except (OSError, ValueError):
         pass
     return cores
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist may be absent (the GPU check runs plain pytest)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (make test, which caps it at 4): one worker per usable core."""
+    return usable_cores()
 
 
 # Modules that take minutes (engine starts, the workflow run, training), longest first.
