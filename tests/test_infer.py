@@ -9,6 +9,7 @@ import pytest
 
 import skipbench.infer.stage as infer
 from skipbench.benchmarks.tasks import Task
+from skipbench.infer.batch_cache import GenerationSettings
 from skipbench.infer.stage import GENERATIONS_SCHEMA, INFER_SUMMARY_SCHEMA, run_infer
 from skipbench.io import read_jsonl
 from skipbench.skip.strategies import SkipRule
@@ -194,7 +195,7 @@ def test_batch_aware_generates_at_the_deployment_batch(tiny, tmp_path):
     assert set(trace["keep"].to_pylist()) <= {3, 5, 6, 9, 10, 12}  # two of the four slots, from the trace
     _, summary, _ = go("oea-none", oea, deployment_batch=None)  # no deployment batch given: generation's
     assert summary["batch_size"] == 2
-    assert infer.GenerationSettings.from_config(GEN, 4).for_rule(SkipRule.from_config(oea)).batch_size == 4
+    assert GenerationSettings.from_config(GEN, 4).for_rule(SkipRule.from_config(oea)).batch_size == 4
 
 
 VARIANTS = {"top2": {"strategy": "topk", "k": 2}, "dense": {"strategy": "dense"},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skipbench.infer.stage import model_fingerprint
+from skipbench.infer.batch_cache import model_fingerprint
 from skipbench.io import content_hash, sampled_digest
 
 
@@ -101,7 +101,8 @@ def test_processes_started_by_a_killed_job_die_with_it(tmp_path, start_method):
 
 
 def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
-    from skipbench.infer import stage as infer
+    from skipbench.infer import batch_cache
+    from skipbench.io import stable_hash
     from skipbench.benchmarks.tasks import Task
     from skipbench.skip.strategies import SkipRule
 
@@ -109,16 +110,16 @@ def test_corrupt_cache_entries_are_regenerated_with_a_warning(tmp_path, caplog):
     model.mkdir()
     (model / "config.json").write_text("{}")
     tasks = [Task(f"T/{i}", f"def f{i}():\n", f"f{i}", "") for i in range(3)]
-    gen = infer.GenerationSettings.from_config({"max_new_tokens": 8, "batch_size": 1})
+    gen = batch_cache.GenerationSettings.from_config({"max_new_tokens": 8, "batch_size": 1})
 
     def cache():
-        return infer.open_cache(model, tasks, "dense", SkipRule.from_config({"strategy": "dense"}), {"name": "x"},
+        return batch_cache.open_cache(model, tasks, "dense", SkipRule.from_config({"strategy": "dense"}), {"name": "x"},
                                 gen, tmp_path / "cache", False, None)
 
     run_dir = cache().run_dir
     for i, t in enumerate(tasks):
-        infer._save_batch(run_dir, f"k{i}", {"wall_s": 0.5, "samples": [
-            {"task_id": t.task_id, "prompt_sha": infer.stable_hash(t.prompt), "completion": f"  return {i}\n"}]})
+        batch_cache.save_batch(run_dir, f"k{i}", {"wall_s": 0.5, "samples": [
+            {"task_id": t.task_id, "prompt_sha": stable_hash(t.prompt), "completion": f"  return {i}\n"}]})
     assert cache().todo == []
     truncated, altered = run_dir / "batch-k0.json", run_dir / "batch-k1.json"
     truncated.write_text(truncated.read_text()[:40])  # disk full mid-write outside atomic writes

@@ -3,7 +3,8 @@
 `calibrate.py` fits the calibrated rules on prompts outside the evaluation set (through the
 transformers oracle, `oracle.py`); `stage.py` generates every variant with one engine
 (`engines.py`: vLLM with the skip hook of `vllm_plugin.py` and the kernel of
-`vllm_kernel.py`, or transformers), `traces.py` records the routing, `marks.py` names each
+`vllm_kernel.py`, or transformers) and resumes from each variant's finished batches
+(`batch_cache.py`), `traces.py` records the routing, `marks.py` names each
 variant's generation for reruns, `lifetime.py` ties the engine's processes to the job.
 """
 

@@ -1,11 +1,11 @@
 """Stage `infer`: greedy completions of every task per skip variant, resumable.
 
 Work is cut into batches of `generation.batch_size` prompts (batch_aware: for_rule); each finished batch is
-checkpointed as one JSON file (and, when tracing, its routing trace as Parquet) under
-<variant cache dir>/infer-<key>/, where key hashes the model files, the rule (with its
-calibration values), the engine settings and the generation settings. A killed run
-restarts with the batches that are missing and recomputes none of the others; if
-nothing is missing no engine is started.
+checkpointed as one JSON file (and, when tracing, its routing trace as Parquet) in the
+variant's cache (batch_cache.py: <variant cache dir>/infer-<key>/, keyed by the model
+files, the rule, the engine and the generation settings). A killed run restarts with the
+batches that are missing and recomputes none of the others; if nothing is missing no
+engine is started.
 
 Two ways to fill those caches:
 - run_infer: one variant, its own engine (engines whose rule cannot change after start:
@@ -18,30 +18,27 @@ A variant's cache key does not depend on which of the two generated it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 from skipbench.progress import track
 
 from skipbench.benchmarks.tasks import Task
+from skipbench.infer.batch_cache import GenerationSettings, VariantCache, open_cache, save_batch
 from skipbench.infer.calibrate import variant_rule
 from skipbench.infer.engines import ENGINES, device_name, open_engine, swaps_rules
 from skipbench.config_check import check_variants_against_checkpoint
-from skipbench.benchmarks.prompts import HUMANEVAL_STOP, program_of
+from skipbench.benchmarks.prompts import program_of
 from skipbench.infer.traces import TRACE_SCHEMA, SampleTrace, trace_table, write_batch_traces
-from skipbench.io import sampled_digest, stable_hash, write_json, write_jsonl, write_table
+from skipbench.io import stable_hash, write_json, write_jsonl, write_table
 from skipbench.skip.strategies import SkipRule
 from skipbench_kernels.integration import KernelChoice
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH = 8
 
 # One row per generated sample.
 GENERATIONS_SCHEMA = pa.schema([
@@ -85,55 +82,6 @@ INFER_SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def model_fingerprint(model_dir: Path) -> dict:
-    """Identity of a checkpoint by content, never by mtime (a copy or `snakemake --touch` keeps
-    the cache): small files whole, big ones by size and a sampled content digest. Hidden files
-    are bookkeeping (Snakemake's .snakemake_timestamp, download state), not the model."""
-    files = {}
-    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        rel = f.relative_to(model_dir)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        size = f.stat().st_size
-        files[str(rel)] = f.read_text() if size < (1 << 20) and f.suffix in (".json", ".txt", ".model") else [size, sampled_digest(f)]
-    return files
-
-
-def _batches(todo: list[Task], size: int) -> list[list[Task]]:
-    return [todo[i : i + size] for i in range(0, len(todo), size)]
-
-
-def _record_sha(record: dict) -> str:
-    return hashlib.sha256(json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True,
-                                     default=str).encode()).hexdigest()
-
-
-def _save_batch(run_dir: Path, batch_key: str, record: dict) -> None:
-    """Checkpoint one batch record with the checksum _load_done verifies."""
-    write_json(run_dir / f"batch-{batch_key}.json", record | {"sha256": _record_sha(record)})
-
-
-def _load_done(run_dir: Path) -> list[dict]:
-    """Finished batch records in run_dir. A record that does not parse or whose checksum does
-    not match (a truncated disk, an edited file) is removed with a warning: its tasks are
-    generated again. Its trace goes with it."""
-    done = []
-    for path in sorted(run_dir.glob("batch-*.json")):
-        try:
-            record = json.loads(path.read_text())
-            ok = isinstance(record, dict) and record.get("sha256") == _record_sha(record)
-        except (OSError, ValueError) as e:
-            ok, record = False, {"error": f"{type(e).__name__}: {e}"}
-        if ok:
-            done.append(record)
-            continue
-        log.warning("cache entry %s is corrupt or has no checksum (%s): removed, its tasks are generated again",
-                    path, record.get("error", "checksum mismatch"))
-        (run_dir / f"trace-{path.stem.removeprefix('batch-')}.parquet").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
-    return done
-
-
 # One row per variant of a benchmark: how the shared-engine job `generate` filled its cache.
 GENERATE_SCHEMA = pa.schema([
     ("variant", pa.string()),
@@ -148,50 +96,8 @@ GENERATE_SCHEMA = pa.schema([
 ])
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int
-    seed: int
-    stop: list[str]
-    batch_size: int
-    deployment_batch: int | None = None  # report.deployment_batch: batch_aware variants generate at it
-
-    @classmethod
-    def from_config(cls, generation_cfg: dict, deployment_batch: int | None = None) -> "GenerationSettings":
-        return cls(int(generation_cfg["max_new_tokens"]), int(generation_cfg.get("seed", 0)),
-                   list(generation_cfg.get("stop", HUMANEVAL_STOP)), int(generation_cfg.get("batch_size", DEFAULT_BATCH)),
-                   deployment_batch and int(deployment_batch))
-
-    def for_rule(self, rule: SkipRule) -> "GenerationSettings":
-        """OEA decides from the whole step: batch_aware generates at the deployment batch (1: same steps run to run)."""
-        return replace(self, batch_size=self.deployment_batch) if rule.strategy == "batch_aware" and self.deployment_batch else self
-
-
-@dataclass(frozen=True)
-class VariantCache:
-    """One variant's checkpointed batches: what is done and which tasks are still to generate."""
-
-    variant: str
-    rule: SkipRule  # calibration values bound
-    run_dir: Path
-    done: list[dict]  # finished batch records
-    todo: list[Task]
-    resumed: int  # tasks already done
-
-
-def open_cache(model_dir: Path, tasks: list[Task], variant: str, rule: SkipRule, engine_cfg: dict,
-               gen: GenerationSettings, cache_dir: Path, tracing: bool, kernel: KernelChoice | None) -> VariantCache:
-    key = stable_hash(dict(model=model_fingerprint(model_dir), rule=rule.to_json(), engine=engine_cfg, counts="decode",
-                           max_new_tokens=gen.max_new_tokens, seed=gen.seed, stop=gen.stop,
-                           batch_size=gen.for_rule(rule).batch_size, trace=tracing, kernel=kernel.backend if kernel else None))
-    run_dir = Path(cache_dir) / f"infer-{key}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done = _load_done(run_dir)
-    have = {(s["task_id"], s["prompt_sha"]) for b in done for s in b["samples"]}
-    todo = [t for t in tasks if (t.task_id, stable_hash(t.prompt)) not in have]
-    log.info("infer %s: %d tasks, %d from cache %s, %d to generate", variant, len(tasks), len(tasks) - len(todo),
-             run_dir, len(todo))
-    return VariantCache(variant, rule, run_dir, done, todo, len(tasks) - len(todo))
+def _batches(todo: list[Task], size: int) -> list[list[Task]]:
+    return [todo[i : i + size] for i in range(0, len(todo), size)]
 
 
 def _check_engine(engine_cfg: dict) -> None:
@@ -233,7 +139,7 @@ def generate_missing(engine, cache: VariantCache, gen: GenerationSettings, traci
                           finish_reason=g.finish_reason) for t, g in zip(batch, gens)],
         )
         record["trace"] = f"trace-{batch_key}.parquet" if tracing else None
-        _save_batch(cache.run_dir, batch_key, record)
+        save_batch(cache.run_dir, batch_key, record)
         fresh.append(record)
     return fresh
 

@@ -18,7 +18,7 @@ Engine: the transformers oracle (oracle.py; sentinel skip path), which returns f
 logits; in fp32 on CPU for the tiny model. Every rule but batch_aware decides per token,
 so one forward over prompt + completion (batches of `batch_size`, padding included) gives
 the positions generation would. batch_aware (OEA) decides from the tokens of one forward,
-so it is measured as it generated (infer.GenerationSettings.for_rule: at the deployment
+so it is measured as it generated (batch_cache.GenerationSettings.for_rule: at the deployment
 batch): at batch 1 teacher-forced decode, the prompt in one forward, then one completion
 token per forward (KV cache), dense measured the same way. Above batch 1 its decode steps
 would hold several sequences that finish at different times: not replayed here, so its
