@@ -102,6 +102,15 @@ class VariantCache:
     todo: list[Task]
     resumed: int  # tasks already done
 
+    def note_generated(self, samples: int) -> None:
+        """Record how many samples the generate job that just ran generated into this cache."""
+        write_json(self.run_dir / "generated.json", dict(generated_samples=samples))
+
+    def generated_by_last_job(self) -> int:
+        """Samples the last generate job generated for this variant (its note; 0: none)."""
+        note = self.run_dir / "generated.json"
+        return json.loads(note.read_text())["generated_samples"] if note.exists() else 0
+
 
 def open_cache(model_dir: Path, tasks: list[Task], variant: str, rule: SkipRule, engine_cfg: dict,
                gen: GenerationSettings, cache_dir: Path, tracing: bool, kernel: KernelChoice | None) -> VariantCache:

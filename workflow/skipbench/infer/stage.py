@@ -34,7 +34,7 @@ from skipbench.infer.engines import ENGINES, device_name, open_engine, swaps_rul
 from skipbench.config_check import check_variants_against_checkpoint
 from skipbench.benchmarks.prompts import program_of
 from skipbench.infer.traces import TRACE_SCHEMA, SampleTrace, trace_table, write_batch_traces
-from skipbench.io import stable_hash, write_json, write_jsonl, write_table
+from skipbench.io import stable_hash, write_jsonl, write_table
 from skipbench.skip.strategies import SkipRule
 from skipbench_kernels.integration import KernelChoice
 
@@ -188,15 +188,9 @@ def write_infer_outputs(model_dir: Path, tasks: list[Task], variant: str, varian
         raise RuntimeError(f"infer {variant}: {len(cache.todo)} of {len(tasks)} samples are missing from "
                            f"{cache.run_dir}; the shared-engine job generates them: rerun it "
                            f"(snakemake -R generate)")
-    fresh_job = _generated_by_last_job(cache)
+    fresh_job = cache.generated_by_last_job()
     _write_variant(tasks, cache, cache.done, engine_cfg, model_dir, samples_path, generations_path, summary_path,
                    trace_path, resumed=len(tasks) - fresh_job)
-
-
-def _generated_by_last_job(cache: VariantCache) -> int:
-    """Samples the last generate_variants job generated for this variant (its note in the cache)."""
-    note = cache.run_dir / "generated.json"
-    return json.loads(note.read_text())["generated_samples"] if note.exists() else 0
 
 
 def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, dict], engine_cfg: dict,
@@ -235,7 +229,7 @@ def generate_variants(model_dir: Path, tasks: list[Task], variants: dict[str, di
                 generate_missing(engine, cache, gen, tracing)
                 row |= dict(engine_start=starts, engine_start_s=start_s, wall_s=time.perf_counter() - t0)
             # what write_infer_outputs reports as generated (not resumed) by this job
-            write_json(cache.run_dir / "generated.json", dict(generated_samples=len(cache.todo)))
+            cache.note_generated(len(cache.todo))
             rows.append(row)
     finally:
         if engine is not None:
